@@ -1,0 +1,174 @@
+//! The command line: what users type and the help they read.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Push per-sample tasks through a workflow: a DynamoDB task table, a fleet
+/// of workers, and this command line to load work and see progress.
+///
+/// A typical session:
+///
+///   taskctl init
+///   taskctl load --step align --script align.sh samples.csv
+///   taskctl status
+///   taskctl status --failed
+#[derive(Debug, Parser)]
+#[command(name = "taskctl", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the tasks live and how to talk about it.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The task table: `NAME` or `dynamodb://NAME`.
+    #[arg(
+        long,
+        global = true,
+        env = "TASKFLEET_TABLE",
+        default_value = "taskfleet"
+    )]
+    pub table: String,
+    /// DynamoDB endpoint, e.g. http://127.0.0.1:8000 for DynamoDB Local.
+    /// Without it the SDK's own rules apply (AWS_ENDPOINT_URL, then the
+    /// region's endpoint).
+    #[arg(long, global = true, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// AWS region; defaults to the standard chain (AWS_REGION, profile).
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// Format of log lines on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More log lines (-v: progress of requests, -vv: debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the task table (with its index and TTL) and wait until it is
+    /// active. On an existing table, check that it matches and say what
+    /// differs.
+    Init,
+    /// Load a sample sheet into a step: one task per row, every column an
+    /// environment variable of the task's script.
+    ///
+    /// The whole sheet is validated before anything is written. Loading the
+    /// same sheet again adds only rows whose task does not exist yet;
+    /// existing tasks keep their state and history unless --replace is
+    /// given.
+    Load(LoadArgs),
+    /// How far each step is: counts per state, total and percent done.
+    ///
+    /// Costs the same few requests whether a step has ten tasks or ten
+    /// million.
+    Status(StatusArgs),
+    /// One task's whole record: state, attempts, environment, script,
+    /// output tail and history.
+    Show(ShowArgs),
+}
+
+/// `taskctl load`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("script_source").required(true).args(["script", "command"]))]
+pub struct LoadArgs {
+    /// The step to load into (a letter, then letters, digits, '-', '_').
+    #[arg(long)]
+    pub step: String,
+    /// File holding the script every task runs under bash. Row values reach
+    /// it as environment variables ($SAMPLE, $FASTQ_1, ...), never as text.
+    #[arg(long, value_name = "FILE")]
+    pub script: Option<PathBuf>,
+    /// The script as text, instead of --script.
+    #[arg(long, value_name = "TEXT")]
+    pub command: Option<String>,
+    /// The sample sheet: CSV or TSV with a header row.
+    pub sheet: PathBuf,
+    /// Column holding the task id [default: the first column].
+    #[arg(long, value_name = "COLUMN")]
+    pub id_column: Option<String>,
+    /// Sheet format [default: from the extension, else from the header].
+    #[arg(long, value_enum)]
+    pub format: Option<SheetFormat>,
+    /// Attempts a task gets before it is marked failed [default for a new
+    /// step: 3].
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Lease length: a worker renews it every third of this; a task whose
+    /// worker vanished is claimable again when it runs out [default for a
+    /// new step: 5m].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub lease: Option<Duration>,
+    /// Wall-clock limit of one attempt, e.g. 2h [default: none].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// Shards of a new step (fixed once created) [default: 16].
+    #[arg(long)]
+    pub shards: Option<u16>,
+    /// Reset existing tasks that are not running to pending, with this
+    /// script and row. Running tasks are never touched.
+    #[arg(long)]
+    pub replace: bool,
+    /// Batches of 25 tasks in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Sheet formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SheetFormat {
+    /// Comma-separated.
+    Csv,
+    /// Tab-separated.
+    Tsv,
+}
+
+/// `taskctl status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this step.
+    #[arg(long)]
+    pub step: Option<String>,
+    /// List failed tasks with exit code, failure class and output tail.
+    #[arg(long)]
+    pub failed: bool,
+    /// With --failed: at most this many tasks per step, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `taskctl show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The step.
+    pub step: String,
+    /// The task id.
+    pub task: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}

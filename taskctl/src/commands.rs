@@ -1,0 +1,292 @@
+//! One function per subcommand. Each validates its input before it touches
+//! the store and prints its own output: human text by default, JSON with
+//! `--json`.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use taskfleet::load::{self, LoadRequest};
+use taskfleet::model::{FailedTask, StepStatus, Task};
+use taskfleet::sheet::{Format, Sheet, SheetOptions};
+use taskfleet::store::dynamo::InitOutcome;
+use taskfleet::store::{SettingsChange, TaskStore};
+
+use crate::cli::{Cli, Command, LoadArgs, SheetFormat, ShowArgs, StatusArgs};
+use crate::connect;
+
+/// Runs the command `cli` names.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init => init(&cli.global).await,
+        Command::Load(args) => load(&cli.global, args).await,
+        Command::Status(args) => status(&cli.global, &args).await,
+        Command::Show(args) => show(&cli.global, &args).await,
+    }
+}
+
+async fn init(global: &crate::cli::GlobalArgs) -> Result<()> {
+    let store = connect::dynamo(global).await?;
+    match store.init().await? {
+        InitOutcome::Created => println!(
+            "created table '{}' (index and TTL included); it is active",
+            store.table()
+        ),
+        InitOutcome::AlreadyExists => println!(
+            "table '{}' already exists and matches the schema",
+            store.table()
+        ),
+    }
+    Ok(())
+}
+
+async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
+    // Everything that can be checked without the store is checked first:
+    // a bad input writes nothing.
+    let script = match (&args.script, &args.command) {
+        (Some(path), _) => read_script(path)?,
+        (None, Some(text)) => text.clone(),
+        (None, None) => unreachable!("clap requires --script or --command"),
+    };
+    let options = SheetOptions {
+        id_column: args.id_column.clone(),
+        format: args.format.map(|f| match f {
+            SheetFormat::Csv => Format::Csv,
+            SheetFormat::Tsv => Format::Tsv,
+        }),
+    };
+    let sheet = Sheet::read(&args.sheet, &options)?;
+    let request = LoadRequest {
+        step: args.step.clone(),
+        script,
+        settings: SettingsChange {
+            max_attempts: args.max_attempts,
+            lease: args.lease,
+            timeout: args.timeout,
+            shards: args.shards,
+        },
+        replace: args.replace,
+        concurrency: args.concurrency,
+    };
+    let prepared = load::prepare(request, sheet)?;
+
+    let store = connect::dynamo(global).await?;
+    store.check_table().await?;
+
+    let bar = if std::io::stderr().is_terminal() && !args.json {
+        let bar = ProgressBar::new(prepared.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} loading {pos}/{len} [{bar:40}] {per_sec} eta {eta}",
+            )
+            .expect("template is valid")
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let report = load::load(&store, &prepared, &|n| bar.set_position(n as u64)).await;
+    bar.finish_and_clear();
+    let report = report?;
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    if report.step_created {
+        println!("created step '{}'", report.step);
+    } else if report.settings_changed {
+        println!("updated the settings of step '{}'", report.step);
+    }
+    let mut line = format!(
+        "loaded {} tasks into step '{}', skipped {} existing, in {:.1} s",
+        report.loaded, report.step, report.skipped_existing, report.seconds
+    );
+    if args.replace {
+        line.push_str(&format!(
+            "; replaced {}, left {} running tasks alone",
+            report.replaced, report.skipped_running
+        ));
+    }
+    println!("{line}");
+    Ok(())
+}
+
+fn read_script(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the script {}", path.display()))?;
+    String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("the script {} is not valid UTF-8", path.display()))
+}
+
+async fn status(global: &crate::cli::GlobalArgs, args: &StatusArgs) -> Result<()> {
+    let store = connect::dynamo(global).await?;
+    if args.failed {
+        let failed = store.failed(args.step.as_deref(), args.limit).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&failed)?);
+        } else {
+            print_failed(&failed);
+        }
+        return Ok(());
+    }
+    let steps = store.status(args.step.as_deref()).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&steps)?);
+    } else if steps.is_empty() {
+        println!(
+            "no steps in {}; load one with `taskctl load --step STEP ...`",
+            store.describe()
+        );
+    } else {
+        print!("{}", status_table(&steps));
+    }
+    Ok(())
+}
+
+/// The human status table.
+pub fn status_table(steps: &[StepStatus]) -> String {
+    let width = steps.iter().map(|s| s.step.len()).max().unwrap_or(4).max(4);
+    let mut out = format!(
+        "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>6}\n",
+        "STEP", "TOTAL", "WAITING", "PENDING", "RUNNING", "DONE", "FAILED", "DONE%"
+    );
+    for s in steps {
+        out.push_str(&format!(
+            "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>5.1}%\n",
+            s.step, s.total, s.waiting, s.pending, s.running, s.done, s.failed, s.percent_done
+        ));
+    }
+    out
+}
+
+fn print_failed(failed: &[FailedTask]) {
+    if failed.is_empty() {
+        println!("no failed tasks");
+        return;
+    }
+    for f in failed {
+        let how = match (f.exit_code, f.signal) {
+            (Some(code), _) => format!("exit {code}"),
+            (None, Some(sig)) => format!("signal {sig}"),
+            (None, None) => "no exit status".to_owned(),
+        };
+        let class = f
+            .failure_class
+            .map_or_else(|| "-".to_owned(), |c| c.to_string());
+        let when = f
+            .finished_at
+            .map_or_else(|| "-".to_owned(), |t| t.to_string());
+        println!(
+            "{}/{}: {how}, class {class}, {} attempts, at {when}",
+            f.step, f.task_id, f.attempt
+        );
+        if let Some(tail) = &f.output_tail {
+            let lines: Vec<&str> = tail.lines().collect();
+            for line in &lines[lines.len().saturating_sub(10)..] {
+                println!("    | {line}");
+            }
+        }
+    }
+}
+
+async fn show(global: &crate::cli::GlobalArgs, args: &ShowArgs) -> Result<()> {
+    let store = connect::dynamo(global).await?;
+    let Some(task) = store.task(&args.step, &args.task).await? else {
+        anyhow::bail!(
+            "step '{}' has no task '{}'; `taskctl status --step {}` shows what it has",
+            args.step,
+            args.task,
+            args.step
+        );
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&task)?);
+    } else {
+        print!("{}", task_text(&task));
+    }
+    Ok(())
+}
+
+/// A task's record as text.
+pub fn task_text(t: &Task) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    let _ = writeln!(out, "step:            {}", t.step);
+    let _ = writeln!(out, "task:            {}", t.task_id);
+    let _ = writeln!(out, "state:           {}", t.state);
+    let _ = writeln!(
+        out,
+        "attempt:         {} ({} failed)",
+        t.attempt, t.failed_attempts
+    );
+    let _ = writeln!(out, "owner:           {}", opt(t.owner.clone()));
+    let _ = writeln!(
+        out,
+        "lease expires:   {}",
+        opt(t.lease_expires_at.map(|v| v.to_string()))
+    );
+    let _ = writeln!(out, "created:         {}", t.created_at);
+    let _ = writeln!(
+        out,
+        "started:         {}",
+        opt(t.started_at.map(|v| v.to_string()))
+    );
+    let _ = writeln!(
+        out,
+        "finished:        {}",
+        opt(t.finished_at.map(|v| v.to_string()))
+    );
+    let _ = writeln!(
+        out,
+        "exit code:       {}",
+        opt(t.exit_code.map(|v| v.to_string()))
+    );
+    let _ = writeln!(
+        out,
+        "signal:          {}",
+        opt(t.signal.map(|v| v.to_string()))
+    );
+    let _ = writeln!(
+        out,
+        "failure class:   {}",
+        opt(t.failure_class.map(|v| v.to_string()))
+    );
+    let _ = writeln!(out, "log:             {}", opt(t.log_uri.clone()));
+    let _ = writeln!(out, "script digest:   {}", t.script_digest);
+    let _ = writeln!(out, "environment:");
+    for (k, v) in &t.env {
+        let _ = writeln!(out, "  {k}={v}");
+    }
+    let _ = writeln!(out, "script:");
+    for line in t.script.lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    if !t.history.is_empty() {
+        let _ = writeln!(out, "history:");
+        for a in &t.history {
+            let _ = writeln!(
+                out,
+                "  attempt {} by {}: {} -> {} ({}{})",
+                a.attempt,
+                a.owner,
+                a.started_at,
+                a.finished_at,
+                a.outcome,
+                a.failure_class
+                    .map(|c| format!(", {c}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if let Some(tail) = &t.output_tail {
+        let _ = writeln!(out, "output tail:");
+        for line in tail.lines() {
+            let _ = writeln!(out, "  | {line}");
+        }
+    }
+    out
+}

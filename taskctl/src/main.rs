@@ -1,0 +1,5 @@
+//! `taskctl`: see `taskctl --help`.
+
+fn main() -> std::process::ExitCode {
+    taskctl::main()
+}

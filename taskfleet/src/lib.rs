@@ -1,0 +1,30 @@
+//! The task model, the table schema and the stores behind `taskctl` and
+//! `agent`.
+//!
+//! Every part of the product keeps the rules of the task contract: a task is
+//! `running` for at most one (owner, attempt); every write after a claim is
+//! fenced on that pair; loading is idempotent and validated before the first
+//! write; nothing on a hot path reads the whole table.
+//!
+//! # Layout
+//!
+//! - [`model`]: what a task, a step and a status report are, as plain types.
+//! - [`schema`]: every attribute, index, key format and expression of the
+//!   DynamoDB table, named once. Terraform and the README follow it.
+//! - [`sheet`]: reading and validating sample sheets (CSV/TSV) into tasks.
+//! - [`load`]: loading a validated sheet into a store, with progress.
+//! - [`store`]: the stores. [`store::dynamo`] talks to DynamoDB.
+//! - [`retry`]: the jittered exponential backoff used around batch writes.
+//! - [`time`]: epoch-millisecond timestamps, the unit the table stores.
+
+pub mod load;
+pub mod model;
+pub mod retry;
+pub mod schema;
+pub mod sheet;
+pub mod store;
+pub mod time;
+
+pub use model::{StepSettings, StepStatus, Task, TaskState};
+pub use store::StoreError;
+pub use store::dynamo::DynamoStore;

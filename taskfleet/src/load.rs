@@ -1,0 +1,286 @@
+//! Loading a sample sheet into a step.
+//!
+//! [`prepare`] validates everything (step name, script, sheet, item sizes)
+//! before anything is written; [`load`] then writes only the tasks that do
+//! not exist yet, in batches of one shard each, several in flight. Existing
+//! tasks keep their state, attempts and history unless `replace` is asked
+//! for, and even then a running task is never touched.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+
+use crate::model::{StepMeta, Task, TaskState};
+use crate::schema::{self, MAX_ITEM_BYTES, RUNTIME_RESERVE_BYTES};
+use crate::sheet::{Sheet, SheetError};
+use crate::store::dynamo::task_item;
+use crate::store::{
+    ReplaceOutcome, SettingsChange, StepChange, StoreError, TaskStore, new_pending_task,
+};
+use crate::time::Timestamp;
+
+/// Tasks a batch holds: BatchWriteItem's limit.
+pub const BATCH: usize = 25;
+
+/// Why a load did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The sheet is not valid.
+    #[error(transparent)]
+    Sheet(#[from] SheetError),
+    /// The step name, the script or a setting is not valid.
+    #[error("{0}")]
+    Input(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What to load.
+#[derive(Debug, Clone)]
+pub struct LoadRequest {
+    /// The step the tasks go to.
+    pub step: String,
+    /// The script every task of this load runs.
+    pub script: String,
+    /// Step settings to store.
+    pub settings: SettingsChange,
+    /// Reset existing tasks that are not running.
+    pub replace: bool,
+    /// Batches in flight at once.
+    pub concurrency: usize,
+}
+
+/// A load that passed validation.
+#[derive(Debug, Clone)]
+pub struct PreparedLoad {
+    request: LoadRequest,
+    digest: String,
+    sheet: Sheet,
+}
+
+impl PreparedLoad {
+    /// Number of tasks in the sheet.
+    pub fn len(&self) -> usize {
+        self.sheet.tasks.len()
+    }
+
+    /// Whether the sheet has no tasks (never true after validation).
+    pub fn is_empty(&self) -> bool {
+        self.sheet.tasks.is_empty()
+    }
+}
+
+/// What a load did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct LoadReport {
+    /// The step.
+    pub step: String,
+    /// Rows in the sheet.
+    pub rows: usize,
+    /// New tasks written.
+    pub loaded: usize,
+    /// Rows whose task existed and was left alone.
+    pub skipped_existing: usize,
+    /// Existing tasks reset to pending (`replace`).
+    pub replaced: usize,
+    /// Existing tasks left alone because they were running (`replace`).
+    pub skipped_running: usize,
+    /// Whether the step was created by this load.
+    pub step_created: bool,
+    /// Whether this load changed the step's settings.
+    pub settings_changed: bool,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// Validates a load completely. Nothing is written.
+pub fn prepare(request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, LoadError> {
+    if !schema::is_valid_step_name(&request.step) {
+        return Err(LoadError::Input(format!(
+            "'{}' is not a valid step name: use a letter, then letters, digits, '-' or '_' (at most 64)",
+            request.step
+        )));
+    }
+    if request.script.trim().is_empty() {
+        return Err(LoadError::Input(
+            "the script is empty; give --script FILE or --command TEXT".into(),
+        ));
+    }
+    if let Some(0) = request.settings.max_attempts {
+        return Err(LoadError::Input("--max-attempts must be at least 1".into()));
+    }
+    if let Some(shards) = request.settings.shards
+        && !(1..=schema::MAX_SHARDS).contains(&shards)
+    {
+        return Err(LoadError::Input(format!(
+            "--shards must be between 1 and {}",
+            schema::MAX_SHARDS
+        )));
+    }
+    if let Some(lease) = request.settings.lease
+        && lease < Duration::from_secs(3)
+    {
+        return Err(LoadError::Input("--lease must be at least 3s".into()));
+    }
+    let digest = hex(&Sha256::digest(request.script.as_bytes()));
+    // Measure each task as it will be stored, with room for what attempts
+    // add later, so that no write fails half-way through on item size.
+    let meta = StepMeta {
+        step: request.step.clone(),
+        shards: request.settings.shards.unwrap_or(schema::DEFAULT_SHARDS),
+        settings: request
+            .settings
+            .apply(&crate::model::StepSettings::default()),
+        created_at: Timestamp::now(),
+        updated_at: Timestamp::now(),
+    };
+    let budget = MAX_ITEM_BYTES - RUNTIME_RESERVE_BYTES;
+    for row in &sheet.tasks {
+        let task = new_pending_task(
+            &request.step,
+            &request.script,
+            &digest,
+            row,
+            Timestamp::now(),
+        );
+        let size = schema::item_size(&task_item(&meta, &task));
+        if size > budget {
+            return Err(SheetError {
+                path: sheet.path.clone(),
+                line: Some(row.line),
+                column: None,
+                message: format!(
+                    "task '{}' would take {} KB; a task may take at most {} KB at load time \
+                     (DynamoDB's 400 KB item limit, less {} KB kept for attempt history); \
+                     shorten the script or the row",
+                    row.task_id,
+                    size.div_ceil(1024),
+                    budget / 1024,
+                    RUNTIME_RESERVE_BYTES / 1024
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(PreparedLoad {
+        request,
+        digest,
+        sheet,
+    })
+}
+
+/// Writes a prepared load. `progress` is called with the number of rows
+/// handled so far.
+pub async fn load<S: TaskStore>(
+    store: &S,
+    prepared: &PreparedLoad,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<LoadReport, LoadError> {
+    let started = Instant::now();
+    let request = &prepared.request;
+    let (meta, change) = store.ensure_step(&request.step, &request.settings).await?;
+    let now = Timestamp::now();
+
+    // Group rows by shard, then cut each shard's rows into batches, so that
+    // every batch updates one counter item.
+    let mut by_shard: BTreeMap<u16, Vec<Task>> = BTreeMap::new();
+    for row in &prepared.sheet.tasks {
+        let task = new_pending_task(&request.step, &request.script, &prepared.digest, row, now);
+        by_shard
+            .entry(schema::shard_of(&task.task_id, meta.shards))
+            .or_default()
+            .push(task);
+    }
+    let batches: Vec<&[Task]> = by_shard
+        .values()
+        .flat_map(|tasks| tasks.chunks(BATCH))
+        .collect();
+
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes: Vec<BatchOutcome> = futures::stream::iter(batches)
+        .map(|batch| {
+            let meta = &meta;
+            let done = &done;
+            async move {
+                let outcome = write_batch(store, meta, batch, request.replace).await?;
+                let n =
+                    done.fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed) + batch.len();
+                progress(n);
+                Ok::<_, StoreError>(outcome)
+            }
+        })
+        .buffer_unordered(request.concurrency.max(1))
+        .try_collect()
+        .await?;
+
+    let mut report = LoadReport {
+        step: request.step.clone(),
+        rows: prepared.sheet.tasks.len(),
+        step_created: change == StepChange::Created,
+        settings_changed: change == StepChange::Updated,
+        ..LoadReport::default()
+    };
+    for o in outcomes {
+        report.loaded += o.loaded;
+        report.skipped_existing += o.skipped_existing;
+        report.replaced += o.replaced;
+        report.skipped_running += o.skipped_running;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+#[derive(Debug, Default)]
+struct BatchOutcome {
+    loaded: usize,
+    skipped_existing: usize,
+    replaced: usize,
+    skipped_running: usize,
+}
+
+async fn write_batch<S: TaskStore>(
+    store: &S,
+    meta: &StepMeta,
+    batch: &[Task],
+    replace: bool,
+) -> Result<BatchOutcome, StoreError> {
+    let ids: Vec<&str> = batch.iter().map(|t| t.task_id.as_str()).collect();
+    let existing = store.existing(meta, &ids).await?;
+    let (old, new): (Vec<&Task>, Vec<&Task>) = batch
+        .iter()
+        .partition(|t| existing.contains_key(&t.task_id));
+    let new: Vec<Task> = new.into_iter().cloned().collect();
+    store.insert_new(meta, &new).await?;
+    let mut outcome = BatchOutcome {
+        loaded: new.len(),
+        ..BatchOutcome::default()
+    };
+    for task in old {
+        let state = existing[&task.task_id];
+        if !replace {
+            outcome.skipped_existing += 1;
+        } else if state == TaskState::Running {
+            outcome.skipped_running += 1;
+        } else {
+            match store.replace(meta, task, state).await? {
+                ReplaceOutcome::Replaced => outcome.replaced += 1,
+                // Claimed (or otherwise changed) since we looked: leave it.
+                ReplaceOutcome::Changed => outcome.skipped_running += 1,
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

@@ -1,0 +1,321 @@
+//! What a task, a step and a status report are.
+//!
+//! These are plain data: no store, no I/O. Field names are the attribute
+//! names of the task table (see [`crate::schema::attr`]); a unit test in
+//! `schema` checks that the two agree.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// Where a task is in its life. See the task contract for the transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Waits for tasks of other steps (dependencies) to be done.
+    Waiting,
+    /// Claimable.
+    Pending,
+    /// Claimed by one (owner, attempt) holding a lease.
+    Running,
+    /// Finished with exit code 0.
+    Done,
+    /// Out of attempts, or failed in a way that is not retried.
+    Failed,
+}
+
+impl TaskState {
+    /// Every state, in the order status reports show them.
+    pub const ALL: [TaskState; 5] = [
+        TaskState::Waiting,
+        TaskState::Pending,
+        TaskState::Running,
+        TaskState::Done,
+        TaskState::Failed,
+    ];
+
+    /// The name stored in the table and shown to users.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Waiting => "waiting",
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Done => "done",
+            TaskState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an attempt did not end `done`. Retry rules are per class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureClass {
+    /// The script exited non-zero.
+    Exit,
+    /// The script was killed by a signal it did not ask for.
+    Signal,
+    /// The step's timeout killed the script.
+    Timeout,
+    /// The owner disappeared; its lease expired and another worker reclaimed
+    /// the task.
+    Lost,
+    /// The worker was interrupted (spot notice, shutdown) and released the
+    /// task. Not the task's fault: does not use up an attempt.
+    Interrupted,
+    /// The script could not be started at all.
+    Launch,
+}
+
+impl FailureClass {
+    /// The name stored in the table.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Exit => "exit",
+            FailureClass::Signal => "signal",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Lost => "lost",
+            FailureClass::Interrupted => "interrupted",
+            FailureClass::Launch => "launch",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One finished attempt, kept in the task's bounded history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// The attempt number (the fencing token of that run).
+    pub attempt: u32,
+    /// Who ran it: instance or host id, and worker id.
+    pub owner: String,
+    /// When it was claimed.
+    pub started_at: Timestamp,
+    /// When it ended (or was found dead).
+    pub finished_at: Timestamp,
+    /// The state the task moved to after this attempt.
+    pub outcome: TaskState,
+    /// Exit code, if the script exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Signal number, if the script was killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_class: Option<FailureClass>,
+    /// Where the attempt's full log is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_uri: Option<String>,
+    /// Agent version, host and script digest of the attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
+}
+
+/// A task as stored: one unit of work of a step, usually one sample.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// The step the task belongs to.
+    pub step: String,
+    /// The task's id within its step (from the sheet's id column).
+    pub task_id: String,
+    /// Where the task is in its life.
+    pub state: TaskState,
+    /// Number of claims so far; the current one is the fencing token.
+    pub attempt: u32,
+    /// Failed attempts that count against the step's attempt limit.
+    /// Interruptions (spot, shutdown) do not count.
+    #[serde(default)]
+    pub failed_attempts: u32,
+    /// The shell text the agent runs. Row values never appear in it.
+    #[serde(rename = "Task_Script")]
+    pub script: String,
+    /// SHA-256 of the script, hex; part of every attempt's provenance.
+    pub script_digest: String,
+    /// The sheet row: environment variable name to value.
+    pub env: BTreeMap<String, String>,
+    /// When the task was loaded.
+    pub created_at: Timestamp,
+    /// Last write to the task.
+    pub updated_at: Timestamp,
+    /// Current owner while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Absolute lease expiry while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<Timestamp>,
+    /// When the current or last attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When the task reached `done` or `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// Exit code of the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Signal that ended the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Failure class of the last failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_class: Option<FailureClass>,
+    /// The last few KB of the last attempt's output (lossy UTF-8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tail: Option<String>,
+    /// Where the last attempt's full log is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_uri: Option<String>,
+    /// The last attempts, oldest first, bounded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptRecord>,
+}
+
+/// A task to be loaded: its id and its sheet row as environment variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    /// The task id (from the id column).
+    pub task_id: String,
+    /// Sheet line the row starts on, for messages.
+    pub line: u64,
+    /// Environment variable name to value.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Settings of a step, stored once for the step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepSettings {
+    /// Attempts a task gets before it is `failed`.
+    pub max_attempts: u32,
+    /// Length of a lease; the owner renews it every third of this.
+    #[serde(with = "duration_ms")]
+    pub lease: Duration,
+    /// Optional wall-clock limit for one attempt.
+    #[serde(
+        default,
+        with = "opt_duration_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+impl Default for StepSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            lease: Duration::from_secs(300),
+            timeout: None,
+        }
+    }
+}
+
+/// A step as stored: its settings and how its tasks are spread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepMeta {
+    /// The step's name.
+    pub step: String,
+    /// Number of shards the step's tasks, index entries and counters are
+    /// spread over. Fixed when the step is created.
+    pub shards: u16,
+    /// The step's settings.
+    pub settings: StepSettings,
+    /// When the step was created.
+    pub created_at: Timestamp,
+    /// Last change to the settings.
+    pub updated_at: Timestamp,
+}
+
+/// Counts of one step, as `taskctl status` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StepStatus {
+    /// The step.
+    pub step: String,
+    /// All tasks loaded into the step.
+    pub total: u64,
+    /// Waiting for dependencies.
+    pub waiting: u64,
+    /// Claimable.
+    pub pending: u64,
+    /// Held by a worker.
+    pub running: u64,
+    /// Finished.
+    pub done: u64,
+    /// Out of attempts.
+    pub failed: u64,
+    /// `done / total`, in percent.
+    pub percent_done: f64,
+    /// The step's settings.
+    pub max_attempts: u32,
+}
+
+impl StepStatus {
+    /// Tasks not yet done or failed.
+    pub fn remaining(&self) -> u64 {
+        self.waiting + self.pending + self.running
+    }
+}
+
+/// A failed task as `taskctl status --failed` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedTask {
+    /// The step.
+    pub step: String,
+    /// The task.
+    pub task_id: String,
+    /// Attempts made.
+    pub attempt: u32,
+    /// Exit code of the last attempt.
+    pub exit_code: Option<i32>,
+    /// Signal of the last attempt.
+    pub signal: Option<i32>,
+    /// Why it failed.
+    pub failure_class: Option<FailureClass>,
+    /// When it failed.
+    pub finished_at: Option<Timestamp>,
+    /// The end of its output.
+    pub output_tail: Option<String>,
+}
+
+mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+mod opt_duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[allow(clippy::ref_option)] // serde's `with` hands us `&Option<T>`.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}

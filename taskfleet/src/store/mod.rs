@@ -1,0 +1,252 @@
+//! The stores that hold tasks, and the errors they report.
+//!
+//! A store keeps the task contract; callers see the outcomes of conditional
+//! writes as values, and only real failures (a missing table, no
+//! credentials, an unreachable service) as [`StoreError`].
+
+pub mod dynamo;
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use crate::model::{FailedTask, NewTask, StepMeta, StepSettings, StepStatus, Task, TaskState};
+
+/// A real failure of a store, worded for the person at the terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The table is not there.
+    #[error(
+        "table '{table}' does not exist at {endpoint}; create it with `taskctl init --table {table}`"
+    )]
+    TableNotFound {
+        /// The table.
+        table: String,
+        /// Where we looked.
+        endpoint: String,
+    },
+    /// The table is there but is not the task table this version expects.
+    #[error("table '{table}' does not match the task table schema:\n  - {}\nUse another --table name, or recreate the table with `taskctl init`", differences.join("\n  - "))]
+    SchemaMismatch {
+        /// The table.
+        table: String,
+        /// What differs, one line each.
+        differences: Vec<String>,
+    },
+    /// No credentials could be found.
+    #[error(
+        "no AWS credentials found ({detail}); set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run where an instance role is available"
+    )]
+    NoCredentials {
+        /// What the SDK said.
+        detail: String,
+    },
+    /// No region is configured.
+    #[error("no AWS region configured; set AWS_REGION or pass --region")]
+    NoRegion,
+    /// The service refused the credentials or the action.
+    #[error("{operation} was refused: {message}; check the credentials and the IAM policy")]
+    AccessDenied {
+        /// The request.
+        operation: &'static str,
+        /// What the service said.
+        message: String,
+    },
+    /// The endpoint could not be reached.
+    #[error(
+        "cannot reach DynamoDB at {endpoint} ({detail}); check --endpoint-url / AWS_ENDPOINT_URL and that the service is up"
+    )]
+    Unreachable {
+        /// Where we tried.
+        endpoint: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The service kept asking us to slow down or retry.
+    #[error(
+        "{operation} still throttled or unprocessed after {attempts} tries ({remaining} items not written); nothing was lost: run the same command again to write the rest"
+    )]
+    RetriesExhausted {
+        /// The request.
+        operation: &'static str,
+        /// Tries made.
+        attempts: u32,
+        /// Items not written.
+        remaining: usize,
+    },
+    /// A step that was named does not exist.
+    #[error(
+        "step '{step}' does not exist in table '{table}'; load it first with `taskctl load --step {step} ...`"
+    )]
+    StepNotFound {
+        /// The step.
+        step: String,
+        /// The table.
+        table: String,
+    },
+    /// A request to change a step's fixed layout.
+    #[error(
+        "step '{step}' was created with {existing} shards; the shard count is fixed when a step is created (asked for {requested})"
+    )]
+    ShardsFixed {
+        /// The step.
+        step: String,
+        /// Its shard count.
+        existing: u16,
+        /// What was asked.
+        requested: u16,
+    },
+    /// Anything else the service said.
+    #[error("{operation} failed: {message}")]
+    Service {
+        /// The request.
+        operation: &'static str,
+        /// What the service said, with its error code.
+        message: String,
+    },
+    /// An item in the table is not what this version writes.
+    #[error("item {key} in the table is malformed: {detail}")]
+    Corrupt {
+        /// The item's key.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// Changes to a step's settings asked for at load time; `None` keeps the
+/// stored value (or the default for a new step).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingsChange {
+    /// New attempt limit.
+    pub max_attempts: Option<u32>,
+    /// New lease length.
+    pub lease: Option<std::time::Duration>,
+    /// New timeout.
+    pub timeout: Option<std::time::Duration>,
+    /// Shard count of a new step.
+    pub shards: Option<u16>,
+}
+
+impl SettingsChange {
+    /// `base` with the asked-for changes applied.
+    pub fn apply(&self, base: &StepSettings) -> StepSettings {
+        StepSettings {
+            max_attempts: self.max_attempts.unwrap_or(base.max_attempts),
+            lease: self.lease.unwrap_or(base.lease),
+            timeout: self.timeout.or(base.timeout),
+        }
+    }
+}
+
+/// What happened to a step when it was ensured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepChange {
+    /// The step is new.
+    Created,
+    /// The step existed; its settings were changed.
+    Updated,
+    /// The step existed as asked.
+    Unchanged,
+}
+
+/// Outcome of replacing one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaceOutcome {
+    /// The task was reset to pending with the new script and row.
+    Replaced,
+    /// The task changed state since it was read (for example it was
+    /// claimed); it was left alone.
+    Changed,
+}
+
+/// Operations every store offers for loading and reporting.
+///
+/// Methods return `impl Future + Send` so that callers can run them on a
+/// multi-threaded runtime.
+pub trait TaskStore: Sync {
+    /// A short description of where the tasks live, for messages.
+    fn describe(&self) -> String;
+
+    /// Creates the step or applies `change` to it.
+    fn ensure_step(
+        &self,
+        step: &str,
+        change: &SettingsChange,
+    ) -> impl Future<Output = Result<(StepMeta, StepChange), StoreError>> + Send;
+
+    /// The states of those of `ids` that exist. At most 100 ids at a time.
+    fn existing(
+        &self,
+        meta: &StepMeta,
+        ids: &[&str],
+    ) -> impl Future<Output = Result<HashMap<String, TaskState>, StoreError>> + Send;
+
+    /// Writes tasks known not to exist and counts them as loaded. All
+    /// tasks must be in the same shard of `meta`.
+    fn insert_new(
+        &self,
+        meta: &StepMeta,
+        tasks: &[Task],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Replaces a task that was read in state `old` (never `running`),
+    /// provided it is still in that state.
+    fn replace(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        old: TaskState,
+    ) -> impl Future<Output = Result<ReplaceOutcome, StoreError>> + Send;
+
+    /// Counts per step; every step when `step` is `None`.
+    fn status(
+        &self,
+        step: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<StepStatus>, StoreError>> + Send;
+
+    /// The most recently failed tasks, newest first.
+    fn failed(
+        &self,
+        step: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<FailedTask>, StoreError>> + Send;
+
+    /// One task's whole record.
+    fn task(
+        &self,
+        step: &str,
+        task_id: &str,
+    ) -> impl Future<Output = Result<Option<Task>, StoreError>> + Send;
+}
+
+/// Builds a task in state `pending` from a sheet row.
+pub fn new_pending_task(
+    step: &str,
+    script: &str,
+    digest: &str,
+    row: &NewTask,
+    now: crate::time::Timestamp,
+) -> Task {
+    Task {
+        step: step.to_owned(),
+        task_id: row.task_id.clone(),
+        state: TaskState::Pending,
+        attempt: 0,
+        failed_attempts: 0,
+        script: script.to_owned(),
+        script_digest: digest.to_owned(),
+        env: row.env.clone(),
+        created_at: now,
+        updated_at: now,
+        owner: None,
+        lease_expires_at: None,
+        started_at: None,
+        finished_at: None,
+        exit_code: None,
+        signal: None,
+        failure_class: None,
+        output_tail: None,
+        log_uri: None,
+        history: Vec::new(),
+    }
+}
