@@ -1,4 +1,8 @@
 //! The command line: what users type and the help they read.
+//!
+//! Doc comments here are `--help` text for a terminal, not rustdoc, so they
+//! are written without Markdown.
+#![allow(clippy::doc_markdown)]
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! the store and prints its own output: human text by default, JSON with
 //! `--json`.
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::Path;
 
@@ -105,10 +106,11 @@ async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
         report.loaded, report.step, report.skipped_existing, report.seconds
     );
     if args.replace {
-        line.push_str(&format!(
+        let _ = write!(
+            line,
             "; replaced {}, left {} running tasks alone",
             report.replaced, report.skipped_running
-        ));
+        );
     }
     println!("{line}");
     Ok(())
@@ -154,10 +156,11 @@ pub fn status_table(steps: &[StepStatus]) -> String {
         "STEP", "TOTAL", "WAITING", "PENDING", "RUNNING", "DONE", "FAILED", "DONE%"
     );
     for s in steps {
-        out.push_str(&format!(
-            "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>5.1}%\n",
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>5.1}%",
             s.step, s.total, s.waiting, s.pending, s.running, s.done, s.failed, s.percent_done
-        ));
+        );
     }
     out
 }
@@ -212,7 +215,6 @@ async fn show(global: &crate::cli::GlobalArgs, args: &ShowArgs) -> Result<()> {
 
 /// A task's record as text.
 pub fn task_text(t: &Task) -> String {
-    use std::fmt::Write;
     let mut out = String::new();
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
     let _ = writeln!(out, "step:            {}", t.step);

@@ -200,56 +200,7 @@ impl Sheet {
             None => return Err(err(None, None, "the sheet is empty".into())),
         };
         let header_line = header.position().map_or(1, csv::Position::line);
-        let mut columns = Vec::with_capacity(header.len());
-        for (i, field) in header.iter().enumerate() {
-            let name = std::str::from_utf8(field).map_err(|_| {
-                err(
-                    Some(header_line),
-                    None,
-                    format!(
-                        "header field {} is not valid UTF-8; save the sheet as UTF-8",
-                        i + 1
-                    ),
-                )
-            })?;
-            let name = name.trim();
-            if name.is_empty() {
-                return Err(err(
-                    Some(header_line),
-                    None,
-                    format!("header field {} is empty; every column needs a name", i + 1),
-                ));
-            }
-            columns.push(name.to_owned());
-        }
-
-        let mut env_names = Vec::with_capacity(columns.len());
-        let mut by_env: HashMap<String, &str> = HashMap::new();
-        for col in &columns {
-            let name = env_name(col);
-            if name.chars().all(|c| c == '_') {
-                return Err(err(Some(header_line), Some(col), "has no letters or digits, so it cannot name an environment variable; rename it".into()));
-            }
-            if RESERVED_ENV.contains(&name.as_str()) {
-                return Err(err(
-                    Some(header_line),
-                    Some(col),
-                    format!(
-                        "would become the environment variable {name}, which the task's shell or the agent needs; rename the column"
-                    ),
-                ));
-            }
-            if let Some(other) = by_env.insert(name.clone(), col) {
-                return Err(err(
-                    Some(header_line),
-                    Some(col),
-                    format!(
-                        "and column '{other}' both become the environment variable {name}; rename one of them"
-                    ),
-                ));
-            }
-            env_names.push(name);
-        }
+        let (columns, env_names) = parse_header(&header, header_line, &err)?;
 
         let id_index = match &options.id_column {
             None => 0,
@@ -266,6 +217,7 @@ impl Sheet {
         };
         let id_column = columns[id_index].clone();
 
+        let mut lines = LineCounter::new(bytes);
         let mut tasks = Vec::new();
         let mut first_line_of: HashMap<String, u64> = HashMap::new();
         for record in records {
@@ -276,60 +228,11 @@ impl Sheet {
                     format!("cannot parse the row: {e}"),
                 )
             })?;
-            let line = record.position().map_or(0, csv::Position::line);
+            let line = lines.line_at(record.position().map_or(0, csv::Position::byte));
             if record.len() == 1 && record.get(0).is_some_and(<[u8]>::is_empty) {
                 continue; // a blank line
             }
-            if record.len() != columns.len() {
-                return Err(err(
-                    Some(line),
-                    None,
-                    format!(
-                        "has {} fields but the header has {}; every row needs one value per column",
-                        record.len(),
-                        columns.len()
-                    ),
-                ));
-            }
-            let mut env = BTreeMap::new();
-            for (i, field) in record.iter().enumerate() {
-                let value = std::str::from_utf8(field).map_err(|e| {
-                    err(
-                        Some(line),
-                        Some(&columns[i]),
-                        format!(
-                            "is not valid UTF-8 (bad byte at offset {}); save the sheet as UTF-8",
-                            e.valid_up_to()
-                        ),
-                    )
-                })?;
-                env.insert(env_names[i].clone(), value.to_owned());
-            }
-            let id = env[&env_names[id_index]].trim().to_owned();
-            if id.is_empty() {
-                return Err(err(
-                    Some(line),
-                    Some(&id_column),
-                    "the task id is empty; every row needs an id".into(),
-                ));
-            }
-            if id.len() > MAX_TASK_ID_BYTES {
-                return Err(err(
-                    Some(line),
-                    Some(&id_column),
-                    format!(
-                        "the task id is {} bytes; at most {MAX_TASK_ID_BYTES} are allowed",
-                        id.len()
-                    ),
-                ));
-            }
-            if id.chars().any(char::is_control) {
-                return Err(err(
-                    Some(line),
-                    Some(&id_column),
-                    "the task id contains a control character (tab, newline, ...)".into(),
-                ));
-            }
+            let (id, env) = row_values(&record, line, &columns, &env_names, id_index, &err)?;
             if let Some(first) = first_line_of.insert(id.clone(), line) {
                 return Err(err(
                     Some(line),
@@ -362,6 +265,171 @@ impl Sheet {
     }
 }
 
+/// Line numbers from byte offsets. The `csv` crate's own line count lags
+/// behind on CRLF files, so lines are counted here, incrementally, from the
+/// record's byte offset (skipping the line break it may point at).
+struct LineCounter<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+    line: u64,
+}
+
+impl<'a> LineCounter<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            offset: 0,
+            line: 1,
+        }
+    }
+
+    fn line_at(&mut self, offset: u64) -> u64 {
+        let mut target = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.bytes.len());
+        while target < self.bytes.len() && matches!(self.bytes[target], b'\r' | b'\n') {
+            target += 1;
+        }
+        if target >= self.offset {
+            self.line += self.bytes[self.offset..target]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count() as u64;
+            self.offset = target;
+        }
+        self.line
+    }
+}
+
+type ErrFn<'a> = dyn Fn(Option<u64>, Option<&str>, String) -> SheetError + 'a;
+
+/// The header's column names and the environment variable of each.
+fn parse_header(
+    header: &csv::ByteRecord,
+    header_line: u64,
+    err: &ErrFn<'_>,
+) -> Result<(Vec<String>, Vec<String>), SheetError> {
+    let mut columns = Vec::with_capacity(header.len());
+    for (i, field) in header.iter().enumerate() {
+        let name = std::str::from_utf8(field).map_err(|_| {
+            err(
+                Some(header_line),
+                None,
+                format!(
+                    "header field {} is not valid UTF-8; save the sheet as UTF-8",
+                    i + 1
+                ),
+            )
+        })?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(err(
+                Some(header_line),
+                None,
+                format!("header field {} is empty; every column needs a name", i + 1),
+            ));
+        }
+        columns.push(name.to_owned());
+    }
+
+    let mut env_names = Vec::with_capacity(columns.len());
+    let mut by_env: HashMap<String, &str> = HashMap::new();
+    for col in &columns {
+        let name = env_name(col);
+        if name.chars().all(|c| c == '_') {
+            return Err(err(
+                Some(header_line),
+                Some(col),
+                "has no letters or digits, so it cannot name an environment variable; rename it"
+                    .into(),
+            ));
+        }
+        if RESERVED_ENV.contains(&name.as_str()) {
+            return Err(err(
+                Some(header_line),
+                Some(col),
+                format!(
+                    "would become the environment variable {name}, which the task's shell or the agent needs; rename the column"
+                ),
+            ));
+        }
+        if let Some(other) = by_env.insert(name.clone(), col) {
+            return Err(err(
+                Some(header_line),
+                Some(col),
+                format!(
+                    "and column '{other}' both become the environment variable {name}; rename one of them"
+                ),
+            ));
+        }
+        env_names.push(name);
+    }
+
+    Ok((columns, env_names))
+}
+
+/// A row's values as environment, and its validated task id.
+fn row_values(
+    record: &csv::ByteRecord,
+    line: u64,
+    columns: &[String],
+    env_names: &[String],
+    id_index: usize,
+    err: &ErrFn<'_>,
+) -> Result<(String, BTreeMap<String, String>), SheetError> {
+    if record.len() != columns.len() {
+        return Err(err(
+            Some(line),
+            None,
+            format!(
+                "has {} fields but the header has {}; every row needs one value per column",
+                record.len(),
+                columns.len()
+            ),
+        ));
+    }
+    let mut env = BTreeMap::new();
+    for (i, field) in record.iter().enumerate() {
+        let value = std::str::from_utf8(field).map_err(|e| {
+            err(
+                Some(line),
+                Some(&columns[i]),
+                format!(
+                    "is not valid UTF-8 (bad byte at offset {}); save the sheet as UTF-8",
+                    e.valid_up_to()
+                ),
+            )
+        })?;
+        env.insert(env_names[i].clone(), value.to_owned());
+    }
+    let id = env[&env_names[id_index]].trim().to_owned();
+    if id.is_empty() {
+        return Err(err(
+            Some(line),
+            Some(&columns[id_index]),
+            "the task id is empty; every row needs an id".into(),
+        ));
+    }
+    if id.len() > MAX_TASK_ID_BYTES {
+        return Err(err(
+            Some(line),
+            Some(&columns[id_index]),
+            format!(
+                "the task id is {} bytes; at most {MAX_TASK_ID_BYTES} are allowed",
+                id.len()
+            ),
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(err(
+            Some(line),
+            Some(&columns[id_index]),
+            "the task id contains a control character (tab, newline, ...)".into(),
+        ));
+    }
+    Ok((id, env))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +450,11 @@ mod tests {
         assert_eq!(s.tasks[0].task_id, "A");
         assert_eq!(s.tasks[0].env["NOTE"], "x, \"y\"");
         assert_eq!(s.tasks[1].line, 3);
+        // Line numbers stay right on CRLF files with blank lines.
+        assert_eq!(
+            message(b"sample,x\r\nA,1\r\n\r\nB,2\r\nA,3\r\n"),
+            "s.csv:5: column 'sample': the task id 'A' is already used on line 2; ids must be unique"
+        );
     }
 
     #[test]

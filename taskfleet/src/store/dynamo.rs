@@ -86,15 +86,15 @@ impl DynamoStore {
         &self.client
     }
 
-    fn classify<E, R>(&self, operation: &'static str, err: SdkError<E, R>) -> StoreError
+    fn classify<E, R>(&self, operation: &'static str, err: &SdkError<E, R>) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: std::fmt::Debug + Send + Sync + 'static,
     {
         let code = err.code().map(str::to_owned);
-        let text = DisplayErrorContext(&err).to_string();
+        let text = DisplayErrorContext(err).to_string();
         let message = err.message().map_or_else(|| text.clone(), str::to_owned);
-        match (&err, code.as_deref()) {
+        match (err, code.as_deref()) {
             (_, Some("ResourceNotFoundException")) => StoreError::TableNotFound {
                 table: self.table.clone(),
                 endpoint: self.endpoint.clone(),
@@ -118,7 +118,7 @@ impl DynamoStore {
             _ if text.contains("region") && text.contains("missing") => StoreError::NoRegion,
             (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _) => StoreError::Unreachable {
                 endpoint: self.endpoint.clone(),
-                detail: innermost_cause(&err),
+                detail: innermost_cause(err),
             },
             (_, Some(code)) => StoreError::Service {
                 operation,
@@ -172,14 +172,14 @@ impl DynamoStore {
                     )
                     .send()
                     .await
-                    .map_err(|e| self.classify("UpdateTimeToLive", e))?;
+                    .map_err(|e| self.classify("UpdateTimeToLive", &e))?;
                 Ok(InitOutcome::Created)
             }
             Err(e) if e.code() == Some("ResourceInUseException") => {
                 self.check_table().await?;
                 Ok(InitOutcome::AlreadyExists)
             }
-            Err(e) => Err(self.classify("CreateTable", e)),
+            Err(e) => Err(self.classify("CreateTable", &e)),
         }
     }
 
@@ -192,85 +192,21 @@ impl DynamoStore {
             .table_name(&self.table)
             .send()
             .await
-            .map_err(|e| self.classify("DescribeTable", e))?;
+            .map_err(|e| self.classify("DescribeTable", &e))?;
         let Some(desc) = out.table() else {
             return Err(StoreError::TableNotFound {
                 table: self.table.clone(),
                 endpoint: self.endpoint.clone(),
             });
         };
-        let mut differences = Vec::new();
-        let keys = |schema: &[KeySchemaElement]| {
-            schema
-                .iter()
-                .map(|k| format!("{} ({})", k.attribute_name(), k.key_type().as_str()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let want_keys = format!("{} (HASH), {} (RANGE)", attr::PK, attr::SK);
-        let have_keys = keys(desc.key_schema());
-        if have_keys != want_keys {
-            differences.push(format!(
-                "key schema is [{have_keys}], expected [{want_keys}]"
-            ));
-        }
-        match desc
-            .global_secondary_indexes()
-            .iter()
-            .find(|g| g.index_name() == Some(BY_STATE_INDEX))
-        {
-            None => differences.push(format!("index '{BY_STATE_INDEX}' is missing")),
-            Some(g) => {
-                let want = format!("{} (HASH), {} (RANGE)", attr::STATE_PK, attr::STATE_AT);
-                let have = keys(g.key_schema());
-                if have != want {
-                    differences.push(format!(
-                        "index '{BY_STATE_INDEX}' has keys [{have}], expected [{want}]"
-                    ));
-                }
-                let projected: Vec<&str> = g
-                    .projection()
-                    .map(|p| p.non_key_attributes().iter().map(String::as_str).collect())
-                    .unwrap_or_default();
-                let is_all =
-                    g.projection().and_then(|p| p.projection_type()) == Some(&ProjectionType::All);
-                let missing: Vec<&str> = BY_STATE_PROJECTED
-                    .iter()
-                    .copied()
-                    .filter(|a| !projected.contains(a))
-                    .collect();
-                if !is_all && !missing.is_empty() {
-                    differences.push(format!(
-                        "index '{BY_STATE_INDEX}' does not project {}",
-                        missing.join(", ")
-                    ));
-                }
-            }
-        }
-        let key_types: HashMap<&str, &str> = desc
-            .attribute_definitions()
-            .iter()
-            .map(|d| (d.attribute_name(), d.attribute_type().as_str()))
-            .collect();
-        for (name, ty) in [
-            (attr::PK, "S"),
-            (attr::SK, "S"),
-            (attr::STATE_PK, "S"),
-            (attr::STATE_AT, "N"),
-        ] {
-            if let Some(have) = key_types.get(name)
-                && *have != ty
-            {
-                differences.push(format!("attribute '{name}' has type {have}, expected {ty}"));
-            }
-        }
+        let mut differences = schema_differences(desc);
         let ttl = self
             .client
             .describe_time_to_live()
             .table_name(&self.table)
             .send()
             .await
-            .map_err(|e| self.classify("DescribeTimeToLive", e))?;
+            .map_err(|e| self.classify("DescribeTimeToLive", &e))?;
         let ttl = ttl.time_to_live_description();
         let ttl_on = matches!(
             ttl.and_then(|t| t.time_to_live_status()),
@@ -303,7 +239,7 @@ impl DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| self.classify("GetItem", e))?;
+            .map_err(|e| self.classify("GetItem", &e))?;
         out.item().map(|i| decode(step, i.clone())).transpose()
     }
 
@@ -331,7 +267,7 @@ impl DynamoStore {
             .send()
             .try_collect()
             .await
-            .map_err(|e| self.classify("Query", e))?;
+            .map_err(|e| self.classify("Query", &e))?;
         items.into_iter().map(|i| decode(STEPS_PK, i)).collect()
     }
 
@@ -376,10 +312,18 @@ impl DynamoStore {
                             );
                         }
                     }
-                    Err(e) if is_retryable(&e) => {
+                    Err(e)
+                        if is_retryable(&e)
+                            || e.as_service_error().is_some_and(|se| {
+                                se.is_provisioned_throughput_exceeded_exception()
+                                    || se.is_request_limit_exceeded()
+                                    || se.is_throttling_exception()
+                                    || se.is_internal_server_error()
+                            }) =>
+                    {
                         tracing::debug!(tries, error = %DisplayErrorContext(&e), "batch write throttled");
                     }
-                    Err(e) => return Err(self.classify("BatchWriteItem", e)),
+                    Err(e) => return Err(self.classify("BatchWriteItem", &e)),
                 }
                 if pending.is_empty() {
                     break;
@@ -411,7 +355,7 @@ impl DynamoStore {
             .send()
             .try_collect()
             .await
-            .map_err(|e| self.classify("Query", e))?;
+            .map_err(|e| self.classify("Query", &e))?;
         let sum = |name: &str| -> u64 {
             counters
                 .iter()
@@ -472,7 +416,7 @@ impl DynamoStore {
             .send()
             .try_collect()
             .await
-            .map_err(|e| self.classify("Query", e))?;
+            .map_err(|e| self.classify("Query", &e))?;
         Ok(pages
             .iter()
             .map(|p| u64::try_from(p.count()).unwrap_or(0))
@@ -502,7 +446,7 @@ impl DynamoStore {
                     .send()
                     .await
                     .map(|out| out.items().to_vec())
-                    .map_err(|e| self.classify("Query", e))
+                    .map_err(|e| self.classify("Query", &e))
             })
             .buffer_unordered(STATUS_CONCURRENCY)
             .try_collect()
@@ -612,8 +556,15 @@ impl DynamoStore {
                         .map(|k| k.keys().to_vec())
                         .unwrap_or_default();
                 }
-                Err(e) if is_retryable(&e) => {}
-                Err(e) => return Err(self.classify("BatchGetItem", e)),
+                Err(e)
+                    if is_retryable(&e)
+                        || e.as_service_error().is_some_and(|se| {
+                            se.is_provisioned_throughput_exceeded_exception()
+                                || se.is_request_limit_exceeded()
+                                || se.is_throttling_exception()
+                                || se.is_internal_server_error()
+                        }) => {}
+                Err(e) => return Err(self.classify("BatchGetItem", &e)),
             }
             if pending.is_empty() {
                 break;
@@ -703,7 +654,7 @@ impl TaskStore for DynamoStore {
                     .expression_attribute_values(":updated", n(meta.updated_at.as_millis()))
                     .send()
                     .await
-                    .map_err(|e| self.classify("UpdateItem", e))?;
+                    .map_err(|e| self.classify("UpdateItem", &e))?;
                 return Ok((meta, StepChange::Updated));
             }
             let now = Timestamp::now();
@@ -727,7 +678,7 @@ impl TaskStore for DynamoStore {
                 Ok(_) => return Ok((meta, StepChange::Created)),
                 // Another loader created the step first: read theirs.
                 Err(e) if e.code() == Some("ConditionalCheckFailedException") => {}
-                Err(e) => return Err(self.classify("PutItem", e)),
+                Err(e) => return Err(self.classify("PutItem", &e)),
             }
         }
     }
@@ -784,7 +735,7 @@ impl TaskStore for DynamoStore {
             .expression_attribute_values(":n", n(tasks.len() as i64))
             .send()
             .await
-            .map_err(|e| self.classify("UpdateItem", e))?;
+            .map_err(|e| self.classify("UpdateItem", &e))?;
         Ok(())
     }
 
@@ -846,7 +797,7 @@ impl TaskStore for DynamoStore {
                 if lost {
                     Ok(ReplaceOutcome::Changed)
                 } else {
-                    Err(self.classify("TransactWriteItems", e))
+                    Err(self.classify("TransactWriteItems", &e))
                 }
             }
         }
@@ -887,11 +838,82 @@ impl TaskStore for DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| self.classify("GetItem", e))?;
+            .map_err(|e| self.classify("GetItem", &e))?;
         out.item()
             .map(|i| decode(&format!("{step}/{task_id}"), i.clone()))
             .transpose()
     }
+}
+
+/// What differs between a table's description and the schema's keys and
+/// index.
+fn schema_differences(desc: &aws_sdk_dynamodb::types::TableDescription) -> Vec<String> {
+    let mut differences = Vec::new();
+    let keys = |schema: &[KeySchemaElement]| {
+        schema
+            .iter()
+            .map(|k| format!("{} ({})", k.attribute_name(), k.key_type().as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let want_keys = format!("{} (HASH), {} (RANGE)", attr::PK, attr::SK);
+    let have_keys = keys(desc.key_schema());
+    if have_keys != want_keys {
+        differences.push(format!(
+            "key schema is [{have_keys}], expected [{want_keys}]"
+        ));
+    }
+    match desc
+        .global_secondary_indexes()
+        .iter()
+        .find(|g| g.index_name() == Some(BY_STATE_INDEX))
+    {
+        None => differences.push(format!("index '{BY_STATE_INDEX}' is missing")),
+        Some(g) => {
+            let want = format!("{} (HASH), {} (RANGE)", attr::STATE_PK, attr::STATE_AT);
+            let have = keys(g.key_schema());
+            if have != want {
+                differences.push(format!(
+                    "index '{BY_STATE_INDEX}' has keys [{have}], expected [{want}]"
+                ));
+            }
+            let projected: Vec<&str> = g
+                .projection()
+                .map(|p| p.non_key_attributes().iter().map(String::as_str).collect())
+                .unwrap_or_default();
+            let is_all =
+                g.projection().and_then(|p| p.projection_type()) == Some(&ProjectionType::All);
+            let missing: Vec<&str> = BY_STATE_PROJECTED
+                .iter()
+                .copied()
+                .filter(|a| !projected.contains(a))
+                .collect();
+            if !is_all && !missing.is_empty() {
+                differences.push(format!(
+                    "index '{BY_STATE_INDEX}' does not project {}",
+                    missing.join(", ")
+                ));
+            }
+        }
+    }
+    let key_types: HashMap<&str, &str> = desc
+        .attribute_definitions()
+        .iter()
+        .map(|d| (d.attribute_name(), d.attribute_type().as_str()))
+        .collect();
+    for (name, ty) in [
+        (attr::PK, "S"),
+        (attr::SK, "S"),
+        (attr::STATE_PK, "S"),
+        (attr::STATE_AT, "N"),
+    ] {
+        if let Some(have) = key_types.get(name)
+            && *have != ty
+        {
+            differences.push(format!("attribute '{name}' has type {have}, expected {ty}"));
+        }
+    }
+    differences
 }
 
 fn is_retryable<E, R>(err: &SdkError<E, R>) -> bool

@@ -1,0 +1,277 @@
+use std::fmt::Write;
+
+use taskfleet::TaskState;
+use taskfleet::store::TaskStore;
+
+use crate::support::{TestTable, samples_2504};
+
+fn load_samples(t: &TestTable, step: &str, sheet: &str) -> serde_json::Value {
+    let run = t.taskctl(&[
+        "load",
+        "--step",
+        step,
+        "--command",
+        "echo \"$SAMPLE\"",
+        "--json",
+        sheet,
+    ]);
+    run.ok();
+    run.json()
+}
+
+#[tokio::test]
+async fn loading_the_2504_sample_sheet_gives_2504_pending_tasks_with_their_environment() {
+    let t = TestTable::new("load2504");
+    let sheet = samples_2504();
+    let report = load_samples(&t, "align", sheet.to_str().unwrap());
+    assert_eq!(report["loaded"], 2504);
+    assert_eq!(report["skipped_existing"], 0);
+    assert_eq!(report["step_created"], true);
+
+    let status = t.taskctl(&["status", "--step", "align", "--json"]);
+    status.ok();
+    let s = &status.json()[0];
+    assert_eq!(
+        (s["total"].as_u64(), s["pending"].as_u64()),
+        (Some(2504), Some(2504))
+    );
+    assert_eq!(
+        (
+            s["running"].as_u64(),
+            s["done"].as_u64(),
+            s["failed"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0))
+    );
+    assert_eq!(t.task_count("align").await, 2504);
+
+    // Spot-check rows against the sheet: every column as an upper-case
+    // variable, the script stored as given.
+    let text = std::fs::read_to_string(&sheet).unwrap();
+    for line in text.lines().skip(1).step_by(500) {
+        let f: Vec<&str> = line.split(',').collect();
+        let task = t
+            .store
+            .task("align", f[0])
+            .await
+            .unwrap()
+            .expect("task exists");
+        assert_eq!(task.state, TaskState::Pending);
+        assert_eq!(task.attempt, 0);
+        assert_eq!(task.script, "echo \"$SAMPLE\"");
+        let env: Vec<(&str, &str)> = task
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("FASTQ_1", f[4]),
+                ("FASTQ_2", f[5]),
+                ("POPULATION", f[1]),
+                ("SAMPLE", f[0]),
+                ("SEX", f[3]),
+                ("SUPER_POPULATION", f[2]),
+            ]
+        );
+    }
+    let shown = t.taskctl(&["show", "align", "HG00098", "--json"]);
+    shown.ok();
+    assert_eq!(shown.json()["env"]["POPULATION"], "CLM");
+}
+
+#[tokio::test]
+async fn loading_the_same_sheet_again_adds_nothing_and_ten_new_rows_add_ten() {
+    let t = TestTable::new("reload");
+    let sheet = samples_2504();
+    load_samples(&t, "align", sheet.to_str().unwrap());
+    let before = t.dump().await;
+
+    let again = load_samples(&t, "align", sheet.to_str().unwrap());
+    assert_eq!(
+        (again["loaded"].as_u64(), again["skipped_existing"].as_u64()),
+        (Some(0), Some(2504))
+    );
+    assert_eq!(
+        t.dump().await,
+        before,
+        "a second load must not change any item"
+    );
+
+    let mut grown = std::fs::read_to_string(&sheet).unwrap();
+    for i in 0..10 {
+        let _ = writeln!(
+            grown,
+            "NEW{i:03},GBR,EUR,female,s3://r/NEW{i:03}_1.fq.gz,s3://r/NEW{i:03}_2.fq.gz"
+        );
+    }
+    let grown = t.file("grown.csv", grown);
+    let third = load_samples(&t, "align", grown.to_str().unwrap());
+    assert_eq!(
+        (third["loaded"].as_u64(), third["skipped_existing"].as_u64()),
+        (Some(10), Some(2504))
+    );
+    assert_eq!(t.task_count("align").await, 2514);
+    let status = t.store.status(Some("align")).await.unwrap();
+    assert_eq!((status[0].total, status[0].pending), (2514, 2514));
+}
+
+#[tokio::test]
+async fn reloading_leaves_running_and_done_tasks_alone_and_replace_resets_only_those_not_running() {
+    let t = TestTable::new("replace");
+    let sheet = t.file("s.csv", "sample,x\nA,1\nB,2\nC,3\n");
+    let sheet = sheet.to_str().unwrap();
+    t.taskctl(&["load", "--step", "qc", "--command", "v1", sheet])
+        .ok();
+
+    // Put A in `running` and B in `done` the way a worker would leave them.
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    let mut a = t.store.task("qc", "A").await.unwrap().unwrap();
+    a.state = TaskState::Running;
+    a.attempt = 1;
+    a.owner = Some("i-0/w0".into());
+    a.lease_expires_at =
+        Some(taskfleet::time::Timestamp::now().plus(std::time::Duration::from_secs(300)));
+    let mut b = t.store.task("qc", "B").await.unwrap().unwrap();
+    b.state = TaskState::Done;
+    b.attempt = 1;
+    b.exit_code = Some(0);
+    b.finished_at = Some(taskfleet::time::Timestamp::now());
+    for task in [&a, &b] {
+        t.store
+            .client()
+            .put_item()
+            .table_name(&t.name)
+            .set_item(Some(taskfleet::store::dynamo::task_item(&meta, task)))
+            .send()
+            .await
+            .unwrap();
+    }
+    let shard_b = taskfleet::schema::shard_of("B", meta.shards);
+    t.store
+        .client()
+        .update_item()
+        .table_name(&t.name)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(taskfleet::schema::counts_pk("qc")),
+        )
+        .key(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S(taskfleet::schema::shard_sk(shard_b)),
+        )
+        .update_expression("ADD done :one")
+        .expression_attribute_values(
+            ":one",
+            aws_sdk_dynamodb::types::AttributeValue::N("1".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    // Without --replace: nothing changes.
+    t.taskctl(&["load", "--step", "qc", "--command", "v2", sheet])
+        .ok();
+    assert_eq!(t.store.task("qc", "A").await.unwrap().unwrap(), a);
+    assert_eq!(
+        t.store.task("qc", "B").await.unwrap().unwrap().state,
+        TaskState::Done
+    );
+
+    // With --replace: B and C are reset with the new script; A is running
+    // and is left alone.
+    let run = t.taskctl(&[
+        "load",
+        "--step",
+        "qc",
+        "--command",
+        "v2",
+        "--replace",
+        "--json",
+        sheet,
+    ]);
+    run.ok();
+    let report = run.json();
+    assert_eq!(
+        (
+            report["replaced"].as_u64(),
+            report["skipped_running"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    assert_eq!(t.store.task("qc", "A").await.unwrap().unwrap(), a);
+    let b2 = t.store.task("qc", "B").await.unwrap().unwrap();
+    assert_eq!(
+        (b2.state, b2.attempt, b2.script.as_str()),
+        (TaskState::Pending, 0, "v2")
+    );
+    let s = &t.store.status(Some("qc")).await.unwrap()[0];
+    assert_eq!((s.total, s.running, s.done, s.pending), (3, 1, 0, 2));
+}
+
+#[tokio::test]
+async fn settings_given_at_load_are_stored_once_for_the_step() {
+    let t = TestTable::new("settings");
+    let sheet = t.file("s.csv", "sample\nA\n");
+    t.taskctl(&[
+        "load",
+        "--step",
+        "qc",
+        "--command",
+        "true",
+        "--max-attempts",
+        "5",
+        "--lease",
+        "2m",
+        "--shards",
+        "4",
+        sheet.to_str().unwrap(),
+    ])
+    .ok();
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            meta.settings.max_attempts,
+            meta.settings.lease.as_secs(),
+            meta.shards
+        ),
+        (5, 120, 4)
+    );
+
+    let run = t.taskctl(&[
+        "load",
+        "--step",
+        "qc",
+        "--command",
+        "true",
+        "--max-attempts",
+        "2",
+        sheet.to_str().unwrap(),
+    ]);
+    run.ok();
+    assert!(
+        run.stdout().contains("updated the settings of step 'qc'"),
+        "{}",
+        run.stdout()
+    );
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    assert_eq!(
+        (meta.settings.max_attempts, meta.settings.lease.as_secs()),
+        (2, 120)
+    );
+
+    let err = t
+        .taskctl(&[
+            "load",
+            "--step",
+            "qc",
+            "--command",
+            "true",
+            "--shards",
+            "8",
+            sheet.to_str().unwrap(),
+        ])
+        .fails();
+    assert!(err.contains("step 'qc' was created with 4 shards"), "{err}");
+}

@@ -1,0 +1,16 @@
+//! Integration tests of `taskctl` and the DynamoDB store, in one test
+//! binary so that the SDK is linked once.
+//!
+//! Tests that talk to DynamoDB use the official DynamoDB Local that
+//! `scripts/test` starts inside a private network namespace, and find it
+//! through `TASKFLEET_TEST_DYNAMODB`. Without it they fail with a message
+//! saying how to run them; they never skip. Each test uses its own table.
+
+mod support;
+
+mod bad_input;
+mod errors;
+mod init;
+mod load;
+mod mocks;
+mod status;
