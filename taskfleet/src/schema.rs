@@ -346,6 +346,33 @@ mod tests {
     }
 
     #[test]
+    fn terraform_table_matches_the_schema() {
+        let tf = include_str!("../../terraform/table.tf");
+        let squeezed: String = tf.split_whitespace().collect::<Vec<_>>().join(" ");
+        for needle in [
+            format!("hash_key = \"{}\"", attr::PK),
+            format!("range_key = \"{}\"", attr::SK),
+            format!("name = \"{}\" type = \"S\"", attr::PK),
+            format!("name = \"{}\" type = \"S\"", attr::SK),
+            format!("name = \"{}\" type = \"S\"", attr::STATE_PK),
+            format!("name = \"{}\" type = \"N\"", attr::STATE_AT),
+            format!(
+                "name = \"{BY_STATE_INDEX}\" hash_key = \"{}\" range_key = \"{}\" projection_type = \"INCLUDE\"",
+                attr::STATE_PK,
+                attr::STATE_AT
+            ),
+            format!(
+                "non_key_attributes = [{}]",
+                BY_STATE_PROJECTED.map(|a| format!("\"{a}\"")).join(", ")
+            ),
+            format!("attribute_name = \"{}\" enabled = true", attr::EXPIRES_AT),
+            "billing_mode = \"PAY_PER_REQUEST\"".to_owned(),
+        ] {
+            assert!(squeezed.contains(&needle), "terraform/table.tf lacks `{needle}`");
+        }
+    }
+
+    #[test]
     fn item_size_counts_names_and_values() {
         let item = HashMap::from([
             ("ab".to_owned(), AttributeValue::S("xyz".into())),
