@@ -368,7 +368,10 @@ mod tests {
             format!("attribute_name = \"{}\" enabled = true", attr::EXPIRES_AT),
             "billing_mode = \"PAY_PER_REQUEST\"".to_owned(),
         ] {
-            assert!(squeezed.contains(&needle), "terraform/table.tf lacks `{needle}`");
+            assert!(
+                squeezed.contains(&needle),
+                "terraform/table.tf lacks `{needle}`"
+            );
         }
     }
 
