@@ -1,12 +1,172 @@
-//! `agent`: the worker that claims and runs tasks of one step.
-//!
-//! The claim loop, heartbeats and fenced completion are the next piece of
-//! work; until then this binary only reports that it cannot run tasks, so
-//! that nobody mistakes it for a worker.
+//! `agent`: see `agent --help`.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "error: this build of agent cannot run tasks yet; use a release that includes the worker"
-    );
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::{AgentConfig, Shutdown};
+use clap::{Parser, ValueEnum};
+use taskfleet::connect::AwsOptions;
+
+/// Claim and run the tasks of one workflow step from the task table.
+///
+/// Runs until the step has nothing left for --idle-timeout (exit 0), or a
+/// stop signal: the first SIGTERM/SIGINT stops claiming and gives running
+/// tasks --grace to finish before they are released to pending; a second
+/// one skips the grace period. Exit 3: a problem no retry fixes (no table,
+/// no step, no credentials); exit 4: the task store kept failing.
+#[derive(Debug, Parser)]
+#[command(name = "agent", version, about, long_about, max_term_width = 100)]
+#[allow(clippy::doc_markdown)]
+struct Args {
+    /// The task table: NAME or dynamodb://NAME.
+    #[arg(long, env = "TASKFLEET_TABLE", default_value = "taskfleet")]
+    table: String,
+    /// DynamoDB endpoint (e.g. DynamoDB Local).
+    #[arg(long, value_name = "URL")]
+    endpoint_url: Option<String>,
+    /// AWS region; defaults to the standard chain.
+    #[arg(long)]
+    region: Option<String>,
+    /// The step whose tasks to run.
+    #[arg(long, env = "TASKFLEET_STEP")]
+    step: String,
+    /// Tasks to run at once.
+    #[arg(long, default_value_t = 1)]
+    slots: usize,
+    /// Exit 0 after this long with nothing claimable and nothing running.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    idle_timeout: Option<Duration>,
+    /// After a stop signal, how long running tasks may go on.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    grace: Duration,
+    /// Between TERM and KILL when a script is killed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    kill_grace: Duration,
+    /// Longest wait between polls of an empty step.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    poll_max: Duration,
+    /// Shortest wait before a failed task is retried (doubles per failure).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    retry_delay: Duration,
+    /// Where attempts get their working directories.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Where attempt logs are written.
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    /// This worker's id in the table [default: PID and a random suffix].
+    #[arg(long)]
+    worker_id: Option<String>,
+    /// Format of log lines on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aws=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let options = AwsOptions {
+        table: args.table.clone(),
+        endpoint_url: args.endpoint_url.clone(),
+        region: args.region.clone(),
+    };
+    let env_endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .ok();
+    let store = match taskfleet::connect::dynamo(&options, env_endpoint).await {
+        Ok(store) => Arc::new(store),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let worker = args
+        .worker_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{:04x}", std::process::id(), rand::random::<u16>()));
+    let mut cfg = AgentConfig::new(&args.step, format!("{host}/{worker}"));
+    cfg.slots = args.slots.max(1);
+    cfg.idle_timeout = args.idle_timeout;
+    cfg.grace = args.grace;
+    cfg.kill_grace = args.kill_grace;
+    cfg.poll_max = args.poll_max.max(cfg.poll_min);
+    cfg.retry_delay = args.retry_delay;
+    if let Some(dir) = args.work_dir {
+        cfg.work_dir = dir;
+    }
+    if let Some(dir) = args.log_dir {
+        cfg.log_dir = dir;
+    }
+
+    let shutdown = Shutdown::new();
+    tokio::spawn(forward_signals(shutdown.clone()));
+    match agent::run(store, cfg, shutdown).await {
+        Ok(exit) => {
+            tracing::info!(?exit, "exiting");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// First SIGTERM/SIGINT: graceful stop. Second: stop now.
+async fn forward_signals(shutdown: Shutdown) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        seen += 1;
+        if seen == 1 {
+            tracing::info!("stop requested; finishing running tasks (signal again to stop now)");
+            shutdown.stop();
+        } else {
+            tracing::warn!("second stop signal; releasing running tasks now");
+            shutdown.now();
+            return;
+        }
+    }
 }

@@ -14,9 +14,11 @@
 //! - [`sheet`]: reading and validating sample sheets (CSV/TSV) into tasks.
 //! - [`load`]: loading a validated sheet into a store, with progress.
 //! - [`store`]: the stores. [`store::dynamo`] talks to DynamoDB.
+//! - [`connect`]: building a store from AWS configuration.
 //! - [`retry`]: the jittered exponential backoff used around batch writes.
 //! - [`time`]: epoch-millisecond timestamps, the unit the table stores.
 
+pub mod connect;
 pub mod load;
 pub mod model;
 pub mod retry;

@@ -25,8 +25,13 @@ use aws_sdk_dynamodb::types::{
 use aws_smithy_types::error::display::DisplayErrorContext;
 use futures::{StreamExt, TryStreamExt};
 
-use super::{ReplaceOutcome, SettingsChange, StepChange, StoreError, TaskStore};
-use crate::model::{FailedTask, StepMeta, StepSettings, StepStatus, Task, TaskState};
+use super::{
+    CLOCK_SKEW_MARGIN, Candidate, Claim, Fence, Finish, HISTORY_KEEP, ReplaceOutcome,
+    SettingsChange, StepChange, StoreError, TaskStore,
+};
+use crate::model::{
+    AttemptRecord, FailedTask, FailureClass, StepMeta, StepSettings, StepStatus, Task, TaskState,
+};
 use crate::retry::RetryPolicy;
 use crate::schema::{self, BY_STATE_INDEX, BY_STATE_PROJECTED, STEPS_PK, attr};
 use crate::time::Timestamp;
@@ -229,7 +234,7 @@ impl DynamoStore {
     }
 
     /// The stored step, if any.
-    pub async fn step(&self, step: &str) -> Result<Option<StepMeta>, StoreError> {
+    pub async fn read_step(&self, step: &str) -> Result<Option<StepMeta>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -244,7 +249,7 @@ impl DynamoStore {
     }
 
     async fn required_step(&self, step: &str) -> Result<StepMeta, StoreError> {
-        self.step(step)
+        self.read_step(step)
             .await?
             .ok_or_else(|| StoreError::StepNotFound {
                 step: step.to_owned(),
@@ -581,6 +586,80 @@ impl DynamoStore {
         Ok(found)
     }
 
+    /// Prepares the reclaim of a dead owner's task: reads it whole to record
+    /// the lost attempt, and returns the condition that takes it only if it
+    /// is still that attempt with its lease expired. An early outcome
+    /// (`Lost`, or `FailedLost` when it had no attempts left) is `Err`.
+    async fn prepare_reclaim(
+        &self,
+        meta: &StepMeta,
+        candidate: &Candidate,
+        now: Timestamp,
+        e: &mut Expr,
+    ) -> Result<Result<String, Claim>, StoreError> {
+        // Reclaiming a dead owner's task: read it whole to record the
+        // lost attempt, then take it only if it is still that attempt.
+        let Some(old) = TaskStore::task(self, &meta.step, &candidate.task_id).await? else {
+            return Ok(Err(Claim::Lost));
+        };
+        let cutoff = Timestamp::from_millis(now.as_millis() - CLOCK_SKEW_MARGIN.as_millis() as i64);
+        if old.state != TaskState::Running
+            || old.attempt != candidate.attempt
+            || old.lease_expires_at.is_none_or(|l| l > cutoff)
+        {
+            return Ok(Err(Claim::Lost));
+        }
+        let lost = AttemptRecord {
+            attempt: old.attempt,
+            owner: old.owner.clone().unwrap_or_default(),
+            started_at: old.started_at.unwrap_or(now),
+            finished_at: now,
+            outcome: TaskState::Pending,
+            exit_code: None,
+            signal: None,
+            failure_class: Some(FailureClass::Lost),
+            log_uri: old.log_uri.clone(),
+            provenance: None,
+        };
+        if old.failed_attempts + 1 >= meta.settings.max_attempts {
+            let finish = Finish {
+                next: TaskState::Failed,
+                counts_as_failure: true,
+                ready_at: now,
+                record: AttemptRecord {
+                    outcome: TaskState::Failed,
+                    ..lost
+                },
+                output_tail: old.output_tail.clone(),
+            };
+            return Ok(Err(
+                match TaskStore::finish(self, meta, &old, &finish).await? {
+                    Fence::Held => Claim::FailedLost,
+                    Fence::Lost => Claim::Lost,
+                },
+            ));
+        }
+        let mut history = old.history.clone();
+        history.push(lost);
+        trim_history(&mut history);
+        e.set(
+            attr::HISTORY,
+            serde_dynamo::to_attribute_value(&history).expect("history serialises"),
+        )
+        .add_to(attr::FAILED_ATTEMPTS, 1);
+        let (st, att, lease, running, seen, cut) = (
+            e.name(attr::STATE),
+            e.name(attr::ATTEMPT),
+            e.name(attr::LEASE_EXPIRES_AT),
+            e.value(s(TaskState::Running.as_str())),
+            e.value(n(i64::from(old.attempt))),
+            e.value(n(cutoff.as_millis())),
+        );
+        Ok(Ok(format!(
+            "{st} = {running} AND {att} = {seen} AND {lease} < {cut}"
+        )))
+    }
+
     fn step_item(meta: &StepMeta) -> Item {
         let mut item: Item = serde_dynamo::to_item(meta).expect("a step always serialises");
         item.insert(attr::PK.to_owned(), s(STEPS_PK));
@@ -622,7 +701,7 @@ impl TaskStore for DynamoStore {
         change: &SettingsChange,
     ) -> Result<(StepMeta, StepChange), StoreError> {
         loop {
-            if let Some(mut meta) = self.step(step).await? {
+            if let Some(mut meta) = self.read_step(step).await? {
                 if let Some(requested) = change.shards
                     && requested != meta.shards
                 {
@@ -843,6 +922,246 @@ impl TaskStore for DynamoStore {
             .map(|i| decode(&format!("{step}/{task_id}"), i.clone()))
             .transpose()
     }
+
+    async fn step(&self, step: &str) -> Result<Option<StepMeta>, StoreError> {
+        self.read_step(step).await
+    }
+
+    async fn candidates(
+        &self,
+        meta: &StepMeta,
+        shard: u16,
+        state: TaskState,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        let cutoff = match state {
+            TaskState::Running => {
+                Timestamp::from_millis(now.as_millis() - CLOCK_SKEW_MARGIN.as_millis() as i64)
+            }
+            _ => now,
+        };
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_STATE_INDEX)
+            .key_condition_expression("#spk = :spk AND #sat <= :cutoff")
+            .expression_attribute_names("#spk", attr::STATE_PK)
+            .expression_attribute_names("#sat", attr::STATE_AT)
+            .expression_attribute_values(":spk", s(&schema::state_pk(&meta.step, state, shard)))
+            .expression_attribute_values(":cutoff", n(cutoff.as_millis()))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1))
+            .send()
+            .await
+            .map_err(|e| self.classify("Query", &e))?;
+        Ok(out
+            .items()
+            .iter()
+            .filter_map(|i| {
+                Some(Candidate {
+                    task_id: i.get(attr::SK)?.as_s().ok()?.clone(),
+                    state,
+                    attempt: i.get(attr::ATTEMPT)?.as_n().ok()?.parse().ok()?,
+                })
+            })
+            .collect())
+    }
+
+    async fn claim(
+        &self,
+        meta: &StepMeta,
+        candidate: &Candidate,
+        owner: &str,
+        now: Timestamp,
+    ) -> Result<Claim, StoreError> {
+        let shard = schema::shard_of(&candidate.task_id, meta.shards);
+        let until = now.plus(meta.settings.lease);
+        let mut e = Expr::default();
+        e.set(attr::STATE, s(TaskState::Running.as_str()))
+            .set(attr::OWNER, s(owner))
+            .add_to(attr::ATTEMPT, 1)
+            .set(attr::LEASE_EXPIRES_AT, n(until.as_millis()))
+            .set(attr::STARTED_AT, n(now.as_millis()))
+            .set(attr::UPDATED_AT, n(now.as_millis()))
+            .set(
+                attr::STATE_PK,
+                s(&schema::state_pk(&meta.step, TaskState::Running, shard)),
+            )
+            .set(attr::STATE_AT, n(until.as_millis()))
+            .remove(attr::FINISHED_AT)
+            .remove(attr::EXIT_CODE)
+            .remove(attr::SIGNAL)
+            .remove(attr::FAILURE_CLASS);
+        let condition = if candidate.state == TaskState::Pending {
+            let (st, sat, pending, now_v) = (
+                e.name(attr::STATE),
+                e.name(attr::STATE_AT),
+                e.value(s(TaskState::Pending.as_str())),
+                e.value(n(now.as_millis())),
+            );
+            format!("{st} = {pending} AND {sat} <= {now_v}")
+        } else {
+            match self.prepare_reclaim(meta, candidate, now, &mut e).await? {
+                Ok(condition) => condition,
+                Err(early) => return Ok(early),
+            }
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(schema::task_key(
+                &meta.step,
+                meta.shards,
+                &candidate.task_id,
+            )))
+            .update_expression(e.update_expression())
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(e.names))
+            .set_expression_attribute_values(Some(e.values))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let item = out.attributes().cloned().unwrap_or_default();
+                let task: Task = decode(&format!("{}/{}", meta.step, candidate.task_id), item)?;
+                Ok(Claim::Claimed(Box::new(task)))
+            }
+            Err(err) if err.code() == Some("ConditionalCheckFailedException") => Ok(Claim::Lost),
+            Err(err) => Err(self.classify("UpdateItem", &err)),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        until: Timestamp,
+    ) -> Result<Fence, StoreError> {
+        let mut e = Expr::default();
+        e.set(attr::LEASE_EXPIRES_AT, n(until.as_millis()))
+            .set(attr::STATE_AT, n(until.as_millis()))
+            .set(attr::UPDATED_AT, n(Timestamp::now().as_millis()));
+        let condition = e.fence(task);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(schema::task_key(
+                &meta.step,
+                meta.shards,
+                &task.task_id,
+            )))
+            .update_expression(e.update_expression())
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(e.names))
+            .set_expression_attribute_values(Some(e.values))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Fence::Held),
+            Err(err) if err.code() == Some("ConditionalCheckFailedException") => Ok(Fence::Lost),
+            Err(err) => Err(self.classify("UpdateItem", &err)),
+        }
+    }
+
+    async fn finish(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        finish: &Finish,
+    ) -> Result<Fence, StoreError> {
+        let shard = schema::shard_of(&task.task_id, meta.shards);
+        let now = Timestamp::now();
+        let mut history = task.history.clone();
+        history.push(finish.record.clone());
+        trim_history(&mut history);
+        let mut e = Expr::default();
+        e.set(attr::STATE, s(finish.next.as_str()))
+            .set(attr::UPDATED_AT, n(now.as_millis()))
+            .set(
+                attr::HISTORY,
+                serde_dynamo::to_attribute_value(&history).expect("history serialises"),
+            )
+            .set(
+                attr::STATE_PK,
+                s(&schema::state_pk(&meta.step, finish.next, shard)),
+            )
+            .remove(attr::OWNER)
+            .remove(attr::LEASE_EXPIRES_AT);
+        let r = &finish.record;
+        e.set_opt(attr::EXIT_CODE, r.exit_code.map(|c| n(i64::from(c))))
+            .set_opt(attr::SIGNAL, r.signal.map(|c| n(i64::from(c))))
+            .set_opt(attr::FAILURE_CLASS, r.failure_class.map(|c| s(c.as_str())))
+            .set_opt(attr::LOG_URI, r.log_uri.clone().map(AttributeValue::S))
+            .set_opt(
+                attr::OUTPUT_TAIL,
+                finish.output_tail.clone().map(AttributeValue::S),
+            );
+        if finish.counts_as_failure {
+            e.add_to(attr::FAILED_ATTEMPTS, 1);
+        }
+        let counter = match finish.next {
+            TaskState::Done | TaskState::Failed => {
+                e.set(attr::FINISHED_AT, n(r.finished_at.as_millis()))
+                    .set(attr::STATE_AT, n(r.finished_at.as_millis()));
+                Some(if finish.next == TaskState::Done {
+                    attr::DONE
+                } else {
+                    attr::FAILED
+                })
+            }
+            _ => {
+                e.set(attr::STATE_AT, n(finish.ready_at.as_millis()));
+                None
+            }
+        };
+        let condition = e.fence(task);
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(schema::task_key(
+                &meta.step,
+                meta.shards,
+                &task.task_id,
+            )))
+            .update_expression(e.update_expression())
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(e.names))
+            .set_expression_attribute_values(Some(e.values))
+            .build()
+            .expect("table, key and expression are set");
+        let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        if let Some(counter) = counter {
+            items.push(
+                TransactWriteItem::builder()
+                    .update(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .key(attr::PK, s(&schema::counts_pk(&meta.step)))
+                            .key(attr::SK, s(&schema::shard_sk(shard)))
+                            .update_expression("ADD #c :one")
+                            .expression_attribute_names("#c", counter)
+                            .expression_attribute_values(":one", n(1))
+                            .build()
+                            .expect("table, key and expression are set"),
+                    )
+                    .build(),
+            );
+        }
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Fence::Held),
+            Err(err) if is_condition_cancel(&err) => Ok(Fence::Lost),
+            Err(err) => Err(self.classify("TransactWriteItems", &err)),
+        }
+    }
 }
 
 /// What differs between a table's description and the schema's keys and
@@ -914,6 +1233,104 @@ fn schema_differences(desc: &aws_sdk_dynamodb::types::TableDescription) -> Vec<S
         }
     }
     differences
+}
+
+/// Whether a transaction was cancelled because one of its conditions
+/// failed (a lost race, not an error).
+fn is_condition_cancel<R>(
+    err: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>,
+) -> bool {
+    err.as_service_error()
+        .and_then(|se| match se {
+            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => {
+                Some(c.cancellation_reasons().iter().any(|r| r.code() == Some("ConditionalCheckFailed")))
+            }
+            _ => None,
+        })
+        .unwrap_or(false)
+}
+
+/// Keeps the last [`HISTORY_KEEP`] attempts.
+fn trim_history(history: &mut Vec<AttemptRecord>) {
+    if history.len() > HISTORY_KEEP {
+        history.drain(..history.len() - HISTORY_KEEP);
+    }
+}
+
+/// An update expression under construction, with its placeholders.
+#[derive(Debug, Default)]
+struct Expr {
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+    sets: Vec<String>,
+    adds: Vec<String>,
+    removes: Vec<String>,
+}
+
+impl Expr {
+    fn name(&mut self, attr: &str) -> String {
+        let placeholder = format!("#{attr}");
+        self.names.insert(placeholder.clone(), attr.to_owned());
+        placeholder
+    }
+
+    fn value(&mut self, v: AttributeValue) -> String {
+        let placeholder = format!(":v{}", self.values.len());
+        self.values.insert(placeholder.clone(), v);
+        placeholder
+    }
+
+    fn set(&mut self, attr: &str, v: AttributeValue) -> &mut Self {
+        let (name, value) = (self.name(attr), self.value(v));
+        self.sets.push(format!("{name} = {value}"));
+        self
+    }
+
+    fn set_opt(&mut self, attr: &str, v: Option<AttributeValue>) -> &mut Self {
+        match v {
+            Some(v) => self.set(attr, v),
+            None => self.remove(attr),
+        }
+    }
+
+    fn add_to(&mut self, attr: &str, by: i64) -> &mut Self {
+        let (name, value) = (self.name(attr), self.value(n(by)));
+        self.adds.push(format!("{name} {value}"));
+        self
+    }
+
+    fn remove(&mut self, attr: &str) -> &mut Self {
+        let name = self.name(attr);
+        self.removes.push(name);
+        self
+    }
+
+    /// `state = running AND owner = ours AND attempt = ours`.
+    fn fence(&mut self, task: &Task) -> String {
+        let (st, ow, at) = (
+            self.name(attr::STATE),
+            self.name(attr::OWNER),
+            self.name(attr::ATTEMPT),
+        );
+        let running = self.value(s(TaskState::Running.as_str()));
+        let owner = self.value(s(task.owner.as_deref().unwrap_or_default()));
+        let attempt = self.value(n(i64::from(task.attempt)));
+        format!("{st} = {running} AND {ow} = {owner} AND {at} = {attempt}")
+    }
+
+    fn update_expression(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.sets.is_empty() {
+            parts.push(format!("SET {}", self.sets.join(", ")));
+        }
+        if !self.adds.is_empty() {
+            parts.push(format!("ADD {}", self.adds.join(", ")));
+        }
+        if !self.removes.is_empty() {
+            parts.push(format!("REMOVE {}", self.removes.join(", ")));
+        }
+        parts.join(" ")
+    }
 }
 
 fn is_retryable<E, R>(err: &SdkError<E, R>) -> bool

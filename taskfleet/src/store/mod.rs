@@ -9,7 +9,10 @@ pub mod dynamo;
 use std::collections::HashMap;
 use std::future::Future;
 
-use crate::model::{FailedTask, NewTask, StepMeta, StepSettings, StepStatus, Task, TaskState};
+use crate::model::{
+    AttemptRecord, FailedTask, NewTask, StepMeta, StepSettings, StepStatus, Task, TaskState,
+};
+use crate::time::Timestamp;
 
 /// A real failure of a store, worded for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +162,62 @@ pub enum ReplaceOutcome {
     Changed,
 }
 
+/// Most attempts a task's history keeps (the oldest are dropped).
+pub const HISTORY_KEEP: usize = 10;
+
+/// Margin for clock skew between hosts: a lease counts as expired only
+/// this long after its expiry time.
+pub const CLOCK_SKEW_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A task an index says may be claimable. Only a hint: the claim decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The task.
+    pub task_id: String,
+    /// `pending`, or `running` with an expired lease.
+    pub state: TaskState,
+    /// Its attempt when the index was read.
+    pub attempt: u32,
+}
+
+/// The outcome of a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The task is ours: running, with our owner and the returned attempt.
+    Claimed(Box<Task>),
+    /// Someone else got there first, or the task changed: try another.
+    Lost,
+    /// The task's owner died and it had no attempts left: it is now
+    /// `failed` with class `lost`.
+    FailedLost,
+}
+
+/// The outcome of a fenced write (heartbeat, finish, release).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// We still held the task; the write happened.
+    Held,
+    /// The task is no longer ours (lease taken over, reset...): nothing was
+    /// written, and the worker must stop working on it.
+    Lost,
+}
+
+/// How an attempt ended, as the worker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finish {
+    /// Where the task goes: `done`, `failed`, or `pending` (retry or
+    /// release).
+    pub next: TaskState,
+    /// Whether this attempt counts against the attempt limit.
+    pub counts_as_failure: bool,
+    /// When a `pending` task may be claimed again.
+    pub ready_at: Timestamp,
+    /// The attempt, for the history.
+    pub record: AttemptRecord,
+    /// The end of the attempt's output.
+    pub output_tail: Option<String>,
+}
+
 /// Operations every store offers for loading and reporting.
 ///
 /// Methods return `impl Future + Send` so that callers can run them on a
@@ -217,6 +276,49 @@ pub trait TaskStore: Sync {
         step: &str,
         task_id: &str,
     ) -> impl Future<Output = Result<Option<Task>, StoreError>> + Send;
+
+    /// The stored step, if any.
+    fn step(&self, step: &str)
+    -> impl Future<Output = Result<Option<StepMeta>, StoreError>> + Send;
+
+    /// Up to `limit` tasks of one shard that may be claimable at `now`:
+    /// `pending` ones whose ready time has come, or (`state` = running)
+    /// ones whose lease expired more than [`CLOCK_SKEW_MARGIN`] ago.
+    fn candidates(
+        &self,
+        meta: &StepMeta,
+        shard: u16,
+        state: TaskState,
+        now: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Candidate>, StoreError>> + Send;
+
+    /// Claims `candidate` for `owner` with one conditional write: state
+    /// `running`, attempt + 1, lease until `now + lease`. Reclaiming an
+    /// expired lease records the dead attempt as class `lost`.
+    fn claim(
+        &self,
+        meta: &StepMeta,
+        candidate: &Candidate,
+        owner: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Extends the lease of a task we hold until `until`.
+    fn heartbeat(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        until: Timestamp,
+    ) -> impl Future<Output = Result<Fence, StoreError>> + Send;
+
+    /// Ends the attempt of a task we hold (`task` as claimed).
+    fn finish(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        finish: &Finish,
+    ) -> impl Future<Output = Result<Fence, StoreError>> + Send;
 }
 
 /// Builds a task in state `pending` from a sheet row.

@@ -1,0 +1,33 @@
+//! The agent: claims tasks of one step and runs them, keeping every rule of
+//! the task contract.
+//!
+//! - One owner: a task is claimed with one conditional write; a lost claim
+//!   is an ordinary outcome and the agent tries another candidate.
+//! - Fenced writes: heartbeats and the final write are conditional on
+//!   (state running, our owner, our attempt). When a fence fails the script's
+//!   whole process group is killed and nothing more is written for it.
+//! - Leases: renewed every third of the step's lease; a task whose lease
+//!   could not be renewed before it ran out is given up the same way.
+//! - Stopping: the first signal stops claiming and gives running tasks a
+//!   grace period; then they are killed and released to `pending` without
+//!   using up an attempt. A second signal skips the grace period.
+//!
+//! # Layout
+//!
+//! - [`config`]: the agent's settings, plain data.
+//! - [`shutdown`]: the two-stage stop signal, passed in, never global.
+//! - [`worker`]: the claim loop: slots, candidates, idle timeout, fatal
+//!   errors.
+//! - [`runner`]: one attempt: the script in its own process group, logs,
+//!   heartbeat, timeout, and the fenced finish.
+//! - [`process`]: process-group signalling (TERM, grace, KILL).
+
+pub mod config;
+pub mod process;
+pub mod runner;
+pub mod shutdown;
+pub mod worker;
+
+pub use config::AgentConfig;
+pub use shutdown::Shutdown;
+pub use worker::{AgentError, Exit, run};

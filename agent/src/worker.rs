@@ -1,0 +1,253 @@
+//! The claim loop.
+//!
+//! Up to `slots` attempts run at once. When a slot is free the agent looks
+//! for a claimable task: first among candidates left over from its last
+//! index query, then shard by shard from a random start (so agents do not
+//! all fight over the same first task), pending tasks first and expired
+//! leases after. When nothing is claimable it polls with jittered,
+//! growing waits, and with an idle timeout it exits once nothing has been
+//! claimable and nothing has run for that long.
+//!
+//! Errors that no retry will fix (no table, no step, no credentials, access
+//! denied) end the agent at once with exit code 3; a store that keeps
+//! failing past the error budget ends it with exit code 4. Either way the
+//! tasks it holds are released first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use rand::seq::SliceRandom;
+use taskfleet::model::{StepMeta, Task, TaskState};
+use taskfleet::store::{Candidate, Claim, StoreError, TaskStore};
+use taskfleet::time::Timestamp;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::config::AgentConfig;
+use crate::runner::{AttemptEnd, run_attempt};
+use crate::shutdown::Shutdown;
+
+/// Candidates asked for per index query.
+const CANDIDATES_PER_QUERY: usize = 10;
+
+/// Why the agent stopped without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Nothing was claimable for the idle timeout.
+    Idle,
+    /// A stop was asked for.
+    Stopped,
+}
+
+/// Why the agent gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Something no retry will fix: no table, no step, no credentials.
+    #[error("{0}")]
+    Fatal(StoreError),
+    /// The store kept failing.
+    #[error("the task store kept failing ({attempts} times in a row), last: {last}")]
+    StoreFailing {
+        /// Consecutive failures.
+        attempts: u32,
+        /// The last one.
+        last: StoreError,
+    },
+}
+
+impl AgentError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::Fatal(_) => 3,
+            AgentError::StoreFailing { .. } => 4,
+        }
+    }
+}
+
+fn is_fatal(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::TableNotFound { .. }
+            | StoreError::StepNotFound { .. }
+            | StoreError::NoCredentials { .. }
+            | StoreError::NoRegion
+            | StoreError::AccessDenied { .. }
+            | StoreError::SchemaMismatch { .. }
+    )
+}
+
+/// Runs the agent until it is idle, stopped, or fails.
+pub async fn run<S>(store: Arc<S>, cfg: AgentConfig, shutdown: Shutdown) -> Result<Exit, AgentError>
+where
+    S: TaskStore + Send + Sync + 'static,
+{
+    let meta = match store.step(&cfg.step).await {
+        Ok(Some(meta)) => Arc::new(meta),
+        Ok(None) => {
+            return Err(AgentError::Fatal(StoreError::StepNotFound {
+                step: cfg.step.clone(),
+                table: store.describe(),
+            }));
+        }
+        Err(e) if is_fatal(&e) => return Err(AgentError::Fatal(e)),
+        Err(e) => {
+            return Err(AgentError::StoreFailing {
+                attempts: 1,
+                last: e,
+            });
+        }
+    };
+    let cfg = Arc::new(cfg);
+    let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(cfg.slots.max(1)));
+    let mut finder = Finder::default();
+    let mut idle_since = Instant::now();
+    let mut poll = cfg.poll_min;
+    let mut errors = 0u32;
+    tracing::info!(step = %cfg.step, owner = %cfg.owner, slots = cfg.slots, "agent started");
+
+    let outcome = loop {
+        // Wait for a free slot, unless a stop comes first.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = shutdown.stopping() => break Ok(Exit::Stopped),
+        };
+        match finder.claim_next(&*store, &meta, &cfg.owner).await {
+            Ok(Some(task)) => {
+                errors = 0;
+                poll = cfg.poll_min;
+                let (store, meta, cfg, shutdown) =
+                    (store.clone(), meta.clone(), cfg.clone(), shutdown.clone());
+                tracker.spawn(async move {
+                    let end = run_attempt(&*store, &meta, &cfg, &shutdown, task).await;
+                    if let AttemptEnd::StoreFailed(e) = end {
+                        tracing::error!(error = %e, "could not record the end of a task; its lease will expire and it will be run again");
+                    }
+                    drop(permit);
+                });
+                idle_since = Instant::now();
+            }
+            Ok(None) => {
+                drop(permit);
+                errors = 0;
+                if slots.available_permits() < cfg.slots.max(1) {
+                    idle_since = Instant::now();
+                }
+                let mut wait = jitter(poll);
+                if let Some(limit) = cfg.idle_timeout {
+                    let idle = idle_since.elapsed();
+                    if idle >= limit {
+                        break Ok(Exit::Idle);
+                    }
+                    wait = wait.min(limit.saturating_sub(idle));
+                }
+                poll = (poll * 2).min(cfg.poll_max);
+                // Wake early when a slot frees up: a finished task may have
+                // made dependants claimable, and a stop must not wait.
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.stopping() => break Ok(Exit::Stopped),
+                }
+            }
+            Err(e) if is_fatal(&e) => {
+                drop(permit);
+                break Err(AgentError::Fatal(e));
+            }
+            Err(e) => {
+                drop(permit);
+                errors += 1;
+                tracing::warn!(error = %e, errors, "store request failed");
+                if errors >= cfg.store_error_budget {
+                    break Err(AgentError::StoreFailing {
+                        attempts: errors,
+                        last: e,
+                    });
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(jitter(poll.max(Duration::from_secs(1)))) => {}
+                    () = shutdown.stopping() => break Ok(Exit::Stopped),
+                }
+                poll = (poll * 2).min(cfg.poll_max);
+            }
+        }
+    };
+    if outcome.is_err() {
+        // Release what we hold before reporting the error.
+        shutdown.now();
+    }
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!(outcome = ?outcome, "agent stopped");
+    outcome
+}
+
+/// Finds and claims the next task, remembering spare candidates.
+#[derive(Debug, Default)]
+struct Finder {
+    spare: Vec<Candidate>,
+}
+
+impl Finder {
+    async fn claim_next<S: TaskStore>(
+        &mut self,
+        store: &S,
+        meta: &StepMeta,
+        owner: &str,
+    ) -> Result<Option<Task>, StoreError> {
+        while let Some(candidate) = self.spare.pop() {
+            if let Some(task) = try_claim(store, meta, &candidate, owner).await? {
+                return Ok(Some(task));
+            }
+        }
+        let start = rand::rng().random_range(0..meta.shards.max(1));
+        for state in [TaskState::Pending, TaskState::Running] {
+            for k in 0..meta.shards {
+                let shard = (start + k) % meta.shards;
+                let mut found = store
+                    .candidates(meta, shard, state, Timestamp::now(), CANDIDATES_PER_QUERY)
+                    .await?;
+                found.shuffle(&mut rand::rng());
+                while let Some(candidate) = found.pop() {
+                    if let Some(task) = try_claim(store, meta, &candidate, owner).await? {
+                        if state == TaskState::Pending {
+                            self.spare = found;
+                        }
+                        return Ok(Some(task));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+async fn try_claim<S: TaskStore>(
+    store: &S,
+    meta: &StepMeta,
+    candidate: &Candidate,
+    owner: &str,
+) -> Result<Option<Task>, StoreError> {
+    match store
+        .claim(meta, candidate, owner, Timestamp::now())
+        .await?
+    {
+        Claim::Claimed(task) => Ok(Some(*task)),
+        Claim::Lost => {
+            tracing::debug!(task_id = %candidate.task_id, "claim lost to another worker");
+            Ok(None)
+        }
+        Claim::FailedLost => {
+            tracing::warn!(task_id = %candidate.task_id, "owner died on the last attempt; task marked failed");
+            Ok(None)
+        }
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.0]: agents that went idle
+/// together do not poll together.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
