@@ -6,7 +6,9 @@
 //! all fight over the same first task), pending tasks first and expired
 //! leases after. When nothing is claimable it polls with jittered,
 //! growing waits, and with an idle timeout it exits once nothing has been
-//! claimable and nothing has run for that long.
+//! claimable and nothing has run for that long, and no task of the step
+//! is running anywhere (a worker that dies leaves a task that still needs
+//! reclaiming).
 //!
 //! Errors that no retry will fix (no table, no step, no credentials, access
 //! denied) end the agent at once with exit code 3; a store that keeps
@@ -84,22 +86,7 @@ pub async fn run<S>(store: Arc<S>, cfg: AgentConfig, shutdown: Shutdown) -> Resu
 where
     S: TaskStore + Send + Sync + 'static,
 {
-    let meta = match store.step(&cfg.step).await {
-        Ok(Some(meta)) => Arc::new(meta),
-        Ok(None) => {
-            return Err(AgentError::Fatal(StoreError::StepNotFound {
-                step: cfg.step.clone(),
-                table: store.describe(),
-            }));
-        }
-        Err(e) if is_fatal(&e) => return Err(AgentError::Fatal(e)),
-        Err(e) => {
-            return Err(AgentError::StoreFailing {
-                attempts: 1,
-                last: e,
-            });
-        }
-    };
+    let meta = Arc::new(load_step(&*store, &cfg.step).await?);
     let cfg = Arc::new(cfg);
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(cfg.slots.max(1)));
@@ -119,15 +106,7 @@ where
             Ok(Some(task)) => {
                 errors = 0;
                 poll = cfg.poll_min;
-                let (store, meta, cfg, shutdown) =
-                    (store.clone(), meta.clone(), cfg.clone(), shutdown.clone());
-                tracker.spawn(async move {
-                    let end = run_attempt(&*store, &meta, &cfg, &shutdown, task).await;
-                    if let AttemptEnd::StoreFailed(e) = end {
-                        tracing::error!(error = %e, "could not record the end of a task; its lease will expire and it will be run again");
-                    }
-                    drop(permit);
-                });
+                spawn_attempt(&tracker, &store, &meta, &cfg, &shutdown, task, permit);
                 idle_since = Instant::now();
             }
             Ok(None) => {
@@ -140,7 +119,19 @@ where
                 if let Some(limit) = cfg.idle_timeout {
                     let idle = idle_since.elapsed();
                     if idle >= limit {
-                        break Ok(Exit::Idle);
+                        // A task running elsewhere may still need
+                        // reclaiming if its worker dies: stay while there is one.
+                        match others_running(&*store, &meta).await {
+                            Ok(0) => break Ok(Exit::Idle),
+                            Ok(running) => {
+                                tracing::debug!(
+                                    running,
+                                    "idle, but tasks of the step are still running elsewhere"
+                                );
+                                idle_since = Instant::now();
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot count running tasks"),
+                        }
                     }
                     wait = wait.min(limit.saturating_sub(idle));
                 }
@@ -182,6 +173,53 @@ where
     tracker.wait().await;
     tracing::info!(outcome = ?outcome, "agent stopped");
     outcome
+}
+
+/// The step this agent works for; a missing step is fatal.
+async fn load_step<S: TaskStore>(store: &S, step: &str) -> Result<StepMeta, AgentError> {
+    match store.step(step).await {
+        Ok(Some(meta)) => Ok(meta),
+        Ok(None) => Err(AgentError::Fatal(StoreError::StepNotFound {
+            step: step.to_owned(),
+            table: store.describe(),
+        })),
+        Err(e) if is_fatal(&e) => Err(AgentError::Fatal(e)),
+        Err(e) => Err(AgentError::StoreFailing {
+            attempts: 1,
+            last: e,
+        }),
+    }
+}
+
+/// Runs one claimed task on the tracker; the slot frees when it ends.
+fn spawn_attempt<S>(
+    tracker: &TaskTracker,
+    store: &Arc<S>,
+    meta: &Arc<StepMeta>,
+    cfg: &Arc<AgentConfig>,
+    shutdown: &Shutdown,
+    task: Task,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    S: TaskStore + Send + Sync + 'static,
+{
+    let (store, meta, cfg, shutdown) = (store.clone(), meta.clone(), cfg.clone(), shutdown.clone());
+    tracker.spawn(async move {
+        let end = run_attempt(&*store, &meta, &cfg, &shutdown, task).await;
+        if let AttemptEnd::StoreFailed(e) = end {
+            tracing::error!(error = %e, "could not record the end of a task; its lease will expire and it will be run again");
+        }
+        drop(permit);
+    });
+}
+
+/// Tasks of the step running anywhere.
+async fn others_running<S: TaskStore>(store: &S, meta: &StepMeta) -> Result<u64, StoreError> {
+    Ok(store
+        .status(Some(&meta.step))
+        .await?
+        .first()
+        .map_or(0, |s| s.running))
 }
 
 /// Finds and claims the next task, remembering spare candidates.

@@ -1,13 +1,13 @@
 //! Every bad input gets one clear message naming file, line and column, and
 //! leaves the table exactly as it was.
 
-use crate::support::TestTable;
+use crate::support::{Taskctl, TestTable};
 
 /// Loads `content` (or a missing file when `None`) with `extra` arguments
 /// into a table that already holds a step, and checks that the load fails
 /// with a message containing `expected` and writes nothing.
 async fn rejects(label: &str, content: Option<&[u8]>, extra: &[&str], expected: &str) {
-    let t = TestTable::new(label);
+    let t = TestTable::new(label).await;
     let good = t.file("good.csv", "sample,x\nA,1\nB,2\n");
     t.taskctl(&[
         "load",
@@ -148,7 +148,7 @@ async fn a_task_over_the_item_size_limit_is_rejected() {
 
 #[tokio::test]
 async fn an_unsafe_step_name_is_rejected() {
-    let t = TestTable::new("stepname");
+    let t = TestTable::new("stepname").await;
     let sheet = t.file("s.csv", "sample\nA\n");
     let before = t.dump().await;
     let err = t

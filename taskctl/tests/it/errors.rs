@@ -1,7 +1,7 @@
 //! Environment problems get one sentence saying what is wrong and what to
 //! do, never a stack of debug text.
 
-use crate::support::{TestTable, taskctl_with, unique_table};
+use crate::support::{Taskctl, TestTable, taskctl_with, unique_table};
 
 #[test]
 fn a_table_that_does_not_exist_says_to_run_init() {
@@ -20,9 +20,9 @@ fn a_table_that_does_not_exist_says_to_run_init() {
     );
 }
 
-#[test]
-fn loading_into_a_table_that_does_not_exist_writes_nothing_and_says_to_run_init() {
-    let t = TestTable::new("noload");
+#[tokio::test]
+async fn loading_into_a_table_that_does_not_exist_writes_nothing_and_says_to_run_init() {
+    let t = TestTable::new("noload").await;
     let sheet = t.file("s.csv", "sample\nA\n");
     let name = unique_table("absent-load");
     let endpoint = crate::support::endpoint();
@@ -91,9 +91,9 @@ fn a_missing_region_is_named_as_such() {
     );
 }
 
-#[test]
-fn an_unknown_step_and_an_unknown_task_are_named() {
-    let t = TestTable::new("unknown");
+#[tokio::test]
+async fn an_unknown_step_and_an_unknown_task_are_named() {
+    let t = TestTable::new("unknown").await;
     let err = t.taskctl(&["status", "--step", "nope"]).fails();
     assert!(err.contains("step 'nope' does not exist"), "{err}");
     let sheet = t.file("s.csv", "sample\nA\n");

@@ -29,7 +29,7 @@ fn init_twice_creates_then_reports_the_table_matches() {
 
 #[tokio::test]
 async fn init_on_a_foreign_table_says_what_differs() {
-    let t = TestTable::new("foreign-src");
+    let t = TestTable::new("foreign-src").await;
     let name = unique_table("foreign");
     let key = |n: &str, k| {
         KeySchemaElement::builder()

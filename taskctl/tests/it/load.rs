@@ -3,7 +3,7 @@ use std::fmt::Write;
 use taskfleet::TaskState;
 use taskfleet::store::TaskStore;
 
-use crate::support::{TestTable, samples_2504};
+use crate::support::{Taskctl, TestTable, samples_2504};
 
 fn load_samples(t: &TestTable, step: &str, sheet: &str) -> serde_json::Value {
     let run = t.taskctl(&[
@@ -21,7 +21,7 @@ fn load_samples(t: &TestTable, step: &str, sheet: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn loading_the_2504_sample_sheet_gives_2504_pending_tasks_with_their_environment() {
-    let t = TestTable::new("load2504");
+    let t = TestTable::new("load2504").await;
     let sheet = samples_2504();
     let report = load_samples(&t, "align", sheet.to_str().unwrap());
     assert_eq!(report["loaded"], 2504);
@@ -83,7 +83,7 @@ async fn loading_the_2504_sample_sheet_gives_2504_pending_tasks_with_their_envir
 
 #[tokio::test]
 async fn loading_the_same_sheet_again_adds_nothing_and_ten_new_rows_add_ten() {
-    let t = TestTable::new("reload");
+    let t = TestTable::new("reload").await;
     let sheet = samples_2504();
     load_samples(&t, "align", sheet.to_str().unwrap());
     let before = t.dump().await;
@@ -119,7 +119,7 @@ async fn loading_the_same_sheet_again_adds_nothing_and_ten_new_rows_add_ten() {
 
 #[tokio::test]
 async fn reloading_leaves_running_and_done_tasks_alone_and_replace_resets_only_those_not_running() {
-    let t = TestTable::new("replace");
+    let t = TestTable::new("replace").await;
     let sheet = t.file("s.csv", "sample,x\nA,1\nB,2\nC,3\n");
     let sheet = sheet.to_str().unwrap();
     t.taskctl(&["load", "--step", "qc", "--command", "v1", sheet])
@@ -212,7 +212,7 @@ async fn reloading_leaves_running_and_done_tasks_alone_and_replace_resets_only_t
 
 #[tokio::test]
 async fn settings_given_at_load_are_stored_once_for_the_step() {
-    let t = TestTable::new("settings");
+    let t = TestTable::new("settings").await;
     let sheet = t.file("s.csv", "sample\nA\n");
     t.taskctl(&[
         "load",

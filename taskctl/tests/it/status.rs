@@ -1,44 +1,18 @@
-use std::fmt::Write;
-use std::path::Path;
-
 use aws_sdk_dynamodb::types::AttributeValue;
-use taskfleet::load::{self, LoadRequest};
 use taskfleet::model::FailureClass;
-use taskfleet::sheet::{Sheet, SheetOptions};
 use taskfleet::store::{SettingsChange, TaskStore};
 use taskfleet::time::Timestamp;
 use taskfleet::{TaskState, schema};
 
-use crate::support::TestTable;
-
-async fn load_generated(t: &TestTable, step: &str, n: usize) {
-    let mut text = String::from("sample,population\n");
-    for i in 0..n {
-        let _ = writeln!(text, "S{i:07},POP{}", i % 26);
-    }
-    let sheet = Sheet::parse(
-        Path::new("generated.csv"),
-        text.as_bytes(),
-        &SheetOptions::default(),
-    )
-    .unwrap();
-    let request = LoadRequest {
-        step: step.into(),
-        script: "true".into(),
-        settings: SettingsChange::default(),
-        replace: false,
-        concurrency: 8,
-    };
-    let prepared = load::prepare(request, sheet).unwrap();
-    let report = load::load(&t.store, &prepared, &|_| {}).await.unwrap();
-    assert_eq!(report.loaded, n);
-}
+use crate::support::{Taskctl, TestTable};
 
 #[tokio::test]
 async fn status_sends_as_many_requests_for_10000_tasks_as_for_100() {
-    let t = TestTable::new("reqcount");
-    load_generated(&t, "small", 100).await;
-    load_generated(&t, "large", 10_000).await;
+    let t = TestTable::new("reqcount").await;
+    t.load_generated("small", "true", 100, SettingsChange::default())
+        .await;
+    t.load_generated("large", "true", 10_000, SettingsChange::default())
+        .await;
 
     t.requests.reset();
     let small = t.store.status(Some("small")).await.unwrap();
@@ -103,7 +77,7 @@ async fn fail_task(t: &TestTable, step: &str, id: &str, exit_code: i32, tail: &s
 
 #[tokio::test]
 async fn status_failed_lists_failed_tasks_newest_first_with_exit_code_and_output_tail() {
-    let t = TestTable::new("failed");
+    let t = TestTable::new("failed").await;
     let sheet = t.file("s.csv", "sample\nA\nB\nC\n");
     t.taskctl(&[
         "load",
@@ -151,7 +125,7 @@ async fn status_failed_lists_failed_tasks_newest_first_with_exit_code_and_output
 
 #[tokio::test]
 async fn status_of_an_empty_table_says_how_to_start() {
-    let t = TestTable::new("emptystatus");
+    let t = TestTable::new("emptystatus").await;
     let run = t.taskctl(&["status"]);
     run.ok();
     assert!(
@@ -159,7 +133,7 @@ async fn status_of_an_empty_table_says_how_to_start() {
         "{}",
         run.stdout()
     );
-    let human = TestTable::new("human");
+    let human = TestTable::new("human").await;
     let sheet = human.file("s.csv", "sample\nA\nB\n");
     human
         .taskctl(&[

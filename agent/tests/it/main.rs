@@ -1,0 +1,9 @@
+//! Integration tests of the agent against DynamoDB Local: the real binary
+//! as separate processes, and the store's claim and fence directly.
+
+mod support;
+
+mod claims;
+mod lifecycle;
+mod many_agents;
+mod stopping;

@@ -1,0 +1,128 @@
+//! Starting and watching real agent processes.
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use taskfleet::model::Task;
+use taskfleet::store::TaskStore;
+pub use testkit::{TestTable, endpoint, samples_2504};
+
+/// An agent process on a test table.
+pub struct Agent {
+    pub child: Child,
+    pub stderr_path: std::path::PathBuf,
+}
+
+impl Agent {
+    /// `agent --table T --step S ARGS...`, logs and work under `dir`,
+    /// `env` added to its environment (the scripts inherit it).
+    pub fn spawn(t: &TestTable, step: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = t.dir.path();
+        let stderr_path = dir.join(format!("agent-{n}.stderr"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
+        cmd.env_clear()
+            .envs(testkit::child_env())
+            .env("AGENT_LOG", "info")
+            .envs(env.iter().copied())
+            .args([
+                "--table",
+                &t.name,
+                "--endpoint-url",
+                &endpoint(),
+                "--step",
+                step,
+            ])
+            .args(["--work-dir", &dir.join("work").display().to_string()])
+            .args(["--log-dir", &dir.join("logs").display().to_string()])
+            .args([
+                "--retry-delay",
+                "100ms",
+                "--poll-max",
+                "1s",
+                "--kill-grace",
+                "2s",
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
+        Self {
+            child: cmd.spawn().expect("start agent"),
+            stderr_path,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits for the agent to exit, at most `limit`.
+    #[track_caller]
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait agent") {
+                return status;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!(
+                    "agent did not exit within {limit:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)
+            .expect("signal agent");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns `Some`, at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The task, which must exist.
+pub async fn task(t: &TestTable, step: &str, id: &str) -> Task {
+    t.store.task(step, id).await.unwrap().expect("task exists")
+}
+
+/// Whether a process is still alive.
+pub fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}

@@ -1,0 +1,220 @@
+//! The harness the integration tests share: a fresh table per test on the
+//! DynamoDB Local that `scripts/test` starts, a client that counts its
+//! requests, and whole-table dumps for "nothing changed" checks.
+//!
+//! Tests find DynamoDB Local through `TASKFLEET_TEST_DYNAMODB`. Without it
+//! they fail with a message saying how to run them; they never skip.
+#![allow(missing_docs, clippy::missing_panics_doc)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use taskfleet::DynamoStore;
+use taskfleet::load::{self, LoadReport, LoadRequest};
+use taskfleet::sheet::{Sheet, SheetOptions};
+use taskfleet::store::SettingsChange;
+
+/// The DynamoDB Local endpoint, or a panic that says how to get one.
+#[track_caller]
+pub fn endpoint() -> String {
+    std::env::var("TASKFLEET_TEST_DYNAMODB").unwrap_or_else(|_| {
+        panic!(
+            "TASKFLEET_TEST_DYNAMODB is not set: these tests need DynamoDB Local. \
+             Run them with `bash scripts/test`, which installs and starts it."
+        )
+    })
+}
+
+/// The project's shared 2,504-sample sheet (in `../shared` beside the
+/// repository).
+pub fn samples_2504() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/samples-2504.csv");
+    assert!(
+        path.exists(),
+        "{} is missing: the tests expect the shared/ folder beside the repository",
+        path.display()
+    );
+    path
+}
+
+/// A table name no other test uses.
+pub fn unique_table(label: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "t-{label}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Counts the HTTP requests a client sends (retries included).
+#[derive(Debug, Clone, Default)]
+pub struct RequestCounter(Arc<AtomicUsize>);
+
+impl RequestCounter {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    pub fn reset(&self) {
+        self.0.store(0, Ordering::SeqCst);
+    }
+}
+
+impl Intercept for RequestCounter {
+    fn name(&self) -> &'static str {
+        "RequestCounter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A client for DynamoDB Local that counts its requests.
+pub fn client(counter: &RequestCounter) -> Client {
+    let conf = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint())
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .interceptor(counter.clone())
+        .build();
+    Client::from_conf(conf)
+}
+
+/// Environment for a child process (a binary under test) that talks to
+/// DynamoDB Local with test credentials and nothing else.
+pub fn child_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("PATH", std::env::var("PATH").unwrap_or_default()),
+        ("HOME", "/nonexistent".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ]
+}
+
+/// One test's table, created and active, with a store over it.
+pub struct TestTable {
+    pub name: String,
+    pub store: DynamoStore,
+    pub requests: RequestCounter,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestTable {
+    /// A new, initialised table.
+    pub async fn new(label: &str) -> Self {
+        let name = unique_table(label);
+        let requests = RequestCounter::default();
+        let store = DynamoStore::new(client(&requests), &name, endpoint());
+        store.init().await.expect("create the test table");
+        Self {
+            name,
+            store,
+            requests,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Writes `content` to a file in the test's directory.
+    pub fn file(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).expect("write test file");
+        path
+    }
+
+    /// Loads `sheet` (CSV text) into `step` through the library.
+    pub async fn load_text(
+        &self,
+        step: &str,
+        script: &str,
+        sheet: &str,
+        settings: SettingsChange,
+    ) -> LoadReport {
+        let sheet = Sheet::parse(
+            Path::new("test.csv"),
+            sheet.as_bytes(),
+            &SheetOptions::default(),
+        )
+        .expect("valid test sheet");
+        let request = LoadRequest {
+            step: step.into(),
+            script: script.into(),
+            settings,
+            replace: false,
+            concurrency: 8,
+        };
+        let prepared = load::prepare(request, sheet).expect("valid load");
+        load::load(&self.store, &prepared, &|_| {})
+            .await
+            .expect("load")
+    }
+
+    /// Loads `n` generated rows (`sample` = S0000000...).
+    pub async fn load_generated(
+        &self,
+        step: &str,
+        script: &str,
+        n: usize,
+        settings: SettingsChange,
+    ) -> LoadReport {
+        let mut text = String::from("sample,population\n");
+        for i in 0..n {
+            let _ = writeln!(text, "S{i:07},POP{}", i % 26);
+        }
+        self.load_text(step, script, &text, settings).await
+    }
+
+    /// Every item in the table, by key. A scan is fine here; the product
+    /// never scans.
+    pub async fn dump(&self) -> BTreeMap<String, serde_json::Value> {
+        let items: Vec<_> = self
+            .store
+            .client()
+            .scan()
+            .table_name(&self.name)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .expect("scan");
+        items
+            .into_iter()
+            .map(|mut item| {
+                let key = format!("{:?}/{:?}", item.remove("pk"), item.remove("sk"));
+                // JSON values compare as maps, whatever the attribute order.
+                let value: serde_json::Value = serde_dynamo::from_item(item).expect("item as JSON");
+                (key, value)
+            })
+            .collect()
+    }
+
+    /// Number of task items of `step` (by scan; tests only).
+    pub async fn task_count(&self, step: &str) -> usize {
+        self.dump()
+            .await
+            .keys()
+            .filter(|k| k.starts_with(&format!("Some(S(\"{step}#")))
+            .count()
+    }
+}
