@@ -86,6 +86,18 @@ pub async fn run<S>(store: Arc<S>, cfg: AgentConfig, shutdown: Shutdown) -> Resu
 where
     S: TaskStore + Send + Sync + 'static,
 {
+    let span = tracing::info_span!("agent", step = %cfg.step, worker = %cfg.owner);
+    tracing::Instrument::instrument(claim_loop(store, cfg, shutdown), span).await
+}
+
+async fn claim_loop<S>(
+    store: Arc<S>,
+    cfg: AgentConfig,
+    shutdown: Shutdown,
+) -> Result<Exit, AgentError>
+where
+    S: TaskStore + Send + Sync + 'static,
+{
     let meta = Arc::new(load_step(&*store, &cfg.step).await?);
     let cfg = Arc::new(cfg);
     let tracker = TaskTracker::new();
