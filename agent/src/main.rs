@@ -20,8 +20,8 @@ use taskfleet::connect::AwsOptions;
 #[command(name = "agent", version, about, long_about, max_term_width = 100)]
 #[allow(clippy::doc_markdown)]
 struct Args {
-    /// The task table: NAME or dynamodb://NAME.
-    #[arg(long, env = "TASKFLEET_TABLE", default_value = "taskfleet")]
+    /// Where the tasks live: sqlite://PATH or dynamodb://NAME (or NAME).
+    #[arg(long, env = "TASKFLEET_TABLE", default_value = taskfleet::connect::DEFAULT_TABLE)]
     table: String,
     /// DynamoDB endpoint (e.g. DynamoDB Local).
     #[arg(long, value_name = "URL")]
@@ -100,7 +100,7 @@ async fn run(args: Args) -> ExitCode {
     let env_endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
         .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
         .ok();
-    let store = match taskfleet::connect::dynamo(&options, env_endpoint).await {
+    let store = match taskfleet::connect::open(&options, env_endpoint).await {
         Ok(store) => Arc::new(store),
         Err(e) => {
             eprintln!("error: {e}");

@@ -73,6 +73,7 @@ fn is_fatal(e: &StoreError) -> bool {
     matches!(
         e,
         StoreError::TableNotFound { .. }
+            | StoreError::NoEmbeddedStore { .. }
             | StoreError::StepNotFound { .. }
             | StoreError::NoCredentials { .. }
             | StoreError::NoRegion

@@ -32,12 +32,14 @@ pub struct Cli {
 /// Where the tasks live and how to talk about it.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// The task table: `NAME` or `dynamodb://NAME`.
+    /// Where the tasks live: sqlite://PATH (the embedded store, no AWS
+    /// account needed), or dynamodb://NAME (or just NAME) for a DynamoDB
+    /// table.
     #[arg(
         long,
         global = true,
         env = "TASKFLEET_TABLE",
-        default_value = "taskfleet"
+        default_value = taskfleet::connect::DEFAULT_TABLE
     )]
     pub table: String,
     /// DynamoDB endpoint, e.g. http://127.0.0.1:8000 for DynamoDB Local.

@@ -12,7 +12,7 @@ use taskfleet::load::{self, LoadRequest};
 use taskfleet::model::{FailedTask, StepStatus, Task};
 use taskfleet::sheet::{Format, Sheet, SheetOptions};
 use taskfleet::store::dynamo::InitOutcome;
-use taskfleet::store::{SettingsChange, TaskStore};
+use taskfleet::store::{SettingsChange, Store, TaskStore};
 
 use crate::cli::{Cli, Command, LoadArgs, SheetFormat, ShowArgs, StatusArgs};
 use crate::connect;
@@ -28,16 +28,24 @@ pub async fn run(cli: Cli) -> Result<()> {
 }
 
 async fn init(global: &crate::cli::GlobalArgs) -> Result<()> {
-    let store = connect::dynamo(global).await?;
-    match store.init().await? {
-        InitOutcome::Created => println!(
-            "created table '{}' (index and TTL included); it is active",
-            store.table()
-        ),
-        InitOutcome::AlreadyExists => println!(
-            "table '{}' already exists and matches the schema",
-            store.table()
-        ),
+    let (store, created) = connect::open_for_init(global).await?;
+    match &store {
+        Store::Sqlite(s) if created => {
+            println!("created the embedded store {}", s.path().display());
+        }
+        Store::Sqlite(s) => println!("the embedded store {} already exists", s.path().display()),
+        Store::Dynamo(d) => match store.init().await? {
+            InitOutcome::Created => println!(
+                "created table '{}' (index and TTL included); it is active",
+                d.table()
+            ),
+            InitOutcome::AlreadyExists => {
+                println!(
+                    "table '{}' already exists and matches the schema",
+                    d.table()
+                );
+            }
+        },
     }
     Ok(())
 }
@@ -72,8 +80,8 @@ async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
     };
     let prepared = load::prepare(request, sheet)?;
 
-    let store = connect::dynamo(global).await?;
-    store.check_table().await?;
+    let store = connect::open(global).await?;
+    store.check().await?;
 
     let bar = if std::io::stderr().is_terminal() && !args.json {
         let bar = ProgressBar::new(prepared.len() as u64);
@@ -124,7 +132,7 @@ fn read_script(path: &Path) -> Result<String> {
 }
 
 async fn status(global: &crate::cli::GlobalArgs, args: &StatusArgs) -> Result<()> {
-    let store = connect::dynamo(global).await?;
+    let store = connect::open(global).await?;
     if args.failed {
         let failed = store.failed(args.step.as_deref(), args.limit).await?;
         if args.json {
@@ -196,7 +204,7 @@ fn print_failed(failed: &[FailedTask]) {
 }
 
 async fn show(global: &crate::cli::GlobalArgs, args: &ShowArgs) -> Result<()> {
-    let store = connect::dynamo(global).await?;
+    let store = connect::open(global).await?;
     let Some(task) = store.task(&args.step, &args.task).await? else {
         anyhow::bail!(
             "step '{}' has no task '{}'; `taskctl status --step {}` shows what it has",

@@ -1,14 +1,13 @@
-//! AWS configuration, read once at the edge: flags and environment into
+//! Configuration read once at the edge: flags and environment into
 //! [`AwsOptions`], handed to [`taskfleet::connect`].
 
 use anyhow::Result;
-use taskfleet::DynamoStore;
 use taskfleet::connect::AwsOptions;
+use taskfleet::store::Store;
 
 use crate::cli::GlobalArgs;
 
-/// Opens the DynamoDB store that `global` names.
-pub async fn dynamo(global: &GlobalArgs) -> Result<DynamoStore> {
+fn options(global: &GlobalArgs) -> (AwsOptions, Option<String>) {
     let options = AwsOptions {
         table: global.table.clone(),
         endpoint_url: global.endpoint_url.clone(),
@@ -17,5 +16,17 @@ pub async fn dynamo(global: &GlobalArgs) -> Result<DynamoStore> {
     let env_endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
         .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
         .ok();
-    Ok(taskfleet::connect::dynamo(&options, env_endpoint).await?)
+    (options, env_endpoint)
+}
+
+/// Opens the store that `global` names.
+pub async fn open(global: &GlobalArgs) -> Result<Store> {
+    let (options, env_endpoint) = options(global);
+    Ok(taskfleet::connect::open(&options, env_endpoint).await?)
+}
+
+/// Opens (creating an embedded store) for `taskctl init`.
+pub async fn open_for_init(global: &GlobalArgs) -> Result<(Store, bool)> {
+    let (options, env_endpoint) = options(global);
+    Ok(taskfleet::connect::open_for_init(&options, env_endpoint).await?)
 }

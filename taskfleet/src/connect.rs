@@ -1,18 +1,80 @@
-//! Building a [`DynamoStore`] from AWS configuration, in one place for
-//! every binary.
+//! Opening the store a `--table` value names, in one place for every
+//! binary.
+//!
+//! - `sqlite://PATH`: the embedded store in one file.
+//! - `dynamodb://NAME`, or a bare `NAME`: a DynamoDB table, through the
+//!   SDK's standard chain (environment, profiles, instance roles), where an
+//!   explicit endpoint or region beats the environment's.
+//!
+//! With nothing given, the binaries use [`DEFAULT_TABLE`]: the embedded
+//! store in the `.taskfleet/` state directory of the current directory.
 //!
 //! The binaries read flags and environment at their edge into
-//! [`AwsOptions`]; this module hands them to the SDK's standard chain
-//! (environment, profiles, instance roles), where an explicit endpoint or
-//! region beats the environment's.
+//! [`AwsOptions`] and pass them here.
 
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 
-use crate::store::StoreError;
+use std::path::PathBuf;
+
 use crate::store::dynamo::DynamoStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
+
+/// Where tasks live when nothing else is said.
+pub const DEFAULT_TABLE: &str = "sqlite://.taskfleet/tasks.db";
+
+/// What a `--table` value names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Locator {
+    /// A DynamoDB table.
+    Dynamo(String),
+    /// An embedded store file.
+    Sqlite(PathBuf),
+}
+
+impl Locator {
+    /// Parses `sqlite://PATH`, `dynamodb://NAME` or `NAME`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(format!(
+                    "--table {text}: give a file, e.g. sqlite://.taskfleet/tasks.db"
+                ));
+            }
+            return Ok(Locator::Sqlite(PathBuf::from(path)));
+        }
+        table_name(text).map(Locator::Dynamo)
+    }
+}
+
+/// Opens the store `options.table` names; an embedded store that does not
+/// exist yet is an error that says to run `taskctl init`.
+pub async fn open(
+    options: &AwsOptions,
+    endpoint_env: Option<String>,
+) -> Result<Store, ConnectError> {
+    match Locator::parse(&options.table).map_err(ConnectError::Table)? {
+        Locator::Sqlite(path) => Ok(Store::Sqlite(SqliteStore::open(&path)?)),
+        Locator::Dynamo(_) => Ok(Store::Dynamo(dynamo(options, endpoint_env).await?)),
+    }
+}
+
+/// Opens the store for `taskctl init`: the embedded file is created.
+pub async fn open_for_init(
+    options: &AwsOptions,
+    endpoint_env: Option<String>,
+) -> Result<(Store, bool), ConnectError> {
+    match Locator::parse(&options.table).map_err(ConnectError::Table)? {
+        Locator::Sqlite(path) => {
+            let (store, created) = SqliteStore::init(&path)?;
+            Ok((Store::Sqlite(store), created))
+        }
+        Locator::Dynamo(_) => Ok((Store::Dynamo(dynamo(options, endpoint_env).await?), false)),
+    }
+}
 
 /// Where the task table is and how to reach it.
 #[derive(Debug, Clone, Default)]
@@ -30,7 +92,7 @@ pub fn table_name(locator: &str) -> Result<String, String> {
     let name = locator.strip_prefix("dynamodb://").unwrap_or(locator);
     if let Some((scheme, _)) = name.split_once("://") {
         return Err(format!(
-            "--table {locator}: unknown store '{scheme}'; use NAME or dynamodb://NAME"
+            "--table {locator}: unknown store '{scheme}'; use sqlite://PATH, dynamodb://NAME or NAME"
         ));
     }
     let valid = (3..=255).contains(&name.len())

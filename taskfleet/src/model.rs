@@ -151,6 +151,9 @@ pub struct Task {
     pub created_at: Timestamp,
     /// Last write to the task.
     pub updated_at: Timestamp,
+    /// When a `pending` task becomes claimable again (retry backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<Timestamp>,
     /// Current owner while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,

@@ -86,6 +86,8 @@ pub mod attr {
     pub const CREATED_AT: &str = "created_at";
     /// Task: last write (N).
     pub const UPDATED_AT: &str = "updated_at";
+    /// Task: when a pending task becomes claimable again (N, epoch ms).
+    pub const READY_AT: &str = "ready_at";
     /// Task: current owner (S).
     pub const OWNER: &str = "owner";
     /// Task: absolute lease expiry (N, epoch ms).
@@ -249,6 +251,7 @@ mod tests {
             env: BTreeMap::from([("SAMPLE".into(), "HG00098".into())]),
             created_at: t,
             updated_at: t,
+            ready_at: Some(t),
             owner: Some("i-1/w0".into()),
             lease_expires_at: Some(t),
             started_at: Some(t),
@@ -287,6 +290,7 @@ mod tests {
             attr::ENV,
             attr::CREATED_AT,
             attr::UPDATED_AT,
+            attr::READY_AT,
             attr::OWNER,
             attr::LEASE_EXPIRES_AT,
             attr::STARTED_AT,

@@ -22,7 +22,8 @@ use aws_smithy_types::config_bag::ConfigBag;
 use taskfleet::DynamoStore;
 use taskfleet::load::{self, LoadReport, LoadRequest};
 use taskfleet::sheet::{Sheet, SheetOptions};
-use taskfleet::store::SettingsChange;
+use taskfleet::store::sqlite::SqliteStore;
+use taskfleet::store::{SettingsChange, Store, TaskStore};
 
 /// The DynamoDB Local endpoint, or a panic that says how to get one.
 #[track_caller]
@@ -110,6 +111,99 @@ pub fn child_env() -> Vec<(&'static str, String)> {
         ("AWS_REGION", "us-east-1".to_owned()),
         ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
     ]
+}
+
+/// A sheet of `n` generated rows (`sample` = S0000000...).
+pub fn generated_sheet(n: usize) -> String {
+    let mut text = String::from("sample,population\n");
+    for i in 0..n {
+        let _ = writeln!(text, "S{i:07},POP{}", i % 26);
+    }
+    text
+}
+
+/// Loads `sheet` (CSV text) into `step` of any store, through the library.
+pub async fn load_text<S: TaskStore>(
+    store: &S,
+    step: &str,
+    script: &str,
+    sheet: &str,
+    settings: SettingsChange,
+) -> LoadReport {
+    let sheet = Sheet::parse(
+        Path::new("test.csv"),
+        sheet.as_bytes(),
+        &SheetOptions::default(),
+    )
+    .expect("valid test sheet");
+    let request = LoadRequest {
+        step: step.into(),
+        script: script.into(),
+        settings,
+        replace: false,
+        concurrency: 8,
+    };
+    let prepared = load::prepare(request, sheet).expect("valid load");
+    load::load(store, &prepared, &|_| {}).await.expect("load")
+}
+
+/// Which store a conformance test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// DynamoDB Local.
+    Dynamo,
+    /// The embedded SQLite store.
+    Sqlite,
+}
+
+/// A fresh store of either kind, with the `--table` value that names it.
+pub struct TestStore {
+    pub kind: Kind,
+    pub store: Store,
+    pub locator: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestStore {
+    pub async fn new(kind: Kind, label: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match kind {
+            Kind::Dynamo => {
+                let t = TestTable::new(label).await;
+                Self {
+                    kind,
+                    store: Store::Dynamo(t.store.clone()),
+                    locator: t.name.clone(),
+                    dir,
+                }
+            }
+            Kind::Sqlite => {
+                let path = dir.path().join("tasks.db");
+                let (store, _) = SqliteStore::init(&path).expect("create the embedded store");
+                Self {
+                    kind,
+                    store: Store::Sqlite(store),
+                    locator: format!("sqlite://{}", path.display()),
+                    dir,
+                }
+            }
+        }
+    }
+
+    /// A second, independent handle on the same store (another client, or
+    /// another connection to the file), as another worker would have.
+    pub fn other_handle(&self) -> Store {
+        match &self.store {
+            Store::Dynamo(d) => Store::Dynamo(DynamoStore::new(
+                client(&RequestCounter::default()),
+                d.table(),
+                endpoint(),
+            )),
+            Store::Sqlite(s) => {
+                Store::Sqlite(SqliteStore::open(s.path()).expect("open the embedded store"))
+            }
+        }
+    }
 }
 
 /// One test's table, created and active, with a store over it.

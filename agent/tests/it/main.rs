@@ -3,7 +3,7 @@
 
 mod support;
 
-mod claims;
+mod conformance;
 mod lifecycle;
 mod many_agents;
 mod stopping;

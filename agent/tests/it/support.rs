@@ -18,9 +18,19 @@ impl Agent {
     /// `agent --table T --step S ARGS...`, logs and work under `dir`,
     /// `env` added to its environment (the scripts inherit it).
     pub fn spawn(t: &TestTable, step: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_on(&t.name, t.dir.path(), step, args, env)
+    }
+
+    /// The same on any store: `locator` is the `--table` value.
+    pub fn spawn_on(
+        locator: &str,
+        dir: &Path,
+        step: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = t.dir.path();
         let stderr_path = dir.join(format!("agent-{n}.stderr"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
         cmd.env_clear()
@@ -29,7 +39,7 @@ impl Agent {
             .envs(env.iter().copied())
             .args([
                 "--table",
-                &t.name,
+                locator,
                 "--endpoint-url",
                 &endpoint(),
                 "--step",

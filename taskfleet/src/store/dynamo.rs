@@ -26,11 +26,11 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{
-    CLOCK_SKEW_MARGIN, Candidate, Claim, Fence, Finish, HISTORY_KEEP, ReplaceOutcome,
-    SettingsChange, StepChange, StoreError, TaskStore,
+    CLOCK_SKEW_MARGIN, Candidate, Claim, Fence, Finish, ReplaceOutcome, SettingsChange, StepChange,
+    StoreError, TaskStore, lost_record, trim_history,
 };
 use crate::model::{
-    AttemptRecord, FailedTask, FailureClass, StepMeta, StepSettings, StepStatus, Task, TaskState,
+    AttemptRecord, FailedTask, StepMeta, StepSettings, StepStatus, Task, TaskState,
 };
 use crate::retry::RetryPolicy;
 use crate::schema::{self, BY_STATE_INDEX, BY_STATE_PROJECTED, STEPS_PK, attr};
@@ -609,18 +609,7 @@ impl DynamoStore {
         {
             return Ok(Err(Claim::Lost));
         }
-        let lost = AttemptRecord {
-            attempt: old.attempt,
-            owner: old.owner.clone().unwrap_or_default(),
-            started_at: old.started_at.unwrap_or(now),
-            finished_at: now,
-            outcome: TaskState::Pending,
-            exit_code: None,
-            signal: None,
-            failure_class: Some(FailureClass::Lost),
-            log_uri: old.log_uri.clone(),
-            provenance: None,
-        };
+        let lost = lost_record(&old, now);
         if old.failed_attempts + 1 >= meta.settings.max_attempts {
             let finish = Finish {
                 next: TaskState::Failed,
@@ -677,7 +666,7 @@ pub fn task_item(meta: &StepMeta, task: &Task) -> Item {
     let state_at = match task.state {
         TaskState::Running => task.lease_expires_at,
         TaskState::Done | TaskState::Failed => task.finished_at,
-        TaskState::Pending | TaskState::Waiting => Some(task.updated_at),
+        TaskState::Pending | TaskState::Waiting => task.ready_at.or(Some(task.updated_at)),
     };
     item.insert(
         attr::STATE_PK.to_owned(),
@@ -990,6 +979,7 @@ impl TaskStore for DynamoStore {
             )
             .set(attr::STATE_AT, n(until.as_millis()))
             .remove(attr::FINISHED_AT)
+            .remove(attr::READY_AT)
             .remove(attr::EXIT_CODE)
             .remove(attr::SIGNAL)
             .remove(attr::FAILURE_CLASS);
@@ -1114,7 +1104,8 @@ impl TaskStore for DynamoStore {
                 })
             }
             _ => {
-                e.set(attr::STATE_AT, n(finish.ready_at.as_millis()));
+                e.set(attr::STATE_AT, n(finish.ready_at.as_millis()))
+                    .set(attr::READY_AT, n(finish.ready_at.as_millis()));
                 None
             }
         };
@@ -1248,13 +1239,6 @@ fn is_condition_cancel<R>(
             _ => None,
         })
         .unwrap_or(false)
-}
-
-/// Keeps the last [`HISTORY_KEEP`] attempts.
-fn trim_history(history: &mut Vec<AttemptRecord>) {
-    if history.len() > HISTORY_KEEP {
-        history.drain(..history.len() - HISTORY_KEEP);
-    }
 }
 
 /// An update expression under construction, with its placeholders.

@@ -4,7 +4,11 @@
 //! writes as values, and only real failures (a missing table, no
 //! credentials, an unreachable service) as [`StoreError`].
 
+pub mod any;
 pub mod dynamo;
+pub mod sqlite;
+
+pub use any::Store;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,6 +30,14 @@ pub enum StoreError {
         table: String,
         /// Where we looked.
         endpoint: String,
+    },
+    /// The embedded store file does not exist yet.
+    #[error(
+        "there is no task store at {path}; create it with `taskctl --table sqlite://{path} init` (or just `taskctl init` for the default)"
+    )]
+    NoEmbeddedStore {
+        /// The file.
+        path: String,
     },
     /// The table is there but is not the task table this version expects.
     #[error("table '{table}' does not match the task table schema:\n  - {}\nUse another --table name, or recreate the table with `taskctl init`", differences.join("\n  - "))]
@@ -340,6 +352,7 @@ pub fn new_pending_task(
         env: row.env.clone(),
         created_at: now,
         updated_at: now,
+        ready_at: None,
         owner: None,
         lease_expires_at: None,
         started_at: None,
@@ -350,5 +363,87 @@ pub fn new_pending_task(
         output_tail: None,
         log_uri: None,
         history: Vec::new(),
+    }
+}
+
+/// The record of an attempt whose owner died (its lease expired).
+pub fn lost_record(task: &Task, now: Timestamp) -> AttemptRecord {
+    AttemptRecord {
+        attempt: task.attempt,
+        owner: task.owner.clone().unwrap_or_default(),
+        started_at: task.started_at.unwrap_or(now),
+        finished_at: now,
+        outcome: TaskState::Pending,
+        exit_code: None,
+        signal: None,
+        failure_class: Some(crate::model::FailureClass::Lost),
+        log_uri: task.log_uri.clone(),
+        provenance: None,
+    }
+}
+
+/// `task` as a claim by `owner` at `now` leaves it. With `lost`, the claim
+/// takes over a dead owner's attempt, which is recorded and counted.
+/// Stores that cannot express the claim as an update expression apply this
+/// inside their atomic read-check-write.
+pub fn apply_claim(
+    task: &Task,
+    owner: &str,
+    now: Timestamp,
+    lease: std::time::Duration,
+    lost: Option<AttemptRecord>,
+) -> Task {
+    let mut t = task.clone();
+    t.state = TaskState::Running;
+    t.owner = Some(owner.to_owned());
+    t.attempt += 1;
+    t.lease_expires_at = Some(now.plus(lease));
+    t.started_at = Some(now);
+    t.updated_at = now;
+    t.ready_at = None;
+    t.finished_at = None;
+    t.exit_code = None;
+    t.signal = None;
+    t.failure_class = None;
+    if let Some(lost) = lost {
+        t.history.push(lost);
+        trim_history(&mut t.history);
+        t.failed_attempts += 1;
+    }
+    t
+}
+
+/// `task` as `finish` leaves it.
+pub fn apply_finish(task: &Task, finish: &Finish, now: Timestamp) -> Task {
+    let mut t = task.clone();
+    let r = &finish.record;
+    t.state = finish.next;
+    t.updated_at = if finish.next == TaskState::Pending {
+        finish.ready_at
+    } else {
+        now
+    };
+    t.owner = None;
+    t.lease_expires_at = None;
+    t.exit_code = r.exit_code;
+    t.signal = r.signal;
+    t.failure_class = r.failure_class;
+    t.log_uri.clone_from(&r.log_uri);
+    t.output_tail.clone_from(&finish.output_tail);
+    if finish.counts_as_failure {
+        t.failed_attempts += 1;
+    }
+    if matches!(finish.next, TaskState::Done | TaskState::Failed) {
+        t.finished_at = Some(r.finished_at);
+    }
+    t.history.push(r.clone());
+    trim_history(&mut t.history);
+    t
+}
+
+/// Keeps the last [`HISTORY_KEEP`] attempts.
+pub fn trim_history(history: &mut Vec<AttemptRecord>) {
+    if history.len() > HISTORY_KEEP {
+        history.drain(..history.len() - HISTORY_KEEP);
     }
 }

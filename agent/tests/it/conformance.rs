@@ -1,0 +1,334 @@
+//! The store contract, written once and run against both stores: DynamoDB
+//! (Local) and the embedded SQLite file.
+
+use std::time::Duration;
+
+use taskfleet::model::{AttemptRecord, FailureClass, TaskState};
+use taskfleet::store::{Candidate, Claim, Fence, Finish, SettingsChange, Store, TaskStore};
+use taskfleet::time::Timestamp;
+use testkit::{Kind, TestStore, generated_sheet, load_text};
+
+/// Generates one test per store for each contract case.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                use super::*;
+
+                #[tokio::test]
+                async fn dynamodb() {
+                    super::$case(TestStore::new(Kind::Dynamo, stringify!($case)).await).await;
+                }
+
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$case(TestStore::new(Kind::Sqlite, stringify!($case)).await).await;
+                }
+            }
+        )*
+    };
+}
+
+conformance!(
+    loading_twice_adds_nothing,
+    racing_claims_have_exactly_one_winner,
+    an_expired_lease_is_reclaimed_and_the_old_owner_is_fenced_out,
+    a_dead_owner_on_the_last_attempt_leaves_the_task_failed_lost,
+    failures_are_retried_after_a_delay_then_fail,
+    a_release_does_not_use_up_an_attempt,
+);
+
+fn settings(max_attempts: u32, lease_secs: u64) -> SettingsChange {
+    SettingsChange {
+        max_attempts: Some(max_attempts),
+        lease: Some(Duration::from_secs(lease_secs)),
+        ..SettingsChange::default()
+    }
+}
+
+fn pending(id: &str) -> Candidate {
+    Candidate {
+        task_id: id.into(),
+        state: TaskState::Pending,
+        attempt: 0,
+    }
+}
+
+fn finish(
+    attempt: u32,
+    next: TaskState,
+    class: Option<FailureClass>,
+    ready_at: Timestamp,
+) -> Finish {
+    let now = Timestamp::now();
+    Finish {
+        next,
+        counts_as_failure: !matches!(class, None | Some(FailureClass::Interrupted)),
+        ready_at,
+        record: AttemptRecord {
+            attempt,
+            owner: "w".into(),
+            started_at: now,
+            finished_at: now,
+            outcome: next,
+            exit_code: class.map(|_| 1).or(Some(0)),
+            signal: None,
+            failure_class: class,
+            log_uri: None,
+            provenance: None,
+        },
+        output_tail: Some(format!("attempt {attempt}")),
+    }
+}
+
+async fn claimed(store: &Store, step: &str, id: &str, owner: &str) -> taskfleet::Task {
+    let meta = store.step(step).await.unwrap().unwrap();
+    match store
+        .claim(&meta, &pending(id), owner, Timestamp::now())
+        .await
+        .unwrap()
+    {
+        Claim::Claimed(t) => *t,
+        other => panic!("claim of {id} by {owner}: {other:?}"),
+    }
+}
+
+async fn counts(store: &Store, step: &str) -> (u64, u64, u64, u64, u64) {
+    let s = &store.status(Some(step)).await.unwrap()[0];
+    (s.total, s.pending, s.running, s.done, s.failed)
+}
+
+async fn loading_twice_adds_nothing(t: TestStore) {
+    let first = load_text(
+        &t.store,
+        "qc",
+        "true",
+        &generated_sheet(60),
+        SettingsChange::default(),
+    )
+    .await;
+    assert_eq!((first.loaded, first.skipped_existing), (60, 0));
+    let again = load_text(
+        &t.store,
+        "qc",
+        "true",
+        &generated_sheet(60),
+        SettingsChange::default(),
+    )
+    .await;
+    assert_eq!((again.loaded, again.skipped_existing), (0, 60));
+    let more = load_text(
+        &t.store,
+        "qc",
+        "true",
+        &generated_sheet(70),
+        SettingsChange::default(),
+    )
+    .await;
+    assert_eq!((more.loaded, more.skipped_existing), (10, 60));
+    assert_eq!(counts(&t.store, "qc").await, (70, 70, 0, 0, 0));
+}
+
+async fn racing_claims_have_exactly_one_winner(t: TestStore) {
+    load_text(
+        &t.store,
+        "qc",
+        "true",
+        &generated_sheet(25),
+        SettingsChange::default(),
+    )
+    .await;
+    let other = t.other_handle();
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    for i in 0..25 {
+        let c = pending(&format!("S{i:07}"));
+        let now = Timestamp::now();
+        let (a, b) = tokio::join!(
+            t.store.claim(&meta, &c, "a/w", now),
+            other.claim(&meta, &c, "b/w", now)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let won = [&a, &b]
+            .iter()
+            .filter(|c| matches!(c, Claim::Claimed(_)))
+            .count();
+        assert_eq!(won, 1, "{a:?} / {b:?}");
+        assert!(
+            matches!(a, Claim::Lost) || matches!(b, Claim::Lost),
+            "{a:?} / {b:?}"
+        );
+    }
+    assert_eq!(counts(&t.store, "qc").await, (25, 0, 25, 0, 0));
+}
+
+async fn an_expired_lease_is_reclaimed_and_the_old_owner_is_fenced_out(t: TestStore) {
+    load_text(&t.store, "qc", "true", &generated_sheet(1), settings(3, 3)).await;
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    let first = claimed(&t.store, "qc", "S0000000", "a/w").await;
+    let running = Candidate {
+        task_id: "S0000000".into(),
+        state: TaskState::Running,
+        attempt: 1,
+    };
+    // Nothing is reclaimable before the lease and the skew margin are over.
+    assert!(
+        t.store
+            .candidates(&meta, 0, TaskState::Running, Timestamp::now(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        t.store
+            .claim(&meta, &running, "b/w", Timestamp::now())
+            .await
+            .unwrap(),
+        Claim::Lost
+    );
+    let later = Timestamp::now().plus(Duration::from_secs(9));
+    let mut found = Vec::new();
+    for shard in 0..meta.shards {
+        found.extend(
+            t.store
+                .candidates(&meta, shard, TaskState::Running, later, 10)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(found.first().map(|c| c.task_id.as_str()), Some("S0000000"));
+    let Claim::Claimed(second) = t.store.claim(&meta, &running, "b/w", later).await.unwrap() else {
+        panic!("an expired lease must be reclaimable")
+    };
+    assert_eq!((second.attempt, second.failed_attempts), (2, 1));
+    assert_eq!(
+        second.history.last().unwrap().failure_class,
+        Some(FailureClass::Lost)
+    );
+    assert_eq!(
+        t.store.heartbeat(&meta, &first, later).await.unwrap(),
+        Fence::Lost
+    );
+    let done = finish(1, TaskState::Done, None, Timestamp::now());
+    assert_eq!(
+        t.store.finish(&meta, &first, &done).await.unwrap(),
+        Fence::Lost
+    );
+    assert_eq!(
+        t.store.heartbeat(&meta, &second, later).await.unwrap(),
+        Fence::Held
+    );
+    assert_eq!(
+        t.store
+            .finish(
+                &meta,
+                &second,
+                &finish(2, TaskState::Done, None, Timestamp::now())
+            )
+            .await
+            .unwrap(),
+        Fence::Held
+    );
+    let task = t.store.task("qc", "S0000000").await.unwrap().unwrap();
+    assert_eq!(
+        (task.state, task.attempt, task.output_tail.as_deref()),
+        (TaskState::Done, 2, Some("attempt 2"))
+    );
+    assert_eq!(counts(&t.store, "qc").await, (1, 0, 0, 1, 0));
+}
+
+async fn a_dead_owner_on_the_last_attempt_leaves_the_task_failed_lost(t: TestStore) {
+    load_text(&t.store, "qc", "true", &generated_sheet(1), settings(1, 3)).await;
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    claimed(&t.store, "qc", "S0000000", "a/w").await;
+    let running = Candidate {
+        task_id: "S0000000".into(),
+        state: TaskState::Running,
+        attempt: 1,
+    };
+    let later = Timestamp::now().plus(Duration::from_secs(9));
+    assert_eq!(
+        t.store.claim(&meta, &running, "b/w", later).await.unwrap(),
+        Claim::FailedLost
+    );
+    let task = t.store.task("qc", "S0000000").await.unwrap().unwrap();
+    assert_eq!(
+        (task.state, task.failure_class),
+        (TaskState::Failed, Some(FailureClass::Lost))
+    );
+    assert_eq!(counts(&t.store, "qc").await, (1, 0, 0, 0, 1));
+}
+
+async fn failures_are_retried_after_a_delay_then_fail(t: TestStore) {
+    load_text(&t.store, "qc", "true", &generated_sheet(1), settings(2, 60)).await;
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    let first = claimed(&t.store, "qc", "S0000000", "a/w").await;
+    let ready_at = Timestamp::now().plus(Duration::from_secs(2));
+    let retry = finish(1, TaskState::Pending, Some(FailureClass::Exit), ready_at);
+    assert_eq!(
+        t.store.finish(&meta, &first, &retry).await.unwrap(),
+        Fence::Held
+    );
+    // Not claimable before its ready time.
+    let mut early = Vec::new();
+    for shard in 0..meta.shards {
+        early.extend(
+            t.store
+                .candidates(&meta, shard, TaskState::Pending, Timestamp::now(), 10)
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(early.is_empty(), "claimable too early: {early:?}");
+    assert_eq!(
+        t.store
+            .claim(&meta, &pending("S0000000"), "b/w", Timestamp::now())
+            .await
+            .unwrap(),
+        Claim::Lost
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let second = claimed(&t.store, "qc", "S0000000", "b/w").await;
+    assert_eq!((second.attempt, second.failed_attempts), (2, 1));
+    let fail = finish(
+        2,
+        TaskState::Failed,
+        Some(FailureClass::Exit),
+        Timestamp::now(),
+    );
+    assert_eq!(
+        t.store.finish(&meta, &second, &fail).await.unwrap(),
+        Fence::Held
+    );
+    let task = t.store.task("qc", "S0000000").await.unwrap().unwrap();
+    assert_eq!(
+        (task.state, task.failed_attempts, task.history.len()),
+        (TaskState::Failed, 2, 2)
+    );
+    let failed = t.store.failed(Some("qc"), 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (failed[0].exit_code, failed[0].output_tail.as_deref()),
+        (Some(1), Some("attempt 2"))
+    );
+    assert_eq!(counts(&t.store, "qc").await, (1, 0, 0, 0, 1));
+}
+
+async fn a_release_does_not_use_up_an_attempt(t: TestStore) {
+    load_text(&t.store, "qc", "true", &generated_sheet(1), settings(1, 60)).await;
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    let first = claimed(&t.store, "qc", "S0000000", "a/w").await;
+    let release = finish(
+        1,
+        TaskState::Pending,
+        Some(FailureClass::Interrupted),
+        Timestamp::now(),
+    );
+    assert_eq!(
+        t.store.finish(&meta, &first, &release).await.unwrap(),
+        Fence::Held
+    );
+    assert_eq!(counts(&t.store, "qc").await, (1, 1, 0, 0, 0));
+    // Still claimable at once, and its one attempt is still there to use.
+    let second = claimed(&t.store, "qc", "S0000000", "b/w").await;
+    assert_eq!((second.attempt, second.failed_attempts), (2, 0));
+}

@@ -1,0 +1,145 @@
+//! One type for "whichever store the user named": the binaries hold a
+//! [`Store`] and never learn which kind it is.
+
+use std::collections::HashMap;
+
+use super::dynamo::{DynamoStore, InitOutcome};
+use super::sqlite::SqliteStore;
+use super::{
+    Candidate, Claim, Fence, Finish, ReplaceOutcome, SettingsChange, StepChange, StoreError,
+    TaskStore,
+};
+use crate::model::{FailedTask, StepMeta, StepStatus, Task, TaskState};
+use crate::time::Timestamp;
+
+/// The DynamoDB table or the embedded SQLite file.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// A DynamoDB table.
+    Dynamo(DynamoStore),
+    /// The embedded store.
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Creates what holds the tasks (table or file), or checks that the
+    /// existing one matches.
+    pub async fn init(&self) -> Result<InitOutcome, StoreError> {
+        match self {
+            Store::Dynamo(s) => s.init().await,
+            // Opening created the file and schema already.
+            Store::Sqlite(_) => Ok(InitOutcome::Created),
+        }
+    }
+
+    /// Checks that the store exists and has the expected schema.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Dynamo(s) => s.check_table().await,
+            Store::Sqlite(_) => Ok(()),
+        }
+    }
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $body:expr) => {
+        match $self {
+            Store::Dynamo($s) => $body,
+            Store::Sqlite($s) => $body,
+        }
+    };
+}
+
+impl TaskStore for Store {
+    fn describe(&self) -> String {
+        each!(self, s => s.describe())
+    }
+
+    async fn ensure_step(
+        &self,
+        step: &str,
+        change: &SettingsChange,
+    ) -> Result<(StepMeta, StepChange), StoreError> {
+        each!(self, s => s.ensure_step(step, change).await)
+    }
+
+    async fn existing(
+        &self,
+        meta: &StepMeta,
+        ids: &[&str],
+    ) -> Result<HashMap<String, TaskState>, StoreError> {
+        each!(self, s => s.existing(meta, ids).await)
+    }
+
+    async fn insert_new(&self, meta: &StepMeta, tasks: &[Task]) -> Result<(), StoreError> {
+        each!(self, s => s.insert_new(meta, tasks).await)
+    }
+
+    async fn replace(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        old: TaskState,
+    ) -> Result<ReplaceOutcome, StoreError> {
+        each!(self, s => s.replace(meta, task, old).await)
+    }
+
+    async fn status(&self, step: Option<&str>) -> Result<Vec<StepStatus>, StoreError> {
+        each!(self, s => s.status(step).await)
+    }
+
+    async fn failed(
+        &self,
+        step: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FailedTask>, StoreError> {
+        each!(self, s => s.failed(step, limit).await)
+    }
+
+    async fn task(&self, step: &str, task_id: &str) -> Result<Option<Task>, StoreError> {
+        each!(self, s => s.task(step, task_id).await)
+    }
+
+    async fn step(&self, step: &str) -> Result<Option<StepMeta>, StoreError> {
+        each!(self, s => TaskStore::step(s, step).await)
+    }
+
+    async fn candidates(
+        &self,
+        meta: &StepMeta,
+        shard: u16,
+        state: TaskState,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        each!(self, s => s.candidates(meta, shard, state, now, limit).await)
+    }
+
+    async fn claim(
+        &self,
+        meta: &StepMeta,
+        candidate: &Candidate,
+        owner: &str,
+        now: Timestamp,
+    ) -> Result<Claim, StoreError> {
+        each!(self, s => s.claim(meta, candidate, owner, now).await)
+    }
+
+    async fn heartbeat(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        until: Timestamp,
+    ) -> Result<Fence, StoreError> {
+        each!(self, s => s.heartbeat(meta, task, until).await)
+    }
+
+    async fn finish(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        finish: &Finish,
+    ) -> Result<Fence, StoreError> {
+        each!(self, s => s.finish(meta, task, finish).await)
+    }
+}

@@ -1,0 +1,621 @@
+//! The embedded store: the same task contract in one SQLite file, for a
+//! laptop with no AWS account and for trying a step on a few samples.
+//!
+//! Several agent processes on one machine share the file: WAL mode, a busy
+//! timeout, and every operation in one `BEGIN IMMEDIATE` transaction, so a
+//! claim or a fenced write reads, checks and writes atomically. The whole
+//! task is stored as JSON; the columns the conditions and the state index
+//! need (state, ready/lease time, attempt, owner) sit beside it and are
+//! written in the same statement.
+//!
+//! Counts come from the state index (`GROUP BY state`): one query per
+//! step, local, no counters to keep in step.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    CLOCK_SKEW_MARGIN, Candidate, Claim, Fence, Finish, ReplaceOutcome, SettingsChange, StepChange,
+    StoreError, TaskStore, apply_claim, apply_finish, lost_record,
+};
+use crate::model::{FailedTask, StepMeta, StepSettings, StepStatus, Task, TaskState};
+use crate::schema;
+use crate::time::Timestamp;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS steps (
+    step TEXT PRIMARY KEY,
+    meta TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    step     TEXT NOT NULL,
+    task_id  TEXT NOT NULL,
+    state    TEXT NOT NULL,
+    state_at INTEGER NOT NULL,
+    attempt  INTEGER NOT NULL,
+    owner    TEXT,
+    body     TEXT NOT NULL,
+    PRIMARY KEY (step, task_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (step, state, state_at);
+";
+
+/// How long a writer waits for another process's transaction.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Tasks in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Creates the file (and its directory) and the schema if needed.
+    /// Returns whether it was created.
+    pub fn init(path: &Path) -> Result<(Self, bool), StoreError> {
+        let existed = path.exists();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io_error(path, &e))?;
+        }
+        let conn = Connection::open(path).map_err(|e| sql_error(path, &e))?;
+        configure(&conn, path)?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| sql_error(path, &e))?;
+        Ok((Self::from_conn(path, conn), !existed))
+    }
+
+    /// Opens an existing store; a missing file says to run `init`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::NoEmbeddedStore {
+                path: path.display().to_string(),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sql_error(path, &e))?;
+        configure(&conn, path)?;
+        let has_tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('steps', 'tasks')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| sql_error(path, &e))?;
+        if has_tables != 2 {
+            return Err(StoreError::SchemaMismatch {
+                table: path.display().to_string(),
+                differences: vec!["it is not a task store (no steps and tasks tables)".into()],
+            });
+        }
+        Ok(Self::from_conn(path, conn))
+    }
+
+    fn from_conn(path: &Path, conn: Connection) -> Self {
+        Self {
+            path: path.to_owned(),
+            conn: Arc::new(Mutex::new(conn)),
+        }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in one immediate transaction on a blocking thread.
+    async fn tx<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| sql_error(&path, &e))?;
+            let out = f(&tx)?;
+            tx.commit().map_err(|e| sql_error(&path, &e))?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Service {
+            operation: "SQLite",
+            message: format!("worker thread failed: {e}"),
+        })?
+    }
+}
+
+fn configure(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| sql_error(path, &e))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| sql_error(path, &e))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(|e| sql_error(path, &e))?;
+    Ok(())
+}
+
+fn sql_error(path: &Path, e: &rusqlite::Error) -> StoreError {
+    StoreError::Service {
+        operation: "SQLite",
+        message: format!("{}: {e}", path.display()),
+    }
+}
+
+fn io_error(path: &Path, e: &std::io::Error) -> StoreError {
+    StoreError::Service {
+        operation: "SQLite",
+        message: format!("cannot create {}: {e}", path.display()),
+    }
+}
+
+#[allow(clippy::needless_pass_by_value)] // shaped for `map_err(q)`
+fn q(e: rusqlite::Error) -> StoreError {
+    StoreError::Service {
+        operation: "SQLite",
+        message: e.to_string(),
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("model types serialise")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(key: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// The index time of a task in its state (see [`crate::schema`]).
+fn state_at(task: &Task) -> i64 {
+    match task.state {
+        TaskState::Running => task.lease_expires_at,
+        TaskState::Done | TaskState::Failed => task.finished_at,
+        TaskState::Pending | TaskState::Waiting => task.ready_at,
+    }
+    .unwrap_or(task.updated_at)
+    .as_millis()
+}
+
+fn read_step(tx: &rusqlite::Transaction<'_>, step: &str) -> Result<Option<StepMeta>, StoreError> {
+    tx.query_row("SELECT meta FROM steps WHERE step = ?1", [step], |r| {
+        r.get::<_, String>(0)
+    })
+    .optional()
+    .map_err(q)?
+    .map(|text| from_json(step, &text))
+    .transpose()
+}
+
+/// The step named, or every step in name order.
+fn read_steps(
+    tx: &rusqlite::Transaction<'_>,
+    wanted: Option<&str>,
+    path: &str,
+) -> Result<Vec<StepMeta>, StoreError> {
+    if let Some(step) = wanted {
+        let meta = read_step(tx, step)?.ok_or_else(|| StoreError::StepNotFound {
+            step: step.to_owned(),
+            table: path.to_owned(),
+        })?;
+        return Ok(vec![meta]);
+    }
+    let mut stmt = tx
+        .prepare("SELECT step, meta FROM steps ORDER BY step")
+        .map_err(q)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(q)?;
+    let mut metas = Vec::new();
+    for row in rows {
+        let (step, text) = row.map_err(q)?;
+        metas.push(from_json(&step, &text)?);
+    }
+    Ok(metas)
+}
+
+fn read_task(
+    tx: &rusqlite::Transaction<'_>,
+    step: &str,
+    id: &str,
+) -> Result<Option<Task>, StoreError> {
+    tx.query_row(
+        "SELECT body FROM tasks WHERE step = ?1 AND task_id = ?2",
+        [step, id],
+        |r| r.get::<_, String>(0),
+    )
+    .optional()
+    .map_err(q)?
+    .map(|text| from_json(&format!("{step}/{id}"), &text))
+    .transpose()
+}
+
+fn write_task(tx: &rusqlite::Transaction<'_>, task: &Task) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO tasks (step, task_id, state, state_at, attempt, owner, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (step, task_id) DO UPDATE SET
+           state = excluded.state, state_at = excluded.state_at, attempt = excluded.attempt,
+           owner = excluded.owner, body = excluded.body",
+        params![
+            task.step,
+            task.task_id,
+            task.state.as_str(),
+            state_at(task),
+            task.attempt,
+            task.owner,
+            to_json(task)
+        ],
+    )
+    .map_err(q)?;
+    Ok(())
+}
+
+/// Whether `current` is still the attempt `ours` holds.
+fn fenced(current: Option<&Task>, ours: &Task) -> bool {
+    current.is_some_and(|c| {
+        c.state == TaskState::Running && c.owner == ours.owner && c.attempt == ours.attempt
+    })
+}
+
+impl TaskStore for SqliteStore {
+    fn describe(&self) -> String {
+        format!("the embedded store {}", self.path.display())
+    }
+
+    async fn ensure_step(
+        &self,
+        step: &str,
+        change: &SettingsChange,
+    ) -> Result<(StepMeta, StepChange), StoreError> {
+        let (step, change) = (step.to_owned(), change.clone());
+        self.tx(move |tx| {
+            if let Some(mut meta) = read_step(tx, &step)? {
+                if let Some(requested) = change.shards
+                    && requested != meta.shards
+                {
+                    return Err(StoreError::ShardsFixed {
+                        step: step.clone(),
+                        existing: meta.shards,
+                        requested,
+                    });
+                }
+                let settings = change.apply(&meta.settings);
+                if settings == meta.settings {
+                    return Ok((meta, StepChange::Unchanged));
+                }
+                meta.settings = settings;
+                meta.updated_at = Timestamp::now();
+                tx.execute(
+                    "UPDATE steps SET meta = ?2 WHERE step = ?1",
+                    params![step, to_json(&meta)],
+                )
+                .map_err(q)?;
+                return Ok((meta, StepChange::Updated));
+            }
+            let now = Timestamp::now();
+            let meta = StepMeta {
+                step: step.clone(),
+                shards: change.shards.unwrap_or(schema::DEFAULT_SHARDS),
+                settings: change.apply(&StepSettings::default()),
+                created_at: now,
+                updated_at: now,
+            };
+            tx.execute(
+                "INSERT INTO steps (step, meta) VALUES (?1, ?2)",
+                params![step, to_json(&meta)],
+            )
+            .map_err(q)?;
+            Ok((meta, StepChange::Created))
+        })
+        .await
+    }
+
+    async fn existing(
+        &self,
+        meta: &StepMeta,
+        ids: &[&str],
+    ) -> Result<HashMap<String, TaskState>, StoreError> {
+        let step = meta.step.clone();
+        let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+        self.tx(move |tx| {
+            let mut stmt = tx
+                .prepare_cached("SELECT state FROM tasks WHERE step = ?1 AND task_id = ?2")
+                .map_err(q)?;
+            let mut found = HashMap::new();
+            for id in ids {
+                let state: Option<String> = stmt
+                    .query_row([&step, &id], |r| r.get(0))
+                    .optional()
+                    .map_err(q)?;
+                if let Some(state) = state {
+                    let state = from_json(&id, &format!("\"{state}\""))?;
+                    found.insert(id, state);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn insert_new(&self, _meta: &StepMeta, tasks: &[Task]) -> Result<(), StoreError> {
+        let tasks = tasks.to_vec();
+        self.tx(move |tx| tasks.iter().try_for_each(|t| write_task(tx, t)))
+            .await
+    }
+
+    async fn replace(
+        &self,
+        _meta: &StepMeta,
+        task: &Task,
+        old: TaskState,
+    ) -> Result<ReplaceOutcome, StoreError> {
+        assert!(
+            old != TaskState::Running,
+            "running tasks are never replaced"
+        );
+        let task = task.clone();
+        self.tx(move |tx| {
+            let current = read_task(tx, &task.step, &task.task_id)?;
+            if current.is_none_or(|c| c.state != old) {
+                return Ok(ReplaceOutcome::Changed);
+            }
+            write_task(tx, &task)?;
+            Ok(ReplaceOutcome::Replaced)
+        })
+        .await
+    }
+
+    async fn status(&self, step: Option<&str>) -> Result<Vec<StepStatus>, StoreError> {
+        let wanted = step.map(str::to_owned);
+        let path = self.path.display().to_string();
+        self.tx(move |tx| {
+            let metas = read_steps(tx, wanted.as_deref(), &path)?;
+            let mut stmt = tx
+                .prepare_cached("SELECT state, count(*) FROM tasks WHERE step = ?1 GROUP BY state")
+                .map_err(q)?;
+            let mut out = Vec::new();
+            for meta in metas {
+                let mut s = StepStatus {
+                    step: meta.step.clone(),
+                    max_attempts: meta.settings.max_attempts,
+                    ..StepStatus::default()
+                };
+                let rows = stmt
+                    .query_map([&meta.step], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .map_err(q)?;
+                for row in rows {
+                    let (state, n) = row.map_err(q)?;
+                    let n = n.unsigned_abs();
+                    match state.as_str() {
+                        "waiting" => s.waiting = n,
+                        "pending" => s.pending = n,
+                        "running" => s.running = n,
+                        "done" => s.done = n,
+                        "failed" => s.failed = n,
+                        _ => {}
+                    }
+                }
+                s.total = s.waiting + s.pending + s.running + s.done + s.failed;
+                s.percent_done = if s.total == 0 {
+                    0.0
+                } else {
+                    100.0 * s.done as f64 / s.total as f64
+                };
+                out.push(s);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn failed(
+        &self,
+        step: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FailedTask>, StoreError> {
+        let steps: Vec<String> = self
+            .status(step)
+            .await?
+            .into_iter()
+            .map(|s| s.step)
+            .collect();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.tx(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT body FROM tasks WHERE step = ?1 AND state = 'failed' ORDER BY state_at DESC LIMIT ?2",
+                )
+                .map_err(q)?;
+            let mut out = Vec::new();
+            for step in &steps {
+                let rows = stmt
+                    .query_map(params![step, limit], |r| r.get::<_, String>(0))
+                    .map_err(q)?;
+                for row in rows {
+                    let t: Task = from_json(step, &row.map_err(q)?)?;
+                    out.push(FailedTask {
+                        step: t.step,
+                        task_id: t.task_id,
+                        attempt: t.attempt,
+                        exit_code: t.exit_code,
+                        signal: t.signal,
+                        failure_class: t.failure_class,
+                        finished_at: t.finished_at,
+                        output_tail: t.output_tail,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn task(&self, step: &str, task_id: &str) -> Result<Option<Task>, StoreError> {
+        let (step, id, path) = (
+            step.to_owned(),
+            task_id.to_owned(),
+            self.path.display().to_string(),
+        );
+        self.tx(move |tx| {
+            if read_step(tx, &step)?.is_none() {
+                return Err(StoreError::StepNotFound { step, table: path });
+            }
+            read_task(tx, &step, &id)
+        })
+        .await
+    }
+
+    async fn step(&self, step: &str) -> Result<Option<StepMeta>, StoreError> {
+        let step = step.to_owned();
+        self.tx(move |tx| read_step(tx, &step)).await
+    }
+
+    async fn candidates(
+        &self,
+        meta: &StepMeta,
+        _shard: u16,
+        state: TaskState,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        // One file has no shards: every shard's query looks at the whole
+        // step, and the random pick among candidates spreads the workers.
+        let cutoff = match state {
+            TaskState::Running => now.as_millis() - CLOCK_SKEW_MARGIN.as_millis() as i64,
+            _ => now.as_millis(),
+        };
+        let step = meta.step.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.tx(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT task_id, attempt FROM tasks
+                     WHERE step = ?1 AND state = ?2 AND state_at <= ?3
+                     ORDER BY state_at LIMIT ?4",
+                )
+                .map_err(q)?;
+            let rows = stmt
+                .query_map(params![step, state.as_str(), cutoff, limit], |r| {
+                    Ok(Candidate {
+                        task_id: r.get(0)?,
+                        state,
+                        attempt: r.get(1)?,
+                    })
+                })
+                .map_err(q)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(q)
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        meta: &StepMeta,
+        candidate: &Candidate,
+        owner: &str,
+        now: Timestamp,
+    ) -> Result<Claim, StoreError> {
+        let (meta, candidate, owner) = (meta.clone(), candidate.clone(), owner.to_owned());
+        self.tx(move |tx| {
+            let Some(task) = read_task(tx, &meta.step, &candidate.task_id)? else {
+                return Ok(Claim::Lost);
+            };
+            let cutoff =
+                Timestamp::from_millis(now.as_millis() - CLOCK_SKEW_MARGIN.as_millis() as i64);
+            let claimable = match candidate.state {
+                TaskState::Pending => {
+                    task.state == TaskState::Pending && state_at(&task) <= now.as_millis()
+                }
+                _ => {
+                    task.state == TaskState::Running
+                        && task.attempt == candidate.attempt
+                        && task.lease_expires_at.is_some_and(|l| l < cutoff)
+                }
+            };
+            if !claimable {
+                return Ok(Claim::Lost);
+            }
+            if candidate.state == TaskState::Running {
+                let lost = lost_record(&task, now);
+                if task.failed_attempts + 1 >= meta.settings.max_attempts {
+                    let finish = Finish {
+                        next: TaskState::Failed,
+                        counts_as_failure: true,
+                        ready_at: now,
+                        record: crate::model::AttemptRecord {
+                            outcome: TaskState::Failed,
+                            ..lost
+                        },
+                        output_tail: task.output_tail.clone(),
+                    };
+                    write_task(tx, &apply_finish(&task, &finish, now))?;
+                    return Ok(Claim::FailedLost);
+                }
+                let claimed = apply_claim(&task, &owner, now, meta.settings.lease, Some(lost));
+                write_task(tx, &claimed)?;
+                return Ok(Claim::Claimed(Box::new(claimed)));
+            }
+            let claimed = apply_claim(&task, &owner, now, meta.settings.lease, None);
+            write_task(tx, &claimed)?;
+            Ok(Claim::Claimed(Box::new(claimed)))
+        })
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        _meta: &StepMeta,
+        task: &Task,
+        until: Timestamp,
+    ) -> Result<Fence, StoreError> {
+        let ours = task.clone();
+        self.tx(move |tx| {
+            let current = read_task(tx, &ours.step, &ours.task_id)?;
+            if !fenced(current.as_ref(), &ours) {
+                return Ok(Fence::Lost);
+            }
+            let mut t = current.expect("fenced implies present");
+            t.lease_expires_at = Some(until);
+            t.updated_at = Timestamp::now();
+            write_task(tx, &t)?;
+            Ok(Fence::Held)
+        })
+        .await
+    }
+
+    async fn finish(
+        &self,
+        _meta: &StepMeta,
+        task: &Task,
+        finish: &Finish,
+    ) -> Result<Fence, StoreError> {
+        let (ours, finish) = (task.clone(), finish.clone());
+        self.tx(move |tx| {
+            let current = read_task(tx, &ours.step, &ours.task_id)?;
+            if !fenced(current.as_ref(), &ours) {
+                return Ok(Fence::Lost);
+            }
+            let current = current.expect("fenced implies present");
+            write_task(tx, &apply_finish(&current, &finish, Timestamp::now()))?;
+            Ok(Fence::Held)
+        })
+        .await
+    }
+}
