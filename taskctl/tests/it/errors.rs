@@ -49,7 +49,11 @@ async fn loading_into_a_table_that_does_not_exist_writes_nothing_and_says_to_run
 #[test]
 fn an_unreachable_endpoint_is_one_clear_line() {
     // Port 9 (discard) on loopback: nothing listens there.
-    let err = taskctl_with(&["status"], &[("TASKFLEET_ENDPOINT", "http://127.0.0.1:9")]).fails();
+    let err = taskctl_with(
+        &["--table", "dynamodb://nowhere", "status"],
+        &[("TASKFLEET_ENDPOINT", "http://127.0.0.1:9")],
+    )
+    .fails();
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
         err.contains("cannot reach DynamoDB at http://127.0.0.1:9"),
@@ -62,7 +66,7 @@ fn an_unreachable_endpoint_is_one_clear_line() {
 fn missing_credentials_are_named_as_such() {
     let endpoint = crate::support::endpoint();
     let err = taskctl_with(
-        &["status"],
+        &["--table", "dynamodb://anything", "status"],
         &[
             ("TASKFLEET_ENDPOINT", endpoint.as_str()),
             ("AWS_ACCESS_KEY_ID", ""),
@@ -78,7 +82,7 @@ fn missing_credentials_are_named_as_such() {
 fn a_missing_region_is_named_as_such() {
     let endpoint = crate::support::endpoint();
     let err = taskctl_with(
-        &["status"],
+        &["--table", "dynamodb://anything", "status"],
         &[
             ("TASKFLEET_ENDPOINT", endpoint.as_str()),
             ("AWS_REGION", ""),
@@ -108,4 +112,20 @@ async fn an_unknown_step_and_an_unknown_task_are_named() {
     .ok();
     let err = t.taskctl(&["show", "qc", "B"]).fails();
     assert!(err.contains("step 'qc' has no task 'B'"), "{err}");
+}
+
+#[test]
+fn a_missing_embedded_store_says_to_run_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nothing-here.db");
+    let locator = format!("sqlite://{}", db.display());
+    let err = taskctl_with(&["--table", &locator, "status"], &[]).fails();
+    assert_eq!(
+        err.trim(),
+        format!(
+            "error: there is no task store at {0}; create it with `taskctl --table sqlite://{0} init` (or just `taskctl init` for the default)",
+            db.display()
+        )
+    );
+    assert!(!db.exists(), "status must not create the store");
 }
