@@ -90,6 +90,56 @@ pub enum Command {
     /// One task's whole record: state, attempts, environment, script,
     /// output tail and history.
     Show(ShowArgs),
+    /// Start workers for a step. With --local: N agent processes on this
+    /// machine, detached, each logging to .taskfleet/workers/.
+    Launch(LaunchArgs),
+    /// The local workers of each step: pid, state, task being run, uptime.
+    Fleet(FleetArgs),
+    /// Stop the local workers of a step gracefully (SIGTERM: running tasks
+    /// finish within the agents' grace period or are released).
+    Stop(StopArgs),
+}
+
+/// `taskctl launch`.
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// The step whose tasks the workers run.
+    #[arg(long)]
+    pub step: String,
+    /// How many workers.
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// Run the workers as processes on this machine (EC2 launch comes later).
+    #[arg(long)]
+    pub local: bool,
+    /// Tasks each worker runs at once.
+    #[arg(long, default_value_t = 1)]
+    pub slots: usize,
+    /// Workers exit after this long with nothing left to do.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", value_name = "DURATION")]
+    pub idle_timeout: Duration,
+}
+
+/// `taskctl fleet`.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Only this step.
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `taskctl stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// The step whose workers to stop.
+    #[arg(long)]
+    pub step: String,
+    /// Return without waiting for the workers to exit.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 /// `taskctl load`.
@@ -162,6 +212,11 @@ pub struct StatusArgs {
     /// With --failed: at most this many tasks per step, newest first.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// Refresh until every task (of --step, or of every step) is done or
+    /// failed: a progress bar per step with rate and time left on a
+    /// terminal, a line per change otherwise.
+    #[arg(long, conflicts_with_all = ["failed", "json"])]
+    pub watch: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -24,6 +24,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Load(args) => load(&cli.global, args).await,
         Command::Status(args) => status(&cli.global, &args).await,
         Command::Show(args) => show(&cli.global, &args).await,
+        Command::Launch(args) => {
+            let store = connect::open(&cli.global).await?;
+            crate::local::launch(&cli.global, &store, &args).await
+        }
+        Command::Fleet(args) => {
+            let store = connect::open(&cli.global).await?;
+            crate::local::fleet(&cli.global, &store, &args).await
+        }
+        Command::Stop(args) => crate::local::stop(&cli.global, &args),
     }
 }
 
@@ -142,6 +151,9 @@ async fn status(global: &crate::cli::GlobalArgs, args: &StatusArgs) -> Result<()
         }
         return Ok(());
     }
+    if args.watch {
+        return watch(&store, args.step.as_deref()).await;
+    }
     let steps = store.status(args.step.as_deref()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&steps)?);
@@ -153,6 +165,76 @@ async fn status(global: &crate::cli::GlobalArgs, args: &StatusArgs) -> Result<()
     } else {
         print!("{}", status_table(&steps));
     }
+    Ok(())
+}
+
+/// Refreshes the status until nothing is left to do, or Ctrl-C.
+async fn watch(store: &Store, step: Option<&str>) -> Result<()> {
+    let tty = std::io::stdout().is_terminal();
+    let multi = indicatif::MultiProgress::new();
+    let style = ProgressStyle::with_template(
+        "{prefix:<14} [{bar:36}] {pos:>6}/{len:<6} {msg}  {per_sec:>9}  eta {eta}",
+    )
+    .expect("template is valid")
+    .progress_chars("=> ");
+    let mut bars: Vec<(String, ProgressBar)> = Vec::new();
+    let mut last_line = String::new();
+    let steps = loop {
+        let steps = store.status(step).await?;
+        if steps.is_empty() {
+            println!(
+                "no steps in {}; load one with `taskctl load --step STEP ...`",
+                store.describe()
+            );
+            return Ok(());
+        }
+        for s in &steps {
+            let msg = format!(
+                "{} running, {} pending, {} failed",
+                s.running, s.pending, s.failed
+            );
+            if tty {
+                let bar = if let Some((_, bar)) = bars.iter().find(|(name, _)| name == &s.step) {
+                    bar.clone()
+                } else {
+                    let bar = multi.add(ProgressBar::new(s.total).with_style(style.clone()));
+                    bar.set_prefix(s.step.clone());
+                    bars.push((s.step.clone(), bar.clone()));
+                    bar
+                };
+                bar.set_length(s.total);
+                bar.set_position(s.done + s.failed);
+                bar.set_message(msg);
+            }
+        }
+        if !tty {
+            let line = steps
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}: {}/{} done, {} running, {} failed",
+                        s.step, s.done, s.total, s.running, s.failed
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            if line != last_line {
+                println!("{line}");
+                last_line = line;
+            }
+        }
+        if steps.iter().all(|s| s.remaining() == 0) {
+            break steps;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = tokio::signal::ctrl_c() => break steps,
+        }
+    };
+    for (_, bar) in &bars {
+        bar.finish();
+    }
+    print!("{}", status_table(&steps));
     Ok(())
 }
 

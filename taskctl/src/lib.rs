@@ -6,6 +6,7 @@
 //! - [`cli`]: the arguments, with the help text users read.
 //! - [`connect`]: AWS configuration, read once here and passed inward.
 //! - [`commands`]: one function per subcommand; each prints its own output.
+//! - [`local`]: local workers (`launch --local`, `fleet`, `stop`).
 //!
 //! `main` parses arguments, sets up logging, runs one command, and turns an
 //! error into one `error: ...` line and an exit code.
@@ -13,6 +14,7 @@
 pub mod cli;
 pub mod commands;
 pub mod connect;
+pub mod local;
 
 use std::process::ExitCode;
 

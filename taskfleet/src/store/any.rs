@@ -104,6 +104,10 @@ impl TaskStore for Store {
         each!(self, s => TaskStore::step(s, step).await)
     }
 
+    async fn running(&self, meta: &StepMeta) -> Result<Vec<(String, String)>, StoreError> {
+        each!(self, s => s.running(meta).await)
+    }
+
     async fn candidates(
         &self,
         meta: &StepMeta,

@@ -916,6 +916,39 @@ impl TaskStore for DynamoStore {
         self.read_step(step).await
     }
 
+    async fn running(&self, meta: &StepMeta) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for shard in 0..meta.shards {
+            let items: Vec<Item> = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(BY_STATE_INDEX)
+                .key_condition_expression("#spk = :spk")
+                .expression_attribute_names("#spk", attr::STATE_PK)
+                .expression_attribute_values(
+                    ":spk",
+                    s(&schema::state_pk(&meta.step, TaskState::Running, shard)),
+                )
+                .into_paginator()
+                .items()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| self.classify("Query", &e))?;
+            out.extend(items.iter().map(|i| {
+                let text = |a: &str| {
+                    i.get(a)
+                        .and_then(|v| v.as_s().ok())
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                (text(attr::SK), text(attr::OWNER))
+            }));
+        }
+        Ok(out)
+    }
+
     async fn candidates(
         &self,
         meta: &StepMeta,

@@ -293,6 +293,12 @@ pub trait TaskStore: Sync {
     fn step(&self, step: &str)
     -> impl Future<Output = Result<Option<StepMeta>, StoreError>> + Send;
 
+    /// The running tasks of a step and their owners (bounded by the fleet).
+    fn running(
+        &self,
+        meta: &StepMeta,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+
     /// Up to `limit` tasks of one shard that may be claimable at `now`:
     /// `pending` ones whose ready time has come, or (`state` = running)
     /// ones whose lease expired more than [`CLOCK_SKEW_MARGIN`] ago.

@@ -487,6 +487,27 @@ impl TaskStore for SqliteStore {
         self.tx(move |tx| read_step(tx, &step)).await
     }
 
+    async fn running(&self, meta: &StepMeta) -> Result<Vec<(String, String)>, StoreError> {
+        let step = meta.step.clone();
+        self.tx(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT task_id, owner FROM tasks WHERE step = ?1 AND state = 'running'",
+                )
+                .map_err(q)?;
+            let rows = stmt
+                .query_map([&step], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    ))
+                })
+                .map_err(q)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(q)
+        })
+        .await
+    }
+
     async fn candidates(
         &self,
         meta: &StepMeta,
