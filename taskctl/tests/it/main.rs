@@ -13,4 +13,5 @@ mod errors;
 mod init;
 mod load;
 mod mocks;
+mod readme;
 mod status;

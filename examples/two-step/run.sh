@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The example workflow, start to finish, on the embedded store: no AWS
+# account, no Java, nothing but this repository and a Rust toolchain.
+#
+#   bash examples/two-step/run.sh
+#
+# Builds taskctl and agent, loads 20 samples into two steps (simulate reads,
+# then summarize them), runs local workers for each step in turn, and prints
+# the status. Tasks live in .taskfleet/tasks.db, results in results/.
+# Running it again does nothing that is already done.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+here=examples/two-step
+
+echo "==> building taskctl and agent (the first build takes a few minutes)"
+cargo build --locked --quiet --bins
+bin=${CARGO_TARGET_DIR:-$root/target}/debug
+taskctl() { "$bin/taskctl" "$@"; }
+
+export RESULTS="$root/results"
+mkdir -p "$RESULTS"
+
+taskctl init
+taskctl load --step simulate --script "$here/simulate.sh" --max-attempts 2 "$here/samples.csv"
+taskctl load --step summarize --script "$here/summarize.sh" --max-attempts 2 "$here/samples.csv"
+
+for step in simulate summarize; do
+  echo "==> running step '$step' with 2 local workers of 2 slots"
+  taskctl launch --local --step "$step" --count 2 --slots 2 --idle-timeout 2s
+  taskctl status --watch --step "$step"
+done
+
+echo "==> status"
+taskctl status
+summaries=$(find "$RESULTS/summary" -name '*.tsv' | wc -l)
+echo "==> $summaries per-sample summaries in $RESULTS/summary/ (reads in $RESULTS/reads/)"
