@@ -118,6 +118,10 @@ pub struct LaunchArgs {
     /// Workers exit after this long with nothing left to do.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", value_name = "DURATION")]
     pub idle_timeout: Duration,
+    /// After `taskctl stop`, how long running tasks may go on before they
+    /// are released.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s", value_name = "DURATION")]
+    pub grace: Duration,
 }
 
 /// `taskctl fleet`.

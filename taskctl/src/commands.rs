@@ -172,13 +172,14 @@ async fn status(global: &crate::cli::GlobalArgs, args: &StatusArgs) -> Result<()
 async fn watch(store: &Store, step: Option<&str>) -> Result<()> {
     let tty = std::io::stdout().is_terminal();
     let multi = indicatif::MultiProgress::new();
-    let style = ProgressStyle::with_template(
-        "{prefix:<14} [{bar:36}] {pos:>6}/{len:<6} {msg}  {per_sec:>9}  eta {eta}",
-    )
-    .expect("template is valid")
-    .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("{prefix:<14} [{bar:36}] {pos:>6}/{len:<6} {msg}  eta {eta}")
+            .expect("template is valid")
+            .progress_chars("=> ");
     let mut bars: Vec<(String, ProgressBar)> = Vec::new();
     let mut last_line = String::new();
+    let started = std::time::Instant::now();
+    let mut first_finished: Option<u64> = None;
     let steps = loop {
         let steps = store.status(step).await?;
         if steps.is_empty() {
@@ -188,9 +189,13 @@ async fn watch(store: &Store, step: Option<&str>) -> Result<()> {
             );
             return Ok(());
         }
+        let finished: u64 = steps.iter().map(|s| s.done + s.failed).sum();
+        let base = *first_finished.get_or_insert(finished);
+        let rate =
+            finished.saturating_sub(base) as f64 / started.elapsed().as_secs_f64().max(0.001);
         for s in &steps {
             let msg = format!(
-                "{} running, {} pending, {} failed",
+                "{} running, {} pending, {} failed, {rate:.1} tasks/s",
                 s.running, s.pending, s.failed
             );
             if tty {

@@ -128,6 +128,10 @@ pub async fn launch(global: &GlobalArgs, store: &Store, args: &LaunchArgs) -> Re
                 "--idle-timeout",
                 &humantime::format_duration(args.idle_timeout).to_string(),
             ])
+            .args([
+                "--grace",
+                &humantime::format_duration(args.grace).to_string(),
+            ])
             .args(["--worker-id", &worker_id])
             .arg("--work-dir")
             .arg(absolute(&state)?.join("work"))

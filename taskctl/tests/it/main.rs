@@ -12,6 +12,7 @@ mod bad_input;
 mod errors;
 mod init;
 mod load;
+mod local;
 mod mocks;
 mod readme;
 mod status;
