@@ -21,13 +21,16 @@
 //! - [`runner`]: one attempt: the script in its own process group, logs,
 //!   heartbeat, timeout, and the fenced finish.
 //! - [`process`]: process-group signalling (TERM, grace, KILL).
+//! - [`stats`]: what the agent did, for `--stats-file`.
 
 pub mod config;
 pub mod process;
 pub mod runner;
 pub mod shutdown;
+pub mod stats;
 pub mod worker;
 
 pub use config::AgentConfig;
 pub use shutdown::Shutdown;
+pub use stats::Stats;
 pub use worker::{AgentError, Exit, run};

@@ -59,6 +59,10 @@ struct Args {
     /// This worker's id in the table [default: PID and a random suffix].
     #[arg(long)]
     worker_id: Option<String>,
+    /// Write what the agent did (store calls by kind, claim latencies) to
+    /// this file as JSON when it exits.
+    #[arg(long, value_name = "FILE")]
+    stats_file: Option<PathBuf>,
     /// Format of log lines on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -122,16 +126,26 @@ async fn run(args: Args) -> ExitCode {
     cfg.kill_grace = args.kill_grace;
     cfg.poll_max = args.poll_max.max(cfg.poll_min);
     cfg.retry_delay = args.retry_delay;
-    if let Some(dir) = args.work_dir {
+    if let Some(dir) = args.work_dir.clone() {
         cfg.work_dir = dir;
     }
-    if let Some(dir) = args.log_dir {
+    if let Some(dir) = args.log_dir.clone() {
         cfg.log_dir = dir;
     }
 
     let shutdown = Shutdown::new();
     tokio::spawn(forward_signals(shutdown.clone()));
-    match agent::run(store, cfg, shutdown).await {
+    let stats = Arc::new(agent::Stats::default());
+    let outcome = agent::run(store, cfg, shutdown, stats.clone()).await;
+    if let Some(path) = &args.stats_file
+        && let Err(e) = std::fs::write(
+            path,
+            serde_json::to_vec(&stats.report()).unwrap_or_default(),
+        )
+    {
+        eprintln!("warning: cannot write {}: {e}", path.display());
+    }
+    match outcome {
         Ok(exit) => {
             tracing::info!(?exit, "exiting");
             ExitCode::SUCCESS

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::config::AgentConfig;
 use crate::process::{kill_group, signal_group};
 use crate::shutdown::Shutdown;
+use crate::stats::Stats;
 
 /// Longest wait before a failed task is retried.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
@@ -55,6 +56,7 @@ pub async fn run_attempt<S: TaskStore>(
     meta: &StepMeta,
     cfg: &AgentConfig,
     shutdown: &Shutdown,
+    counters: &Stats,
     task: Task,
 ) -> AttemptEnd {
     let span = tracing::info_span!(
@@ -68,8 +70,8 @@ pub async fn run_attempt<S: TaskStore>(
         let started = Timestamp::now();
         let log_path = log_path(cfg, &task);
         tracing::info!(log = %log_path.display(), "task started");
-        let ended = execute(store, meta, cfg, shutdown, &task, &log_path).await;
-        let end = conclude(store, meta, cfg, &task, ended, started, &log_path).await;
+        let ended = execute(store, meta, cfg, shutdown, counters, &task, &log_path).await;
+        let end = conclude(store, meta, cfg, counters, &task, ended, started, &log_path).await;
         tracing::info!(end = ?end, "task ended");
         end
     }
@@ -84,6 +86,7 @@ async fn execute<S: TaskStore>(
     meta: &StepMeta,
     cfg: &AgentConfig,
     shutdown: &Shutdown,
+    counters: &Stats,
     task: &Task,
     log_path: &Path,
 ) -> Ended {
@@ -102,9 +105,9 @@ async fn execute<S: TaskStore>(
     let ended = loop {
         tokio::select! {
             // The script ended by itself (wait is cancel-safe).
-            status = child.wait() => {
-                break match status {
-                    Ok(status) => Ended::Exited(status),
+            exit = child.wait() => {
+                break match exit {
+                    Ok(exit) => Ended::Exited(exit),
                     Err(e) => Ended::LaunchFailed(format!("cannot wait for the script: {e}")),
                 };
             }
@@ -112,6 +115,7 @@ async fn execute<S: TaskStore>(
             // away; a lease that ran out unrenewed may have been.
             _ = heartbeat.tick() => {
                 let until = Timestamp::now().plus(meta.settings.lease);
+                Stats::bump(&counters.heartbeats);
                 match store.heartbeat(meta, task, until).await {
                     Ok(Fence::Held) => lease_until = until,
                     Ok(Fence::Lost) => {
@@ -198,10 +202,12 @@ fn spawn(
 }
 
 /// Turns how the script ended into the task's next state, and writes it.
+#[allow(clippy::too_many_arguments)]
 async fn conclude<S: TaskStore>(
     store: &S,
     meta: &StepMeta,
     cfg: &AgentConfig,
+    counters: &Stats,
     task: &Task,
     ended: Ended,
     started: Timestamp,
@@ -267,6 +273,7 @@ async fn conclude<S: TaskStore>(
     let mut tries = 0;
     loop {
         tries += 1;
+        Stats::bump(&counters.finishes);
         match store.finish(meta, task, &finish).await {
             Ok(Fence::Held) if class == Some(FailureClass::Interrupted) => {
                 return AttemptEnd::Released;

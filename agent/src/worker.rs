@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::AgentConfig;
 use crate::runner::{AttemptEnd, run_attempt};
 use crate::shutdown::Shutdown;
+use crate::stats::Stats;
 
 /// Candidates asked for per index query.
 const CANDIDATES_PER_QUERY: usize = 10;
@@ -83,18 +84,24 @@ fn is_fatal(e: &StoreError) -> bool {
 }
 
 /// Runs the agent until it is idle, stopped, or fails.
-pub async fn run<S>(store: Arc<S>, cfg: AgentConfig, shutdown: Shutdown) -> Result<Exit, AgentError>
+pub async fn run<S>(
+    store: Arc<S>,
+    cfg: AgentConfig,
+    shutdown: Shutdown,
+    stats: Arc<Stats>,
+) -> Result<Exit, AgentError>
 where
     S: TaskStore + Send + Sync + 'static,
 {
     let span = tracing::info_span!("agent", step = %cfg.step, worker = %cfg.owner);
-    tracing::Instrument::instrument(claim_loop(store, cfg, shutdown), span).await
+    tracing::Instrument::instrument(claim_loop(store, cfg, shutdown, stats), span).await
 }
 
 async fn claim_loop<S>(
     store: Arc<S>,
     cfg: AgentConfig,
     shutdown: Shutdown,
+    stats: Arc<Stats>,
 ) -> Result<Exit, AgentError>
 where
     S: TaskStore + Send + Sync + 'static,
@@ -115,11 +122,16 @@ where
             permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             () = shutdown.stopping() => break Ok(Exit::Stopped),
         };
-        match finder.claim_next(&*store, &meta, &cfg.owner).await {
+        match finder.claim_next(&*store, &meta, &cfg.owner, &stats).await {
             Ok(Some(task)) => {
                 errors = 0;
                 poll = cfg.poll_min;
-                spawn_attempt(&tracker, &store, &meta, &cfg, &shutdown, task, permit);
+                spawn_attempt(
+                    &tracker,
+                    (&store, &meta, &cfg, &shutdown, &stats),
+                    task,
+                    permit,
+                );
                 idle_since = Instant::now();
             }
             Ok(None) => {
@@ -134,6 +146,7 @@ where
                     if idle >= limit {
                         // A task running elsewhere may still need
                         // reclaiming if its worker dies: stay while there is one.
+                        Stats::bump(&stats.other_reads);
                         match others_running(&*store, &meta).await {
                             Ok(0) => break Ok(Exit::Idle),
                             Ok(running) => {
@@ -205,20 +218,30 @@ async fn load_step<S: TaskStore>(store: &S, step: &str) -> Result<StepMeta, Agen
 }
 
 /// Runs one claimed task on the tracker; the slot frees when it ends.
+#[allow(clippy::type_complexity)]
 fn spawn_attempt<S>(
     tracker: &TaskTracker,
-    store: &Arc<S>,
-    meta: &Arc<StepMeta>,
-    cfg: &Arc<AgentConfig>,
-    shutdown: &Shutdown,
+    (store, meta, cfg, shutdown, stats): (
+        &Arc<S>,
+        &Arc<StepMeta>,
+        &Arc<AgentConfig>,
+        &Shutdown,
+        &Arc<Stats>,
+    ),
     task: Task,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) where
     S: TaskStore + Send + Sync + 'static,
 {
-    let (store, meta, cfg, shutdown) = (store.clone(), meta.clone(), cfg.clone(), shutdown.clone());
+    let (store, meta, cfg, shutdown, stats) = (
+        store.clone(),
+        meta.clone(),
+        cfg.clone(),
+        shutdown.clone(),
+        stats.clone(),
+    );
     tracker.spawn(async move {
-        let end = run_attempt(&*store, &meta, &cfg, &shutdown, task).await;
+        let end = run_attempt(&*store, &meta, &cfg, &shutdown, &stats, task).await;
         if let AttemptEnd::StoreFailed(e) = end {
             tracing::error!(error = %e, "could not record the end of a task; its lease will expire and it will be run again");
         }
@@ -247,9 +270,10 @@ impl Finder {
         store: &S,
         meta: &StepMeta,
         owner: &str,
+        stats: &Stats,
     ) -> Result<Option<Task>, StoreError> {
         while let Some(candidate) = self.spare.pop() {
-            if let Some(task) = try_claim(store, meta, &candidate, owner).await? {
+            if let Some(task) = try_claim(store, meta, &candidate, owner, stats).await? {
                 return Ok(Some(task));
             }
         }
@@ -257,12 +281,13 @@ impl Finder {
         for state in [TaskState::Pending, TaskState::Running] {
             for k in 0..meta.shards {
                 let shard = (start + k) % meta.shards;
+                Stats::bump(&stats.candidate_queries);
                 let mut found = store
                     .candidates(meta, shard, state, Timestamp::now(), CANDIDATES_PER_QUERY)
                     .await?;
                 found.shuffle(&mut rand::rng());
                 while let Some(candidate) = found.pop() {
-                    if let Some(task) = try_claim(store, meta, &candidate, owner).await? {
+                    if let Some(task) = try_claim(store, meta, &candidate, owner, stats).await? {
                         if state == TaskState::Pending {
                             self.spare = found;
                         }
@@ -280,13 +305,18 @@ async fn try_claim<S: TaskStore>(
     meta: &StepMeta,
     candidate: &Candidate,
     owner: &str,
+    stats: &Stats,
 ) -> Result<Option<Task>, StoreError> {
-    match store
-        .claim(meta, candidate, owner, Timestamp::now())
-        .await?
-    {
-        Claim::Claimed(task) => Ok(Some(*task)),
+    let started = Instant::now();
+    let claim = store.claim(meta, candidate, owner, Timestamp::now()).await;
+    stats.claim_took(started.elapsed());
+    match claim? {
+        Claim::Claimed(task) => {
+            Stats::bump(&stats.claims_won);
+            Ok(Some(*task))
+        }
         Claim::Lost => {
+            Stats::bump(&stats.claims_lost);
             tracing::debug!(task_id = %candidate.task_id, "claim lost to another worker");
             Ok(None)
         }
