@@ -1,0 +1,615 @@
+//! `taskfleet-bench`: measures loading, claiming and running, status and
+//! the agent's footprint on DynamoDB Local and on the embedded store, each
+//! beside the ceiling of the store it runs on, and prints a markdown table
+//! (and writes the same as JSON).
+//!
+//! Run it through `bash bench/run`, which starts DynamoDB Local in a
+//! private network namespace and passes its endpoint in
+//! `TASKFLEET_TEST_DYNAMODB`. Figures are reported, never asserted.
+#![allow(
+    clippy::many_single_char_names,
+    clippy::too_many_lines,
+    clippy::format_push_string
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use clap::Parser;
+use futures::StreamExt;
+use serde::Serialize;
+use taskfleet::store::{SettingsChange, Store, TaskStore};
+use testkit::{Kind, RequestCounter, TestStore, generated_sheet, load_text};
+
+/// Benchmark sizes: the full run, or a reduced one for CI.
+#[derive(Debug, Parser)]
+#[command(name = "taskfleet-bench")]
+struct Args {
+    /// Small sizes (seconds, not minutes), so that CI keeps it working.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results.json")]
+    out: PathBuf,
+    /// The agent binary.
+    #[arg(long)]
+    agent: PathBuf,
+}
+
+/// One row of the results.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    store: &'static str,
+    what: String,
+    value: f64,
+    unit: &'static str,
+    note: String,
+}
+
+struct Results(Vec<Row>);
+
+impl Results {
+    fn add(
+        &mut self,
+        store: &'static str,
+        what: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        note: impl Into<String>,
+    ) {
+        let row = Row {
+            store,
+            what: what.into(),
+            value,
+            unit,
+            note: note.into(),
+        };
+        eprintln!(
+            "  {:<8} {:<48} {:>12.2} {:<10} {}",
+            row.store, row.what, row.value, row.unit, row.note
+        );
+        self.0.push(row);
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(&args))
+}
+
+async fn run(args: &Args) -> Result<()> {
+    let mut r = Results(Vec::new());
+    let (load_sizes, run_tasks, agents, status_sizes): (&[usize], usize, &[usize], &[usize]) =
+        if args.quick {
+            (&[2_000], 200, &[1, 4], &[1_000])
+        } else {
+            (&[10_000, 100_000], 2_000, &[1, 4, 16], &[1_000, 100_000])
+        };
+
+    eprintln!("== DynamoDB Local");
+    let ceiling = dynamo_ceiling(&mut r, args.quick).await?;
+    for &n in load_sizes {
+        bench_load(&mut r, Kind::Dynamo, n).await?;
+    }
+    for &n in status_sizes {
+        bench_status(&mut r, Kind::Dynamo, n).await?;
+    }
+    for &a in agents {
+        bench_claim_run(
+            &mut r,
+            Kind::Dynamo,
+            &args.agent,
+            run_tasks,
+            a,
+            Some(ceiling),
+        )
+        .await?;
+    }
+    bench_agent_footprint(&mut r, &args.agent, if args.quick { 3 } else { 60 }).await?;
+
+    eprintln!("== embedded store (SQLite)");
+    for &n in load_sizes {
+        bench_load(&mut r, Kind::Sqlite, n).await?;
+    }
+    for &n in status_sizes {
+        bench_status(&mut r, Kind::Sqlite, n).await?;
+    }
+    for &a in agents {
+        bench_claim_run(&mut r, Kind::Sqlite, &args.agent, run_tasks, a, None).await?;
+    }
+
+    println!("{}", markdown(&r.0));
+    std::fs::write(&args.out, serde_json::to_vec_pretty(&r.0)?)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn store_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Dynamo => "dynamodb",
+        Kind::Sqlite => "sqlite",
+    }
+}
+
+/// The emulator's own rates with the same SDK and connection settings:
+/// conditional UpdateItem (4 in flight) and BatchWriteItem items.
+/// Returns the conditional-write rate.
+async fn dynamo_ceiling(r: &mut Results, quick: bool) -> Result<f64> {
+    let t = TestStore::new(Kind::Dynamo, "ceiling").await;
+    let Store::Dynamo(d) = &t.store else {
+        unreachable!()
+    };
+    let (client, table) = (d.client().clone(), d.table().to_owned());
+    let key = |i: usize| {
+        [
+            (
+                "pk".to_owned(),
+                AttributeValue::S(format!("bench#{:03}", i % 16)),
+            ),
+            ("sk".to_owned(), AttributeValue::S(format!("k{i}"))),
+        ]
+        .into_iter()
+        .collect::<std::collections::HashMap<_, _>>()
+    };
+    let n_items = if quick { 1_000 } else { 10_000 };
+    let started = Instant::now();
+    let batches: Vec<Vec<WriteRequest>> = (0..n_items)
+        .map(|i| {
+            let mut item = key(i);
+            item.insert("n".into(), AttributeValue::N("0".into()));
+            WriteRequest::builder()
+                .put_request(
+                    PutRequest::builder()
+                        .set_item(Some(item))
+                        .build()
+                        .expect("item set"),
+                )
+                .build()
+        })
+        .collect::<Vec<_>>()
+        .chunks(25)
+        .map(<[WriteRequest]>::to_vec)
+        .collect();
+    futures::stream::iter(batches)
+        .map(|b| {
+            let (client, table) = (client.clone(), table.clone());
+            async move {
+                client
+                    .batch_write_item()
+                    .request_items(table, b)
+                    .send()
+                    .await
+            }
+        })
+        .buffer_unordered(8)
+        .for_each(|res| async move {
+            res.expect("batch write");
+        })
+        .await;
+    let batch_rate = n_items as f64 / started.elapsed().as_secs_f64();
+    r.add(
+        "dynamodb",
+        "ceiling: BatchWriteItem (8 in flight)",
+        batch_rate,
+        "items/s",
+        format!("{n_items} items"),
+    );
+
+    let n_updates = if quick { 400 } else { 4_000 };
+    let started = Instant::now();
+    futures::stream::iter(0..n_updates)
+        .map(|i| {
+            let (client, table) = (client.clone(), table.clone());
+            async move {
+                client
+                    .update_item()
+                    .table_name(table)
+                    .set_key(Some(key(i % n_items)))
+                    .update_expression("SET n = n + :one")
+                    .condition_expression("attribute_exists(pk)")
+                    .expression_attribute_values(":one", AttributeValue::N("1".into()))
+                    .send()
+                    .await
+            }
+        })
+        .buffer_unordered(4)
+        .for_each(|res| async move {
+            res.expect("conditional update");
+        })
+        .await;
+    let cond_rate = n_updates as f64 / started.elapsed().as_secs_f64();
+    r.add(
+        "dynamodb",
+        "ceiling: conditional UpdateItem (4 in flight)",
+        cond_rate,
+        "writes/s",
+        format!("{n_updates} writes"),
+    );
+    Ok(cond_rate)
+}
+
+fn cpu_seconds() -> f64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Store with a request counter (DynamoDB), or the plain file (SQLite).
+async fn counted_store(kind: Kind, label: &str) -> (TestStore, RequestCounter) {
+    let t = TestStore::new(kind, label).await;
+    let counter = RequestCounter::default();
+    let t = match (&t.store, kind) {
+        (Store::Dynamo(d), Kind::Dynamo) => {
+            let store = Store::Dynamo(taskfleet::DynamoStore::new(
+                testkit::client(&counter),
+                d.table(),
+                testkit::endpoint(),
+            ));
+            TestStore { store, ..t }
+        }
+        _ => t,
+    };
+    (t, counter)
+}
+
+async fn bench_load(r: &mut Results, kind: Kind, n: usize) -> Result<()> {
+    let (t, counter) = counted_store(kind, "load").await;
+    let sheet = generated_sheet(n);
+    let cpu = cpu_seconds();
+    counter.reset();
+    let started = Instant::now();
+    let report = load_text(&t.store, "load", "true", &sheet, SettingsChange::default()).await;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
+    assert_eq!(report.loaded, n);
+    let name = store_name(kind);
+    r.add(
+        name,
+        format!("load {n} tasks"),
+        n as f64 / secs,
+        "tasks/s",
+        format!("{secs:.2} s"),
+    );
+    if kind == Kind::Dynamo {
+        r.add(
+            name,
+            format!("load {n} tasks: requests"),
+            counter.get() as f64,
+            "requests",
+            "BatchGet + BatchWrite + counter updates",
+        );
+    }
+    r.add(
+        name,
+        format!("load {n} tasks: client CPU"),
+        cpu,
+        "s",
+        "user + system, this process",
+    );
+    let peak = proc_status_kb(std::process::id(), "VmHWM:").unwrap_or(0);
+    r.add(
+        name,
+        format!("load {n} tasks: peak memory"),
+        peak as f64 / 1024.0,
+        "MiB",
+        "process peak so far (includes the sheet)",
+    );
+    Ok(())
+}
+
+async fn bench_status(r: &mut Results, kind: Kind, n: usize) -> Result<()> {
+    let (t, counter) = counted_store(kind, "status").await;
+    load_text(
+        &t.store,
+        "status",
+        "true",
+        &generated_sheet(n),
+        SettingsChange::default(),
+    )
+    .await;
+    // Warm the connection, then time the median of five.
+    t.store.status(Some("status")).await?;
+    let mut times = Vec::new();
+    counter.reset();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let s = t.store.status(Some("status")).await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(s[0].total, n as u64);
+    }
+    times.sort_by(f64::total_cmp);
+    let name = store_name(kind);
+    if kind == Kind::Dynamo {
+        r.add(
+            name,
+            format!("status at {n} tasks: requests"),
+            counter.get() as f64 / 5.0,
+            "requests",
+            "per status call",
+        );
+    }
+    r.add(
+        name,
+        format!("status at {n} tasks: time"),
+        times[2],
+        "ms",
+        "median of 5",
+    );
+    Ok(())
+}
+
+fn spawn_agent(
+    agent: &Path,
+    locator: &str,
+    dir: &Path,
+    step: &str,
+    extra: &[&str],
+    stats: Option<&Path>,
+) -> Result<Child> {
+    let mut cmd = Command::new(agent);
+    cmd.env_clear()
+        .envs(testkit::child_env())
+        .env("AGENT_LOG", "warn")
+        .args([
+            "--table",
+            locator,
+            "--endpoint-url",
+            &testkit::endpoint(),
+            "--step",
+            step,
+        ])
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .arg("--log-dir")
+        .arg(dir.join("logs"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(stats) = stats {
+        cmd.arg("--stats-file").arg(stats);
+    }
+    cmd.spawn().context("start agent")
+}
+
+async fn bench_claim_run(
+    r: &mut Results,
+    kind: Kind,
+    agent: &Path,
+    n: usize,
+    agents: usize,
+    ceiling: Option<f64>,
+) -> Result<()> {
+    let t = TestStore::new(kind, "run").await;
+    load_text(
+        &t.store,
+        "run",
+        "true",
+        &generated_sheet(n),
+        SettingsChange::default(),
+    )
+    .await;
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for i in 0..agents {
+        let stats = t.dir.path().join(format!("stats-{i}.json"));
+        children.push((
+            spawn_agent(
+                agent,
+                &t.locator,
+                t.dir.path(),
+                "run",
+                &["--idle-timeout", "1s", "--poll-max", "1s"],
+                Some(&stats),
+            )?,
+            stats,
+        ));
+    }
+    // Throughput is measured until the last task is done, not until the
+    // agents have idled out.
+    let secs = loop {
+        let s = &t.store.status(Some("run")).await?[0];
+        if s.done == n as u64 {
+            break started.elapsed().as_secs_f64();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (mut won, mut lost, mut queries, mut finishes, mut other, mut heartbeats) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut latencies = Vec::new();
+    for (mut child, stats) in children {
+        child.wait()?;
+        let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats)?)?;
+        let g = |k: &str| s[k].as_u64().unwrap_or(0);
+        won += g("claims_won");
+        lost += g("claims_lost");
+        queries += g("candidate_queries");
+        finishes += g("finishes");
+        other += g("other_reads");
+        heartbeats += g("heartbeats");
+        latencies.extend(
+            s["claim_micros"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_u64),
+        );
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    let name = store_name(kind);
+    let rate = n as f64 / secs;
+    let per_task = (won + lost + queries + finishes + other) as f64 / n as f64;
+    let what = format!(
+        "claim+run {n} x `true`, {agents} agent{}",
+        if agents == 1 { "" } else { "s" }
+    );
+    let note = match ceiling {
+        Some(c) => format!(
+            "{:.0}% of ceiling/requests-per-task",
+            100.0 * rate / (c / per_task)
+        ),
+        None => String::new(),
+    };
+    r.add(name, what.clone(), rate, "tasks/s", note);
+    r.add(
+        name,
+        format!("{what}: store calls per task"),
+        per_task,
+        "calls",
+        format!(
+            "queries {:.2}, claims {:.2}, finishes {:.2}, other {:.2}; heartbeats {heartbeats} apart",
+            queries as f64 / n as f64,
+            (won + lost) as f64 / n as f64,
+            finishes as f64 / n as f64,
+            other as f64 / n as f64
+        ),
+    );
+    r.add(
+        name,
+        format!("{what}: lost claims per claim"),
+        lost as f64 / won.max(1) as f64,
+        "ratio",
+        "",
+    );
+    r.add(
+        name,
+        format!("{what}: claim latency p50"),
+        pct(0.5),
+        "ms",
+        "",
+    );
+    r.add(
+        name,
+        format!("{what}: claim latency p99"),
+        pct(0.99),
+        "ms",
+        "",
+    );
+    Ok(())
+}
+
+async fn bench_agent_footprint(r: &mut Results, agent: &Path, idle_secs: u64) -> Result<()> {
+    let t = TestStore::new(Kind::Dynamo, "footprint").await;
+    load_text(
+        &t.store,
+        "idle",
+        "true",
+        "sample\nA\n",
+        SettingsChange::default(),
+    )
+    .await;
+    // Empty the step first.
+    let mut drain = spawn_agent(
+        agent,
+        &t.locator,
+        t.dir.path(),
+        "idle",
+        &["--idle-timeout", "1s"],
+        None,
+    )?;
+    drain.wait()?;
+    let mut idle = spawn_agent(agent, &t.locator, t.dir.path(), "idle", &[], None)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = idle.id();
+    let ticks = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(") ")
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let n = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        n(11) + n(12) // utime + stime, after the ") " split
+    };
+    let before = ticks(pid);
+    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+    let cpu = (ticks(pid) - before) / 100.0; // USER_HZ
+    let rss = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
+    let _ = idle.kill();
+    let _ = idle.wait();
+    r.add(
+        "dynamodb",
+        "agent: resident memory idle",
+        rss as f64 / 1024.0,
+        "MiB",
+        "",
+    );
+    r.add(
+        "dynamodb",
+        "agent: CPU while idle-polling",
+        100.0 * cpu / idle_secs as f64,
+        "% of a core",
+        format!("over {idle_secs} s"),
+    );
+
+    let sheet: String = std::iter::once("sample".to_owned())
+        .chain((0..8).map(|i| format!("S{i}")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    load_text(
+        &t.store,
+        "busy",
+        "sleep 4",
+        &sheet,
+        SettingsChange::default(),
+    )
+    .await;
+    let mut busy = spawn_agent(
+        agent,
+        &t.locator,
+        t.dir.path(),
+        "busy",
+        &["--slots", "8", "--idle-timeout", "1s"],
+        None,
+    )?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = proc_status_kb(busy.id(), "VmRSS:").unwrap_or(0);
+    busy.wait()?;
+    r.add(
+        "dynamodb",
+        "agent: resident memory running 8 slots",
+        rss as f64 / 1024.0,
+        "MiB",
+        "scripts not included",
+    );
+    Ok(())
+}
+
+fn markdown(rows: &[Row]) -> String {
+    let mut out =
+        String::from("| store | measure | value | unit | note |\n|---|---|---:|---|---|\n");
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {:.2} | {} | {} |\n",
+            r.store, r.what, r.value, r.unit, r.note
+        ));
+    }
+    out
+}
