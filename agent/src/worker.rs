@@ -258,10 +258,13 @@ async fn others_running<S: TaskStore>(store: &S, meta: &StepMeta) -> Result<u64,
         .map_or(0, |s| s.running))
 }
 
-/// Finds and claims the next task, remembering spare candidates.
+/// Finds and claims the next task, remembering spare candidates and the
+/// shard it last found work in: agents that start at random shards and
+/// stay there while it has work rarely query, or claim, the same tasks.
 #[derive(Debug, Default)]
 struct Finder {
     spare: Vec<Candidate>,
+    home: Option<u16>,
 }
 
 impl Finder {
@@ -277,7 +280,9 @@ impl Finder {
                 return Ok(Some(task));
             }
         }
-        let start = rand::rng().random_range(0..meta.shards.max(1));
+        let start = self
+            .home
+            .unwrap_or_else(|| rand::rng().random_range(0..meta.shards.max(1)));
         for state in [TaskState::Pending, TaskState::Running] {
             for k in 0..meta.shards {
                 let shard = (start + k) % meta.shards;
@@ -290,6 +295,7 @@ impl Finder {
                     if let Some(task) = try_claim(store, meta, &candidate, owner, stats).await? {
                         if state == TaskState::Pending {
                             self.spare = found;
+                            self.home = Some(shard);
                         }
                         return Ok(Some(task));
                     }

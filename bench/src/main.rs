@@ -159,7 +159,48 @@ async fn dynamo_ceiling(r: &mut Results, quick: bool) -> Result<f64> {
         .collect::<std::collections::HashMap<_, _>>()
     };
     let n_items = if quick { 1_000 } else { 10_000 };
+    // The emulator is a JVM: warm it up with a pass of the same requests
+    // before timing, as the other measurements run warm too.
+    for _ in 0..2 {
+        write_batches(&client, &table, n_items, &key).await;
+    }
     let started = Instant::now();
+    write_batches(&client, &table, n_items, &key).await;
+    let batch_rate = n_items as f64 / started.elapsed().as_secs_f64();
+    r.add(
+        "dynamodb",
+        "ceiling: BatchWriteItem (8 in flight)",
+        batch_rate,
+        "items/s",
+        format!("{n_items} items"),
+    );
+
+    let n_updates = if quick { 400 } else { 4_000 };
+    let mut started = Instant::now();
+    for pass in 0..2 {
+        if pass == 1 {
+            started = Instant::now();
+        }
+        conditional_updates(&client, &table, n_updates, n_items, &key).await;
+    }
+    let cond_rate = n_updates as f64 / started.elapsed().as_secs_f64();
+    r.add(
+        "dynamodb",
+        "ceiling: conditional UpdateItem (4 in flight)",
+        cond_rate,
+        "writes/s",
+        format!("{n_updates} writes"),
+    );
+    Ok(cond_rate)
+}
+
+/// Puts `n` items with BatchWriteItem, 25 a request, 8 in flight.
+async fn write_batches(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    n_items: usize,
+    key: &dyn Fn(usize) -> std::collections::HashMap<String, AttributeValue>,
+) {
     let batches: Vec<Vec<WriteRequest>> = (0..n_items)
         .map(|i| {
             let mut item = key(i);
@@ -179,7 +220,7 @@ async fn dynamo_ceiling(r: &mut Results, quick: bool) -> Result<f64> {
         .collect();
     futures::stream::iter(batches)
         .map(|b| {
-            let (client, table) = (client.clone(), table.clone());
+            let (client, table) = (client.clone(), table.to_owned());
             async move {
                 client
                     .batch_write_item()
@@ -193,20 +234,20 @@ async fn dynamo_ceiling(r: &mut Results, quick: bool) -> Result<f64> {
             res.expect("batch write");
         })
         .await;
-    let batch_rate = n_items as f64 / started.elapsed().as_secs_f64();
-    r.add(
-        "dynamodb",
-        "ceiling: BatchWriteItem (8 in flight)",
-        batch_rate,
-        "items/s",
-        format!("{n_items} items"),
-    );
+}
 
-    let n_updates = if quick { 400 } else { 4_000 };
-    let started = Instant::now();
+/// `n_updates` conditional UpdateItem requests over the first `n_items` keys, 4 in
+/// flight.
+async fn conditional_updates(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    n_updates: usize,
+    n_items: usize,
+    key: &dyn Fn(usize) -> std::collections::HashMap<String, AttributeValue>,
+) {
     futures::stream::iter(0..n_updates)
         .map(|i| {
-            let (client, table) = (client.clone(), table.clone());
+            let (client, table) = (client.clone(), table.to_owned());
             async move {
                 client
                     .update_item()
@@ -224,15 +265,6 @@ async fn dynamo_ceiling(r: &mut Results, quick: bool) -> Result<f64> {
             res.expect("conditional update");
         })
         .await;
-    let cond_rate = n_updates as f64 / started.elapsed().as_secs_f64();
-    r.add(
-        "dynamodb",
-        "ceiling: conditional UpdateItem (4 in flight)",
-        cond_rate,
-        "writes/s",
-        format!("{n_updates} writes"),
-    );
-    Ok(cond_rate)
 }
 
 fn cpu_seconds() -> f64 {

@@ -38,10 +38,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     state_at INTEGER NOT NULL,
     attempt  INTEGER NOT NULL,
     owner    TEXT,
+    shard    INTEGER NOT NULL,
     body     TEXT NOT NULL,
     PRIMARY KEY (step, task_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (step, state, state_at);
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (step, state, shard, state_at);
 ";
 
 /// How long a writer waits for another process's transaction.
@@ -244,10 +245,12 @@ fn read_task(
     .transpose()
 }
 
-fn write_task(tx: &rusqlite::Transaction<'_>, task: &Task) -> Result<(), StoreError> {
+/// Writes a task; `shards` is its step's shard count, so that workers
+/// spread over shards here as they do on DynamoDB.
+fn write_task(tx: &rusqlite::Transaction<'_>, task: &Task, shards: u16) -> Result<(), StoreError> {
     tx.execute(
-        "INSERT INTO tasks (step, task_id, state, state_at, attempt, owner, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO tasks (step, task_id, state, state_at, attempt, owner, body, shard)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (step, task_id) DO UPDATE SET
            state = excluded.state, state_at = excluded.state_at, attempt = excluded.attempt,
            owner = excluded.owner, body = excluded.body",
@@ -258,7 +261,8 @@ fn write_task(tx: &rusqlite::Transaction<'_>, task: &Task) -> Result<(), StoreEr
             state_at(task),
             task.attempt,
             task.owner,
-            to_json(task)
+            to_json(task),
+            schema::shard_of(&task.task_id, shards)
         ],
     )
     .map_err(q)?;
@@ -352,15 +356,15 @@ impl TaskStore for SqliteStore {
         .await
     }
 
-    async fn insert_new(&self, _meta: &StepMeta, tasks: &[Task]) -> Result<(), StoreError> {
-        let tasks = tasks.to_vec();
-        self.tx(move |tx| tasks.iter().try_for_each(|t| write_task(tx, t)))
+    async fn insert_new(&self, meta: &StepMeta, tasks: &[Task]) -> Result<(), StoreError> {
+        let (tasks, shards) = (tasks.to_vec(), meta.shards);
+        self.tx(move |tx| tasks.iter().try_for_each(|t| write_task(tx, t, shards)))
             .await
     }
 
     async fn replace(
         &self,
-        _meta: &StepMeta,
+        meta: &StepMeta,
         task: &Task,
         old: TaskState,
     ) -> Result<ReplaceOutcome, StoreError> {
@@ -368,13 +372,13 @@ impl TaskStore for SqliteStore {
             old != TaskState::Running,
             "running tasks are never replaced"
         );
-        let task = task.clone();
+        let (task, shards) = (task.clone(), meta.shards);
         self.tx(move |tx| {
             let current = read_task(tx, &task.step, &task.task_id)?;
             if current.is_none_or(|c| c.state != old) {
                 return Ok(ReplaceOutcome::Changed);
             }
-            write_task(tx, &task)?;
+            write_task(tx, &task, shards)?;
             Ok(ReplaceOutcome::Replaced)
         })
         .await
@@ -511,13 +515,11 @@ impl TaskStore for SqliteStore {
     async fn candidates(
         &self,
         meta: &StepMeta,
-        _shard: u16,
+        shard: u16,
         state: TaskState,
         now: Timestamp,
         limit: usize,
     ) -> Result<Vec<Candidate>, StoreError> {
-        // One file has no shards: every shard's query looks at the whole
-        // step, and the random pick among candidates spreads the workers.
         let cutoff = match state {
             TaskState::Running => now.as_millis() - CLOCK_SKEW_MARGIN.as_millis() as i64,
             _ => now.as_millis(),
@@ -528,12 +530,12 @@ impl TaskStore for SqliteStore {
             let mut stmt = tx
                 .prepare_cached(
                     "SELECT task_id, attempt FROM tasks
-                     WHERE step = ?1 AND state = ?2 AND state_at <= ?3
+                     WHERE step = ?1 AND state = ?2 AND shard = ?5 AND state_at <= ?3
                      ORDER BY state_at LIMIT ?4",
                 )
                 .map_err(q)?;
             let rows = stmt
-                .query_map(params![step, state.as_str(), cutoff, limit], |r| {
+                .query_map(params![step, state.as_str(), cutoff, limit, shard], |r| {
                     Ok(Candidate {
                         task_id: r.get(0)?,
                         state,
@@ -586,15 +588,15 @@ impl TaskStore for SqliteStore {
                         },
                         output_tail: task.output_tail.clone(),
                     };
-                    write_task(tx, &apply_finish(&task, &finish, now))?;
+                    write_task(tx, &apply_finish(&task, &finish, now), meta.shards)?;
                     return Ok(Claim::FailedLost);
                 }
                 let claimed = apply_claim(&task, &owner, now, meta.settings.lease, Some(lost));
-                write_task(tx, &claimed)?;
+                write_task(tx, &claimed, meta.shards)?;
                 return Ok(Claim::Claimed(Box::new(claimed)));
             }
             let claimed = apply_claim(&task, &owner, now, meta.settings.lease, None);
-            write_task(tx, &claimed)?;
+            write_task(tx, &claimed, meta.shards)?;
             Ok(Claim::Claimed(Box::new(claimed)))
         })
         .await
@@ -602,11 +604,11 @@ impl TaskStore for SqliteStore {
 
     async fn heartbeat(
         &self,
-        _meta: &StepMeta,
+        meta: &StepMeta,
         task: &Task,
         until: Timestamp,
     ) -> Result<Fence, StoreError> {
-        let ours = task.clone();
+        let (ours, shards) = (task.clone(), meta.shards);
         self.tx(move |tx| {
             let current = read_task(tx, &ours.step, &ours.task_id)?;
             if !fenced(current.as_ref(), &ours) {
@@ -615,7 +617,7 @@ impl TaskStore for SqliteStore {
             let mut t = current.expect("fenced implies present");
             t.lease_expires_at = Some(until);
             t.updated_at = Timestamp::now();
-            write_task(tx, &t)?;
+            write_task(tx, &t, shards)?;
             Ok(Fence::Held)
         })
         .await
@@ -623,18 +625,22 @@ impl TaskStore for SqliteStore {
 
     async fn finish(
         &self,
-        _meta: &StepMeta,
+        meta: &StepMeta,
         task: &Task,
         finish: &Finish,
     ) -> Result<Fence, StoreError> {
-        let (ours, finish) = (task.clone(), finish.clone());
+        let (ours, finish, shards) = (task.clone(), finish.clone(), meta.shards);
         self.tx(move |tx| {
             let current = read_task(tx, &ours.step, &ours.task_id)?;
             if !fenced(current.as_ref(), &ours) {
                 return Ok(Fence::Lost);
             }
             let current = current.expect("fenced implies present");
-            write_task(tx, &apply_finish(&current, &finish, Timestamp::now()))?;
+            write_task(
+                tx,
+                &apply_finish(&current, &finish, Timestamp::now()),
+                shards,
+            )?;
             Ok(Fence::Held)
         })
         .await
