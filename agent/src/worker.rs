@@ -279,9 +279,14 @@ impl Finder {
             if let Some(task) = try_claim(store, meta, &candidate, owner, stats).await? {
                 return Ok(Some(task));
             }
+            // Another worker is taking tasks from this shard: our spare
+            // candidates are going stale. Leave the shard to it.
+            self.spare.clear();
+            self.home = None;
         }
         let start = self
             .home
+            .take()
             .unwrap_or_else(|| rand::rng().random_range(0..meta.shards.max(1)));
         for state in [TaskState::Pending, TaskState::Running] {
             for k in 0..meta.shards {
