@@ -276,6 +276,25 @@ impl DynamoStore {
         items.into_iter().map(|i| decode(STEPS_PK, i)).collect()
     }
 
+    /// Waits before the next try of a batch request, or reports that the
+    /// retry budget is spent with `remaining` items not done.
+    async fn backoff(
+        &self,
+        operation: &'static str,
+        tries: u32,
+        remaining: usize,
+    ) -> Result<(), StoreError> {
+        if tries >= self.retry.max_attempts {
+            return Err(StoreError::RetriesExhausted {
+                operation,
+                attempts: tries,
+                remaining,
+            });
+        }
+        tokio::time::sleep(self.retry.delay(tries - 1)).await;
+        Ok(())
+    }
+
     /// Puts `items` with BatchWriteItem, 25 a request, repeating unprocessed
     /// items and throttled requests with backoff.
     async fn batch_put(&self, items: Vec<Item>) -> Result<(), StoreError> {
@@ -333,14 +352,7 @@ impl DynamoStore {
                 if pending.is_empty() {
                     break;
                 }
-                if tries >= self.retry.max_attempts {
-                    return Err(StoreError::RetriesExhausted {
-                        operation: "BatchWriteItem",
-                        attempts: tries,
-                        remaining: pending.len(),
-                    });
-                }
-                tokio::time::sleep(self.retry.delay(tries - 1)).await;
+                self.backoff("BatchWriteItem", tries, pending.len()).await?;
             }
         }
         Ok(())
@@ -574,14 +586,7 @@ impl DynamoStore {
             if pending.is_empty() {
                 break;
             }
-            if tries >= self.retry.max_attempts {
-                return Err(StoreError::RetriesExhausted {
-                    operation: "BatchGetItem",
-                    attempts: tries,
-                    remaining: pending.len(),
-                });
-            }
-            tokio::time::sleep(self.retry.delay(tries - 1)).await;
+            self.backoff("BatchGetItem", tries, pending.len()).await?;
         }
         Ok(found)
     }
