@@ -128,15 +128,7 @@ pub fn prepare(request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, LoadE
     let digest = hex(&Sha256::digest(request.script.as_bytes()));
     // Measure each task as it will be stored, with room for what attempts
     // add later, so that no write fails half-way through on item size.
-    let meta = StepMeta {
-        step: request.step.clone(),
-        shards: request.settings.shards.unwrap_or(schema::DEFAULT_SHARDS),
-        settings: request
-            .settings
-            .apply(&crate::model::StepSettings::default()),
-        created_at: Timestamp::now(),
-        updated_at: Timestamp::now(),
-    };
+    let meta = request.settings.new_step(&request.step);
     let budget = MAX_ITEM_BYTES - RUNTIME_RESERVE_BYTES;
     for row in &sheet.tasks {
         let task = new_pending_task(

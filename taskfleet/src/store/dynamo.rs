@@ -26,12 +26,10 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{
-    CLOCK_SKEW_MARGIN, Candidate, Claim, Fence, Finish, ReplaceOutcome, SettingsChange, StepChange,
-    StoreError, TaskStore, lost_record, trim_history,
+    Candidate, Claim, Fence, Finish, ReplaceOutcome, SettingsChange, StepChange, StoreError,
+    TaskStore, lost_record, reclaim_cutoff, trim_history,
 };
-use crate::model::{
-    AttemptRecord, FailedTask, StepMeta, StepSettings, StepStatus, Task, TaskState,
-};
+use crate::model::{AttemptRecord, FailedTask, StepMeta, StepStatus, Task, TaskState};
 use crate::retry::RetryPolicy;
 use crate::schema::{self, BY_STATE_INDEX, BY_STATE_PROJECTED, STEPS_PK, attr};
 use crate::time::Timestamp;
@@ -604,10 +602,10 @@ impl DynamoStore {
     ) -> Result<Result<String, Claim>, StoreError> {
         // Reclaiming a dead owner's task: read it whole to record the
         // lost attempt, then take it only if it is still that attempt.
-        let Some(old) = TaskStore::task(self, &meta.step, &candidate.task_id).await? else {
+        let Some(old) = self.read_task(meta, &candidate.task_id).await? else {
             return Ok(Err(Claim::Lost));
         };
-        let cutoff = Timestamp::from_millis(now.as_millis() - CLOCK_SKEW_MARGIN.as_millis() as i64);
+        let cutoff = reclaim_cutoff(now);
         if old.state != TaskState::Running
             || old.attempt != candidate.attempt
             || old.lease_expires_at.is_none_or(|l| l > cutoff)
@@ -654,6 +652,52 @@ impl DynamoStore {
         )))
     }
 
+    /// One task of a step whose layout is known (one GetItem).
+    async fn read_task(&self, meta: &StepMeta, task_id: &str) -> Result<Option<Task>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(schema::task_key(&meta.step, meta.shards, task_id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.classify("GetItem", &e))?;
+        out.item()
+            .map(|i| decode(&format!("{}/{task_id}", meta.step), i.clone()))
+            .transpose()
+    }
+
+    /// One conditional UpdateItem of a task. `Ok(None)`: the condition
+    /// failed (a lost race, not an error); `Ok(Some(item))`: the item as
+    /// written when `return_new`, else empty.
+    async fn update_task_if(
+        &self,
+        meta: &StepMeta,
+        task_id: &str,
+        e: Expr,
+        condition: String,
+        return_new: bool,
+    ) -> Result<Option<Item>, StoreError> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(schema::task_key(&meta.step, meta.shards, task_id)))
+            .update_expression(e.update_expression())
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(e.names))
+            .set_expression_attribute_values(Some(e.values));
+        if return_new {
+            request = request.return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew);
+        }
+        match request.send().await {
+            Ok(out) => Ok(Some(out.attributes().cloned().unwrap_or_default())),
+            Err(err) if err.code() == Some("ConditionalCheckFailedException") => Ok(None),
+            Err(err) => Err(self.classify("UpdateItem", &err)),
+        }
+    }
+
     fn step_item(meta: &StepMeta) -> Item {
         let mut item: Item = serde_dynamo::to_item(meta).expect("a step always serialises");
         item.insert(attr::PK.to_owned(), s(STEPS_PK));
@@ -695,22 +739,10 @@ impl TaskStore for DynamoStore {
         change: &SettingsChange,
     ) -> Result<(StepMeta, StepChange), StoreError> {
         loop {
-            if let Some(mut meta) = self.read_step(step).await? {
-                if let Some(requested) = change.shards
-                    && requested != meta.shards
-                {
-                    return Err(StoreError::ShardsFixed {
-                        step: step.to_owned(),
-                        existing: meta.shards,
-                        requested,
-                    });
-                }
-                let settings = change.apply(&meta.settings);
-                if settings == meta.settings {
+            if let Some(meta) = self.read_step(step).await? {
+                let Some(updated) = change.update_step(&meta)? else {
                     return Ok((meta, StepChange::Unchanged));
-                }
-                meta.settings = settings;
-                meta.updated_at = Timestamp::now();
+                };
                 self.client
                     .update_item()
                     .table_name(&self.table)
@@ -721,23 +753,16 @@ impl TaskStore for DynamoStore {
                     .expression_attribute_names("#updated", attr::UPDATED_AT)
                     .expression_attribute_values(
                         ":settings",
-                        serde_dynamo::to_attribute_value(&meta.settings)
+                        serde_dynamo::to_attribute_value(&updated.settings)
                             .expect("settings serialise"),
                     )
-                    .expression_attribute_values(":updated", n(meta.updated_at.as_millis()))
+                    .expression_attribute_values(":updated", n(updated.updated_at.as_millis()))
                     .send()
                     .await
                     .map_err(|e| self.classify("UpdateItem", &e))?;
-                return Ok((meta, StepChange::Updated));
+                return Ok((updated, StepChange::Updated));
             }
-            let now = Timestamp::now();
-            let meta = StepMeta {
-                step: step.to_owned(),
-                shards: change.shards.unwrap_or(schema::DEFAULT_SHARDS),
-                settings: change.apply(&StepSettings::default()),
-                created_at: now,
-                updated_at: now,
-            };
+            let meta = change.new_step(step);
             let put = self
                 .client
                 .put_item()
@@ -903,18 +928,7 @@ impl TaskStore for DynamoStore {
 
     async fn task(&self, step: &str, task_id: &str) -> Result<Option<Task>, StoreError> {
         let meta = self.required_step(step).await?;
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(schema::task_key(step, meta.shards, task_id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| self.classify("GetItem", &e))?;
-        out.item()
-            .map(|i| decode(&format!("{step}/{task_id}"), i.clone()))
-            .transpose()
+        self.read_task(&meta, task_id).await
     }
 
     async fn step(&self, step: &str) -> Result<Option<StepMeta>, StoreError> {
@@ -963,9 +977,7 @@ impl TaskStore for DynamoStore {
         limit: usize,
     ) -> Result<Vec<Candidate>, StoreError> {
         let cutoff = match state {
-            TaskState::Running => {
-                Timestamp::from_millis(now.as_millis() - CLOCK_SKEW_MARGIN.as_millis() as i64)
-            }
+            TaskState::Running => reclaim_cutoff(now),
             _ => now,
         };
         let out = self
@@ -1035,30 +1047,15 @@ impl TaskStore for DynamoStore {
                 Err(early) => return Ok(early),
             }
         };
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(schema::task_key(
-                &meta.step,
-                meta.shards,
-                &candidate.task_id,
-            )))
-            .update_expression(e.update_expression())
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(e.names))
-            .set_expression_attribute_values(Some(e.values))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
-            .send()
-            .await;
-        match result {
-            Ok(out) => {
-                let item = out.attributes().cloned().unwrap_or_default();
+        match self
+            .update_task_if(meta, &candidate.task_id, e, condition, true)
+            .await?
+        {
+            Some(item) => {
                 let task: Task = decode(&format!("{}/{}", meta.step, candidate.task_id), item)?;
                 Ok(Claim::Claimed(Box::new(task)))
             }
-            Err(err) if err.code() == Some("ConditionalCheckFailedException") => Ok(Claim::Lost),
-            Err(err) => Err(self.classify("UpdateItem", &err)),
+            None => Ok(Claim::Lost),
         }
     }
 
@@ -1073,26 +1070,15 @@ impl TaskStore for DynamoStore {
             .set(attr::STATE_AT, n(until.as_millis()))
             .set(attr::UPDATED_AT, n(Timestamp::now().as_millis()));
         let condition = e.fence(task);
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(schema::task_key(
-                &meta.step,
-                meta.shards,
-                &task.task_id,
-            )))
-            .update_expression(e.update_expression())
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(e.names))
-            .set_expression_attribute_values(Some(e.values))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Fence::Held),
-            Err(err) if err.code() == Some("ConditionalCheckFailedException") => Ok(Fence::Lost),
-            Err(err) => Err(self.classify("UpdateItem", &err)),
-        }
+        Ok(
+            match self
+                .update_task_if(meta, &task.task_id, e, condition, false)
+                .await?
+            {
+                Some(_) => Fence::Held,
+                None => Fence::Lost,
+            },
+        )
     }
 
     async fn finish(

@@ -143,6 +143,41 @@ pub struct SettingsChange {
 }
 
 impl SettingsChange {
+    /// The step a first load with these settings creates.
+    pub fn new_step(&self, step: &str) -> StepMeta {
+        let now = Timestamp::now();
+        StepMeta {
+            step: step.to_owned(),
+            shards: self.shards.unwrap_or(crate::schema::DEFAULT_SHARDS),
+            settings: self.apply(&StepSettings::default()),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// `meta` with the asked-for settings, or `None` when nothing changes.
+    /// The shard count of an existing step cannot change.
+    pub fn update_step(&self, meta: &StepMeta) -> Result<Option<StepMeta>, StoreError> {
+        if let Some(requested) = self.shards
+            && requested != meta.shards
+        {
+            return Err(StoreError::ShardsFixed {
+                step: meta.step.clone(),
+                existing: meta.shards,
+                requested,
+            });
+        }
+        let settings = self.apply(&meta.settings);
+        if settings == meta.settings {
+            return Ok(None);
+        }
+        Ok(Some(StepMeta {
+            settings,
+            updated_at: Timestamp::now(),
+            ..meta.clone()
+        }))
+    }
+
     /// `base` with the asked-for changes applied.
     pub fn apply(&self, base: &StepSettings) -> StepSettings {
         StepSettings {
@@ -180,6 +215,12 @@ pub const HISTORY_KEEP: usize = 10;
 /// Margin for clock skew between hosts: a lease counts as expired only
 /// this long after its expiry time.
 pub const CLOCK_SKEW_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Leases that ran out before this instant (as seen at `now`) may be
+/// reclaimed: expiry plus the clock-skew margin.
+pub fn reclaim_cutoff(now: Timestamp) -> Timestamp {
+    Timestamp::from_millis(now.as_millis() - CLOCK_SKEW_MARGIN.as_millis() as i64)
+}
 
 /// A task an index says may be claimable. Only a hint: the claim decides.
 #[derive(Debug, Clone, PartialEq, Eq)]

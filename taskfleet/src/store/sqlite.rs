@@ -19,10 +19,10 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    CLOCK_SKEW_MARGIN, Candidate, Claim, Fence, Finish, ReplaceOutcome, SettingsChange, StepChange,
-    StoreError, TaskStore, apply_claim, apply_finish, lost_record,
+    Candidate, Claim, Fence, Finish, ReplaceOutcome, SettingsChange, StepChange, StoreError,
+    TaskStore, apply_claim, apply_finish, lost_record, reclaim_cutoff,
 };
-use crate::model::{FailedTask, StepMeta, StepSettings, StepStatus, Task, TaskState};
+use crate::model::{FailedTask, StepMeta, StepStatus, Task, TaskState};
 use crate::schema;
 use crate::time::Timestamp;
 
@@ -288,37 +288,18 @@ impl TaskStore for SqliteStore {
     ) -> Result<(StepMeta, StepChange), StoreError> {
         let (step, change) = (step.to_owned(), change.clone());
         self.tx(move |tx| {
-            if let Some(mut meta) = read_step(tx, &step)? {
-                if let Some(requested) = change.shards
-                    && requested != meta.shards
-                {
-                    return Err(StoreError::ShardsFixed {
-                        step: step.clone(),
-                        existing: meta.shards,
-                        requested,
-                    });
-                }
-                let settings = change.apply(&meta.settings);
-                if settings == meta.settings {
+            if let Some(meta) = read_step(tx, &step)? {
+                let Some(updated) = change.update_step(&meta)? else {
                     return Ok((meta, StepChange::Unchanged));
-                }
-                meta.settings = settings;
-                meta.updated_at = Timestamp::now();
+                };
                 tx.execute(
                     "UPDATE steps SET meta = ?2 WHERE step = ?1",
-                    params![step, to_json(&meta)],
+                    params![step, to_json(&updated)],
                 )
                 .map_err(q)?;
-                return Ok((meta, StepChange::Updated));
+                return Ok((updated, StepChange::Updated));
             }
-            let now = Timestamp::now();
-            let meta = StepMeta {
-                step: step.clone(),
-                shards: change.shards.unwrap_or(schema::DEFAULT_SHARDS),
-                settings: change.apply(&StepSettings::default()),
-                created_at: now,
-                updated_at: now,
-            };
+            let meta = change.new_step(&step);
             tx.execute(
                 "INSERT INTO steps (step, meta) VALUES (?1, ?2)",
                 params![step, to_json(&meta)],
@@ -521,7 +502,7 @@ impl TaskStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Candidate>, StoreError> {
         let cutoff = match state {
-            TaskState::Running => now.as_millis() - CLOCK_SKEW_MARGIN.as_millis() as i64,
+            TaskState::Running => reclaim_cutoff(now).as_millis(),
             _ => now.as_millis(),
         };
         let step = meta.step.clone();
@@ -560,8 +541,7 @@ impl TaskStore for SqliteStore {
             let Some(task) = read_task(tx, &meta.step, &candidate.task_id)? else {
                 return Ok(Claim::Lost);
             };
-            let cutoff =
-                Timestamp::from_millis(now.as_millis() - CLOCK_SKEW_MARGIN.as_millis() as i64);
+            let cutoff = reclaim_cutoff(now);
             let claimable = match candidate.state {
                 TaskState::Pending => {
                     task.state == TaskState::Pending && state_at(&task) <= now.as_millis()
