@@ -244,23 +244,7 @@ impl TestTable {
         sheet: &str,
         settings: SettingsChange,
     ) -> LoadReport {
-        let sheet = Sheet::parse(
-            Path::new("test.csv"),
-            sheet.as_bytes(),
-            &SheetOptions::default(),
-        )
-        .expect("valid test sheet");
-        let request = LoadRequest {
-            step: step.into(),
-            script: script.into(),
-            settings,
-            replace: false,
-            concurrency: 8,
-        };
-        let prepared = load::prepare(request, sheet).expect("valid load");
-        load::load(&self.store, &prepared, &|_| {})
-            .await
-            .expect("load")
+        load_text(&self.store, step, script, sheet, settings).await
     }
 
     /// Loads `n` generated rows (`sample` = S0000000...).
@@ -271,11 +255,7 @@ impl TestTable {
         n: usize,
         settings: SettingsChange,
     ) -> LoadReport {
-        let mut text = String::from("sample,population\n");
-        for i in 0..n {
-            let _ = writeln!(text, "S{i:07},POP{}", i % 26);
-        }
-        self.load_text(step, script, &text, settings).await
+        load_text(&self.store, step, script, &generated_sheet(n), settings).await
     }
 
     /// Every item in the table, by key. A scan is fine here; the product
