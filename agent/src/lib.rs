@@ -20,12 +20,15 @@
 //!   errors.
 //! - [`runner`]: one attempt: the script in its own process group, logs,
 //!   heartbeat, timeout, and the fenced finish.
+//! - [`script`]: starting a script: work directory, log file,
+//!   environment, process group.
 //! - [`process`]: process-group signalling (TERM, grace, KILL).
 //! - [`stats`]: what the agent did, for `--stats-file`.
 
 pub mod config;
 pub mod process;
 pub mod runner;
+pub mod script;
 pub mod shutdown;
 pub mod stats;
 pub mod worker;
