@@ -16,6 +16,8 @@
 //! - [`store`]: the stores. [`store::dynamo`] talks to DynamoDB.
 //! - [`connect`]: building a store from AWS configuration.
 //! - [`retry`]: the jittered exponential backoff used around batch writes.
+//! - [`transition`]: every change of a task's state (guard, changes,
+//!   counters), defined once; both stores render it.
 //! - [`time`]: epoch-millisecond timestamps, the unit the table stores.
 
 pub mod connect;
@@ -26,6 +28,7 @@ pub mod schema;
 pub mod sheet;
 pub mod store;
 pub mod time;
+pub mod transition;
 
 pub use model::{StepSettings, StepStatus, Task, TaskState};
 pub use store::StoreError;

@@ -1,10 +1,14 @@
 //! Loading a sample sheet into a step.
 //!
 //! [`prepare`] validates everything (step name, script, sheet, item sizes)
-//! before anything is written; [`load`] then writes only the tasks that do
-//! not exist yet, in batches of one shard each, several in flight. Existing
-//! tasks keep their state, attempts and history unless `replace` is asked
-//! for, and even then a running task is never touched.
+//! before anything is written; [`load`] then inserts the tasks in batches of
+//! one shard each, several in flight, shards taken in turn so that batches
+//! in flight update different counter items. An insert never overwrites a
+//! task that exists, and counts what it writes in the same atomic write:
+//! two loads of the same sheet at once, or a load killed and run again,
+//! leave every task once and `loaded` exact. Existing tasks keep their
+//! state, attempts and history unless `replace` is asked for, and even
+//! then a running task is never touched and the attempt number stays.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -21,8 +25,8 @@ use crate::store::{
 };
 use crate::time::Timestamp;
 
-/// Tasks a batch holds: BatchWriteItem's limit.
-pub const BATCH: usize = 25;
+/// Tasks a batch holds: one transaction, with its counter update.
+pub const BATCH: usize = schema::MAX_TRANSACTION_ITEMS - 1;
 
 /// Why a load did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -186,10 +190,18 @@ pub async fn load<S: TaskStore>(
             .or_default()
             .push(task);
     }
-    let batches: Vec<&[Task]> = by_shard
-        .values()
-        .flat_map(|tasks| tasks.chunks(BATCH))
-        .collect();
+    // Shards in turn: batches in flight touch different counter items, so
+    // their transactions do not conflict with each other.
+    let mut per_shard: Vec<std::slice::Chunks<'_, Task>> =
+        by_shard.values().map(|tasks| tasks.chunks(BATCH)).collect();
+    let mut batches: Vec<&[Task]> = Vec::new();
+    loop {
+        let before = batches.len();
+        batches.extend(per_shard.iter_mut().filter_map(Iterator::next));
+        if batches.len() == before {
+            break;
+        }
+    }
 
     let done = std::sync::atomic::AtomicUsize::new(0);
     let outcomes: Vec<BatchOutcome> = futures::stream::iter(batches)
@@ -239,25 +251,22 @@ async fn write_batch<S: TaskStore>(
     batch: &[Task],
     replace: bool,
 ) -> Result<BatchOutcome, StoreError> {
-    let ids: Vec<&str> = batch.iter().map(|t| t.task_id.as_str()).collect();
-    let existing = store.existing(meta, &ids).await?;
-    let (old, new): (Vec<&Task>, Vec<&Task>) = batch
-        .iter()
-        .partition(|t| existing.contains_key(&t.task_id));
-    let new: Vec<Task> = new.into_iter().cloned().collect();
-    store.insert_new(meta, &new).await?;
+    let inserted = store.insert(meta, batch).await?;
     let mut outcome = BatchOutcome {
-        loaded: new.len(),
+        loaded: inserted.inserted,
         ..BatchOutcome::default()
     };
-    for task in old {
-        let state = existing[&task.task_id];
+    for old in inserted.existing {
         if !replace {
             outcome.skipped_existing += 1;
-        } else if state == TaskState::Running {
+        } else if old.state == TaskState::Running {
             outcome.skipped_running += 1;
         } else {
-            match store.replace(meta, task, state).await? {
+            let new = batch
+                .iter()
+                .find(|t| t.task_id == old.task_id)
+                .expect("existing tasks come from the batch");
+            match store.replace(meta, &old, new).await? {
                 ReplaceOutcome::Replaced => outcome.replaced += 1,
                 // Claimed (or otherwise changed) since we looked: leave it.
                 ReplaceOutcome::Changed => outcome.skipped_running += 1,

@@ -155,6 +155,25 @@ pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 /// (output tail, history, owner, times).
 pub const RUNTIME_RESERVE_BYTES: usize = 48 * 1024;
 
+/// Most actions in one `TransactWriteItems`.
+pub const MAX_TRANSACTION_ITEMS: usize = 100;
+
+/// Most bytes of items one load transaction carries (DynamoDB allows
+/// 4 MB per transaction; the rest is room for keys and expressions).
+pub const MAX_TRANSACTION_BYTES: usize = 3 * 1024 * 1024;
+
+/// Most a write may make a task item: the item limit less room for the
+/// keys and index attributes the store adds.
+pub const MAX_WRITE_BYTES: usize = MAX_ITEM_BYTES - 2 * 1024;
+
+/// Size of `task` as an item, without the keys and index attributes (see
+/// [`MAX_WRITE_BYTES`]).
+pub fn task_size(task: &crate::model::Task) -> usize {
+    let item: HashMap<String, AttributeValue> =
+        serde_dynamo::to_item(task).expect("a task always serialises");
+    item_size(&item)
+}
+
 /// Longest task id: DynamoDB's limit for a sort key.
 pub const MAX_TASK_ID_BYTES: usize = 1024;
 

@@ -36,6 +36,12 @@ conformance!(
     a_dead_owner_on_the_last_attempt_leaves_the_task_failed_lost,
     failures_are_retried_after_a_delay_then_fail,
     a_release_does_not_use_up_an_attempt,
+    concurrent_loads_never_reset_a_task_and_count_it_once,
+    a_reclaim_loses_to_a_heartbeat_that_landed_after_its_read,
+    replace_keeps_the_attempt_number_and_history,
+    a_retry_records_its_ready_time,
+    a_finish_too_large_for_an_item_is_trimmed_not_refused,
+    recount_makes_the_counters_what_the_tasks_say,
 );
 
 fn settings(max_attempts: u32, lease_secs: u64) -> SettingsChange {
@@ -331,4 +337,265 @@ async fn a_release_does_not_use_up_an_attempt(t: TestStore) {
     // Still claimable at once, and its one attempt is still there to use.
     let second = claimed(&t.store, "qc", "S0000000", "b/w").await;
     assert_eq!((second.attempt, second.failed_attempts), (2, 0));
+}
+
+async fn concurrent_loads_never_reset_a_task_and_count_it_once(t: TestStore) {
+    // The step exists first, so both loads race on tasks, not on the step.
+    load_text(
+        &t.store,
+        "qc",
+        "true",
+        &generated_sheet(1),
+        SettingsChange::default(),
+    )
+    .await;
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    let claimed_early = claimed(&t.store, "qc", "S0000000", "a/w").await;
+    let other = t.other_handle();
+    let sheet = generated_sheet(600);
+    let claimer = async {
+        // Claims tasks while the loads run: a reset would put them back to
+        // pending with attempt 0.
+        let mut got = Vec::new();
+        for i in (0..600).step_by(7) {
+            if let Ok(Claim::Claimed(task)) = t
+                .store
+                .claim(
+                    &meta,
+                    &pending(&format!("S{i:07}")),
+                    "c/w",
+                    Timestamp::now(),
+                )
+                .await
+            {
+                got.push(task.task_id.clone());
+            }
+            tokio::task::yield_now().await;
+        }
+        got
+    };
+    let (a, b, got) = tokio::join!(
+        load_text(&t.store, "qc", "true", &sheet, SettingsChange::default()),
+        load_text(&other, "qc", "true", &sheet, SettingsChange::default()),
+        claimer
+    );
+    assert_eq!(a.loaded + b.loaded, 599, "{a:?} / {b:?}");
+    assert_eq!(a.skipped_existing + b.skipped_existing, 601);
+    let again = t.store.task("qc", "S0000000").await.unwrap().unwrap();
+    assert_eq!(
+        (again.state, again.attempt, again.owner.as_deref()),
+        (TaskState::Running, claimed_early.attempt, Some("a/w"))
+    );
+    for id in &got {
+        let task = t.store.task("qc", id).await.unwrap().unwrap();
+        assert_eq!(
+            (task.state, task.attempt),
+            (TaskState::Running, 1),
+            "{id} was reset"
+        );
+    }
+    let running = 1 + got.len() as u64;
+    assert_eq!(
+        counts(&t.store, "qc").await,
+        (600, 600 - running, running, 0, 0)
+    );
+}
+
+async fn a_reclaim_loses_to_a_heartbeat_that_landed_after_its_read(t: TestStore) {
+    // max_attempts 1: the reclaim would fail the task (the last attempt).
+    for (step, max) in [("last", 1), ("more", 3)] {
+        load_text(
+            &t.store,
+            step,
+            "true",
+            &generated_sheet(1),
+            settings(max, 3),
+        )
+        .await;
+        let meta = t.store.step(step).await.unwrap().unwrap();
+        let held = claimed(&t.store, step, "S0000000", "a/w").await;
+        let later = Timestamp::now().plus(Duration::from_secs(9));
+        // The reclaimer read the task while its lease looked expired...
+        let seen = t.store.task(step, "S0000000").await.unwrap().unwrap();
+        // ...then the owner's renewal landed.
+        assert_eq!(
+            t.store
+                .heartbeat(&meta, &held, later.plus(Duration::from_secs(60)))
+                .await
+                .unwrap(),
+            Fence::Held
+        );
+        assert_eq!(
+            t.other_handle()
+                .reclaim(&meta, &seen, "b/w", later)
+                .await
+                .unwrap(),
+            Claim::Lost,
+            "{step}: a reclaim overruled a heartbeat"
+        );
+        let task = t.store.task(step, "S0000000").await.unwrap().unwrap();
+        assert_eq!(
+            (task.state, task.owner.as_deref(), task.failed_attempts),
+            (TaskState::Running, Some("a/w"), 0)
+        );
+        assert_eq!(counts(&t.store, step).await, (1, 0, 1, 0, 0));
+    }
+}
+
+async fn replace_keeps_the_attempt_number_and_history(t: TestStore) {
+    load_text(&t.store, "qc", "v1", &generated_sheet(1), settings(1, 60)).await;
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    let first = claimed(&t.store, "qc", "S0000000", "a/w").await;
+    let fail = finish(
+        1,
+        TaskState::Failed,
+        Some(FailureClass::Exit),
+        Timestamp::now(),
+    );
+    assert_eq!(
+        t.store.finish(&meta, &first, &fail).await.unwrap(),
+        Fence::Held
+    );
+    let request = taskfleet::load::LoadRequest {
+        step: "qc".into(),
+        script: "v2".into(),
+        settings: SettingsChange::default(),
+        replace: true,
+        concurrency: 2,
+    };
+    let sheet = taskfleet::sheet::Sheet::parse(
+        std::path::Path::new("s.csv"),
+        generated_sheet(1).as_bytes(),
+        &taskfleet::sheet::SheetOptions::default(),
+    )
+    .unwrap();
+    let prepared = taskfleet::load::prepare(request, sheet).unwrap();
+    let report = taskfleet::load::load(&t.store, &prepared, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.replaced, 1);
+    let task = t.store.task("qc", "S0000000").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            task.state,
+            task.attempt,
+            task.failed_attempts,
+            task.history.len(),
+            task.script.as_str()
+        ),
+        (TaskState::Pending, 1, 0, 1, "v2")
+    );
+    assert_eq!(counts(&t.store, "qc").await, (1, 1, 0, 0, 0));
+    // The next run is attempt 2: a new log and work directory, a new fence.
+    let second = claimed(&t.store, "qc", "S0000000", "b/w").await;
+    assert_eq!(second.attempt, 2);
+    assert_eq!(
+        t.store
+            .heartbeat(&meta, &first, Timestamp::now())
+            .await
+            .unwrap(),
+        Fence::Lost
+    );
+}
+
+async fn a_retry_records_its_ready_time(t: TestStore) {
+    load_text(&t.store, "qc", "true", &generated_sheet(1), settings(3, 60)).await;
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    let first = claimed(&t.store, "qc", "S0000000", "a/w").await;
+    let ready_at = Timestamp::now().plus(Duration::from_secs(30));
+    let retry = finish(1, TaskState::Pending, Some(FailureClass::Exit), ready_at);
+    assert_eq!(
+        t.store.finish(&meta, &first, &retry).await.unwrap(),
+        Fence::Held
+    );
+    let task = t.store.task("qc", "S0000000").await.unwrap().unwrap();
+    assert_eq!(task.ready_at, Some(ready_at));
+    assert!(
+        task.updated_at <= Timestamp::now(),
+        "updated_at is a write time, not the ready time"
+    );
+}
+
+async fn a_finish_too_large_for_an_item_is_trimmed_not_refused(t: TestStore) {
+    // 300 KB of row, in values each small enough for the kernel.
+    let big = "x".repeat(100 * 1024);
+    load_text(
+        &t.store,
+        "qc",
+        "true",
+        &format!("sample,p1,p2,p3\nA,{big},{big},{big}\n"),
+        settings(3, 60),
+    )
+    .await;
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    let first = claimed(&t.store, "qc", "A", "a/w").await;
+    let mut done = finish(1, TaskState::Done, None, Timestamp::now());
+    done.output_tail = Some(format!("{}end", "y".repeat(120 * 1024)));
+    assert_eq!(
+        t.store.finish(&meta, &first, &done).await.unwrap(),
+        Fence::Held
+    );
+    let task = t.store.task("qc", "A").await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Done);
+    assert!(task.output_tail.unwrap().ends_with("end"));
+    assert_eq!(counts(&t.store, "qc").await, (1, 0, 0, 1, 0));
+}
+
+async fn recount_makes_the_counters_what_the_tasks_say(t: TestStore) {
+    load_text(
+        &t.store,
+        "qc",
+        "true",
+        &generated_sheet(40),
+        settings(3, 60),
+    )
+    .await;
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    let first = claimed(&t.store, "qc", "S0000003", "a/w").await;
+    let done = finish(1, TaskState::Done, None, Timestamp::now());
+    assert_eq!(
+        t.store.finish(&meta, &first, &done).await.unwrap(),
+        Fence::Held
+    );
+    assert_eq!(
+        t.store.recount(&meta).await.unwrap(),
+        vec![],
+        "nothing to correct"
+    );
+    if let Store::Dynamo(d) = &t.store {
+        // A counter that drifted (as an interrupted older loader left it).
+        let shard = taskfleet::schema::shard_of("S0000003", meta.shards);
+        d.client()
+            .update_item()
+            .table_name(d.table())
+            .key(
+                "pk",
+                aws_sdk_dynamodb::types::AttributeValue::S(taskfleet::schema::counts_pk("qc")),
+            )
+            .key(
+                "sk",
+                aws_sdk_dynamodb::types::AttributeValue::S(taskfleet::schema::shard_sk(shard)),
+            )
+            .update_expression("ADD loaded :a, done :b")
+            .expression_attribute_values(
+                ":a",
+                aws_sdk_dynamodb::types::AttributeValue::N("-2".into()),
+            )
+            .expression_attribute_values(
+                ":b",
+                aws_sdk_dynamodb::types::AttributeValue::N("3".into()),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(counts(&t.store, "qc").await, (40, 39, 0, 1, 0));
+        let mut fixed = t.store.recount(&meta).await.unwrap();
+        fixed.sort_by_key(|c| c.counter);
+        let fixed: Vec<_> = fixed
+            .iter()
+            .map(|c| (c.shard, c.counter, c.was - c.now))
+            .collect();
+        assert_eq!(fixed, [(shard, "done", 3), (shard, "loaded", -2)]);
+    }
+    assert_eq!(counts(&t.store, "qc").await, (40, 39, 0, 1, 0));
 }

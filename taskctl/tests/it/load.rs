@@ -1,7 +1,9 @@
 use std::fmt::Write;
 
 use taskfleet::TaskState;
-use taskfleet::store::TaskStore;
+use taskfleet::model::AttemptRecord;
+use taskfleet::store::{Candidate, Claim, Fence, Finish, TaskStore};
+use taskfleet::time::Timestamp;
 
 use crate::support::{Taskctl, TestTable, samples_2504};
 
@@ -125,50 +127,51 @@ async fn reloading_leaves_running_and_done_tasks_alone_and_replace_resets_only_t
     t.taskctl(&["load", "--step", "qc", "--command", "v1", sheet])
         .ok();
 
-    // Put A in `running` and B in `done` the way a worker would leave them.
+    // A is claimed (running) and B finished (done), through the store's
+    // own transitions, as workers leave them.
     let meta = t.store.step("qc").await.unwrap().unwrap();
-    let mut a = t.store.task("qc", "A").await.unwrap().unwrap();
-    a.state = TaskState::Running;
-    a.attempt = 1;
-    a.owner = Some("i-0/w0".into());
-    a.lease_expires_at =
-        Some(taskfleet::time::Timestamp::now().plus(std::time::Duration::from_secs(300)));
-    let mut b = t.store.task("qc", "B").await.unwrap().unwrap();
-    b.state = TaskState::Done;
-    b.attempt = 1;
-    b.exit_code = Some(0);
-    b.finished_at = Some(taskfleet::time::Timestamp::now());
-    for task in [&a, &b] {
-        t.store
-            .client()
-            .put_item()
-            .table_name(&t.name)
-            .set_item(Some(taskfleet::store::dynamo::task_item(&meta, task)))
-            .send()
-            .await
-            .unwrap();
-    }
-    let shard_b = taskfleet::schema::shard_of("B", meta.shards);
-    t.store
-        .client()
-        .update_item()
-        .table_name(&t.name)
-        .key(
-            "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S(taskfleet::schema::counts_pk("qc")),
-        )
-        .key(
-            "sk",
-            aws_sdk_dynamodb::types::AttributeValue::S(taskfleet::schema::shard_sk(shard_b)),
-        )
-        .update_expression("ADD done :one")
-        .expression_attribute_values(
-            ":one",
-            aws_sdk_dynamodb::types::AttributeValue::N("1".into()),
-        )
-        .send()
+    let now = Timestamp::now();
+    let claim = |id: &str| Candidate {
+        task_id: id.into(),
+        state: TaskState::Pending,
+        attempt: 0,
+    };
+    let Claim::Claimed(a) = t
+        .store
+        .claim(&meta, &claim("A"), "i-0/w0", now)
         .await
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("A is claimable")
+    };
+    let Claim::Claimed(b) = t
+        .store
+        .claim(&meta, &claim("B"), "i-0/w1", now)
+        .await
+        .unwrap()
+    else {
+        panic!("B is claimable")
+    };
+    let done = Finish {
+        next: TaskState::Done,
+        counts_as_failure: false,
+        ready_at: now,
+        record: AttemptRecord {
+            attempt: 1,
+            owner: "i-0/w1".into(),
+            started_at: now,
+            finished_at: now,
+            outcome: TaskState::Done,
+            exit_code: Some(0),
+            signal: None,
+            failure_class: None,
+            log_uri: None,
+            provenance: None,
+        },
+        output_tail: None,
+    };
+    assert_eq!(t.store.finish(&meta, &b, &done).await.unwrap(), Fence::Held);
+    let a = *a;
 
     // Without --replace: nothing changes.
     t.taskctl(&["load", "--step", "qc", "--command", "v2", sheet])
@@ -202,10 +205,12 @@ async fn reloading_leaves_running_and_done_tasks_alone_and_replace_resets_only_t
     );
     assert_eq!(t.store.task("qc", "A").await.unwrap().unwrap(), a);
     let b2 = t.store.task("qc", "B").await.unwrap().unwrap();
+    // The attempt number stays: it names logs and work directories.
     assert_eq!(
-        (b2.state, b2.attempt, b2.script.as_str()),
-        (TaskState::Pending, 0, "v2")
+        (b2.state, b2.attempt, b2.failed_attempts, b2.script.as_str()),
+        (TaskState::Pending, 1, 0, "v2")
     );
+    assert_eq!(b2.history.len(), 1, "the done attempt stays in the history");
     let s = &t.store.status(Some("qc")).await.unwrap()[0];
     assert_eq!((s.total, s.running, s.done, s.pending), (3, 1, 0, 2));
 }

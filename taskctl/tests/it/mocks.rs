@@ -6,15 +6,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::operation::batch_write_item::{BatchWriteItemError, BatchWriteItemOutput};
-use aws_sdk_dynamodb::operation::update_item::UpdateItemOutput;
-use aws_sdk_dynamodb::types::error::ProvisionedThroughputExceededException;
+use aws_sdk_dynamodb::operation::get_item::GetItemOutput;
+use aws_sdk_dynamodb::operation::transact_write_items::{
+    TransactWriteItemsError, TransactWriteItemsOutput,
+};
+use aws_sdk_dynamodb::types::CancellationReason;
+use aws_sdk_dynamodb::types::error::{
+    ProvisionedThroughputExceededException, TransactionCanceledException,
+};
 use aws_smithy_mocks::{MockResponse, RuleMode, mock, mock_client};
 use taskfleet::model::{NewTask, StepMeta, StepSettings};
 use taskfleet::retry::RetryPolicy;
 use taskfleet::store::{TaskStore, new_pending_task};
 use taskfleet::time::Timestamp;
-use taskfleet::{DynamoStore, StoreError, schema};
+use taskfleet::{DynamoStore, StoreError};
 
 const TABLE: &str = "mocked";
 
@@ -49,90 +54,204 @@ fn fast_retry(max_attempts: u32) -> RetryPolicy {
     }
 }
 
+/// The `loaded` delta a transaction's counter update adds.
+fn loaded_delta(
+    req: &aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput,
+) -> i64 {
+    let update = req
+        .transact_items()
+        .iter()
+        .find_map(|i| i.update())
+        .expect("a load transaction carries its counter update");
+    let name = update
+        .expression_attribute_names()
+        .unwrap()
+        .iter()
+        .find(|(_, v)| v.as_str() == "loaded")
+        .map(|(k, _)| k.clone())
+        .expect("the counter update adds to loaded");
+    let value = update
+        .update_expression()
+        .split(", ")
+        .find_map(|part| {
+            part.strip_prefix("ADD ")
+                .unwrap_or(part)
+                .strip_prefix(&format!("{name} "))
+        })
+        .unwrap()
+        .to_owned();
+    update.expression_attribute_values().unwrap()[&value]
+        .as_n()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn put_ids(
+    req: &aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput,
+) -> Vec<String> {
+    req.transact_items()
+        .iter()
+        .filter_map(|i| i.put())
+        .map(|p| p.item()["sk"].as_s().unwrap().clone())
+        .collect()
+}
+
+fn cancelled(codes: &[&str]) -> TransactWriteItemsError {
+    TransactWriteItemsError::TransactionCanceledException(
+        TransactionCanceledException::builder()
+            .message("Transaction cancelled")
+            .set_cancellation_reasons(Some(
+                codes
+                    .iter()
+                    .map(|c| CancellationReason::builder().code(*c).build())
+                    .collect(),
+            ))
+            .build(),
+    )
+}
+
 #[tokio::test]
-async fn unprocessed_items_and_throttling_are_retried_until_every_task_is_written_exactly_once() {
+async fn throttled_and_conflicting_load_transactions_are_retried_until_every_task_is_counted_once()
+{
     let written: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let counted = Arc::new(Mutex::new(0i64));
     let calls = Arc::new(Mutex::new(0usize));
-    let (w, c) = (written.clone(), calls.clone());
-    let batch_rule = mock!(Client::batch_write_item).then_compute_response(move |req| {
+    let (w, k, c) = (written.clone(), counted.clone(), calls.clone());
+    let rule = mock!(Client::transact_write_items).then_compute_response(move |req| {
         let call = {
             let mut c = c.lock().unwrap();
             *c += 1;
             *c
         };
-        // Every third request is throttled outright.
-        if call % 3 == 1 {
-            return MockResponse::Error(
-                BatchWriteItemError::ProvisionedThroughputExceededException(
+        let ids = put_ids(req);
+        match call % 3 {
+            // Throttled outright.
+            1 => MockResponse::Error(
+                TransactWriteItemsError::ProvisionedThroughputExceededException(
                     ProvisionedThroughputExceededException::builder()
                         .message("slow down")
                         .build(),
                 ),
-            );
+            ),
+            // In conflict with another transaction on one item.
+            2 => {
+                let mut codes = vec!["None"; ids.len() + 1];
+                codes[0] = "TransactionConflict";
+                MockResponse::Error(cancelled(&codes))
+            }
+            _ => {
+                for id in ids {
+                    *w.lock().unwrap().entry(id).or_default() += 1;
+                }
+                *k.lock().unwrap() += loaded_delta(req);
+                MockResponse::Output(TransactWriteItemsOutput::builder().build())
+            }
         }
-        // The others write only their first two items.
-        let requests = req.request_items().unwrap()[TABLE].clone();
-        let (done, rest) = requests.split_at(requests.len().min(2));
-        for r in done {
-            let id = r.put_request().unwrap().item()["sk"]
-                .as_s()
-                .unwrap()
-                .clone();
-            *w.lock().unwrap().entry(id).or_default() += 1;
-        }
-        let mut out = BatchWriteItemOutput::builder();
-        if !rest.is_empty() {
-            out = out.unprocessed_items(TABLE, rest.to_vec());
-        }
-        MockResponse::Output(out.build())
     });
-    let counter_rule =
-        mock!(Client::update_item).then_output(|| UpdateItemOutput::builder().build());
-    let client = mock_client!(
-        aws_sdk_dynamodb,
-        RuleMode::MatchAny,
-        [&batch_rule, &counter_rule],
-        |c| { c.retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled()) }
-    );
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&rule], |c| {
+        c.retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+    });
     let store = DynamoStore::new(client, TABLE, "mock").with_retry(fast_retry(100));
 
-    let all = tasks(30);
-    for chunk in all.chunks(25) {
-        store.insert_new(&meta(), chunk).await.unwrap();
+    let all = tasks(150);
+    let mut inserted = 0;
+    for chunk in all.chunks(99) {
+        let out = store.insert(&meta(), chunk).await.unwrap();
+        assert!(out.existing.is_empty());
+        inserted += out.inserted;
     }
     let written = written.lock().unwrap();
-    assert_eq!(written.len(), 30, "every task written");
+    assert_eq!((inserted, written.len()), (150, 150), "every task written");
     assert!(
         written.values().all(|&n| n == 1),
         "no task written twice: {written:?}"
     );
-    assert!(
-        *calls.lock().unwrap() > 30 / 2,
-        "the unprocessed path was exercised"
+    assert_eq!(
+        *counted.lock().unwrap(),
+        150,
+        "counted once, with the tasks"
     );
-    assert_eq!(counter_rule.num_calls(), 2, "one counter update per batch");
-    assert_eq!(schema::shard_of("S000", 1), 0);
+    assert_eq!(
+        rule.num_calls(),
+        6,
+        "two refused tries before each of two transactions"
+    );
+}
+
+#[tokio::test]
+async fn tasks_that_exist_leave_the_batch_and_are_not_counted() {
+    let counted = Arc::new(Mutex::new(Vec::new()));
+    let k = counted.clone();
+    let rule = mock!(Client::transact_write_items).then_compute_response(move |req| {
+        let ids = put_ids(req);
+        // S000 and S002 exist (loaded by someone else).
+        if ids.iter().any(|id| id == "S000" || id == "S002") {
+            let mut codes: Vec<&str> = ids
+                .iter()
+                .map(|id| {
+                    if id == "S000" || id == "S002" {
+                        "ConditionalCheckFailed"
+                    } else {
+                        "None"
+                    }
+                })
+                .collect();
+            codes.push("None");
+            return MockResponse::Error(cancelled(&codes));
+        }
+        k.lock().unwrap().push((ids, loaded_delta(req)));
+        MockResponse::Output(TransactWriteItemsOutput::builder().build())
+    });
+    let get = mock!(Client::get_item).then_compute_response(|req| {
+        let mut task = tasks(3).remove(0);
+        task.task_id = req.key().unwrap()["sk"].as_s().unwrap().clone();
+        task.state = taskfleet::model::TaskState::Done;
+        let item = serde_dynamo::to_item(&task).unwrap();
+        MockResponse::Output(GetItemOutput::builder().set_item(Some(item)).build())
+    });
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&rule, &get], |c| {
+        c.retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+    });
+    let store = DynamoStore::new(client, TABLE, "mock").with_retry(fast_retry(4));
+    let out = store.insert(&meta(), &tasks(5)).await.unwrap();
+    assert_eq!(out.inserted, 3);
+    let mut existing: Vec<_> = out
+        .existing
+        .iter()
+        .map(|t| (t.task_id.as_str(), t.state))
+        .collect();
+    existing.sort_unstable();
+    assert_eq!(
+        existing,
+        [
+            ("S000", taskfleet::model::TaskState::Done),
+            ("S002", taskfleet::model::TaskState::Done)
+        ]
+    );
+    assert_eq!(
+        *counted.lock().unwrap(),
+        [(
+            vec!["S001".to_owned(), "S003".to_owned(), "S004".to_owned()],
+            3
+        )]
+    );
 }
 
 #[tokio::test]
 async fn a_batch_still_throttled_after_the_retry_budget_is_reported_not_lost() {
-    let batch_rule = mock!(Client::batch_write_item).then_error(|| {
-        BatchWriteItemError::ProvisionedThroughputExceededException(
+    let rule = mock!(Client::transact_write_items).then_error(|| {
+        TransactWriteItemsError::ProvisionedThroughputExceededException(
             ProvisionedThroughputExceededException::builder()
                 .message("slow down")
                 .build(),
         )
     });
-    let counter_rule =
-        mock!(Client::update_item).then_output(|| UpdateItemOutput::builder().build());
-    let client = mock_client!(
-        aws_sdk_dynamodb,
-        RuleMode::MatchAny,
-        [&batch_rule, &counter_rule],
-        |c| { c.retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled()) }
-    );
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&rule], |c| {
+        c.retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+    });
     let store = DynamoStore::new(client, TABLE, "mock").with_retry(fast_retry(4));
-    let err = store.insert_new(&meta(), &tasks(5)).await.unwrap_err();
+    let err = store.insert(&meta(), &tasks(5)).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -148,10 +267,5 @@ async fn a_batch_still_throttled_after_the_retry_budget_is_reported_not_lost() {
         err.to_string().contains("run the same command again"),
         "{err}"
     );
-    assert_eq!(batch_rule.num_calls(), 4);
-    assert_eq!(
-        counter_rule.num_calls(),
-        0,
-        "nothing counted that was not written"
-    );
+    assert_eq!(rule.num_calls(), 4);
 }

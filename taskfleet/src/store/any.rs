@@ -1,13 +1,11 @@
 //! One type for "whichever store the user named": the binaries hold a
 //! [`Store`] and never learn which kind it is.
 
-use std::collections::HashMap;
-
 use super::dynamo::{DynamoStore, InitOutcome};
 use super::sqlite::SqliteStore;
 use super::{
-    Candidate, Claim, Fence, Finish, ReplaceOutcome, SettingsChange, StepChange, StoreError,
-    TaskStore,
+    Candidate, Claim, Correction, Fence, Finish, InsertOutcome, ReplaceOutcome, SettingsChange,
+    StepChange, StoreError, TaskStore,
 };
 use crate::model::{FailedTask, StepMeta, StepStatus, Task, TaskState};
 use crate::time::Timestamp;
@@ -63,25 +61,21 @@ impl TaskStore for Store {
         each!(self, s => s.ensure_step(step, change).await)
     }
 
-    async fn existing(
-        &self,
-        meta: &StepMeta,
-        ids: &[&str],
-    ) -> Result<HashMap<String, TaskState>, StoreError> {
-        each!(self, s => s.existing(meta, ids).await)
-    }
-
-    async fn insert_new(&self, meta: &StepMeta, tasks: &[Task]) -> Result<(), StoreError> {
-        each!(self, s => s.insert_new(meta, tasks).await)
+    async fn insert(&self, meta: &StepMeta, tasks: &[Task]) -> Result<InsertOutcome, StoreError> {
+        each!(self, s => s.insert(meta, tasks).await)
     }
 
     async fn replace(
         &self,
         meta: &StepMeta,
-        task: &Task,
-        old: TaskState,
+        old: &Task,
+        new: &Task,
     ) -> Result<ReplaceOutcome, StoreError> {
-        each!(self, s => s.replace(meta, task, old).await)
+        each!(self, s => s.replace(meta, old, new).await)
+    }
+
+    async fn recount(&self, meta: &StepMeta) -> Result<Vec<Correction>, StoreError> {
+        each!(self, s => s.recount(meta).await)
     }
 
     async fn status(&self, step: Option<&str>) -> Result<Vec<StepStatus>, StoreError> {
@@ -127,6 +121,16 @@ impl TaskStore for Store {
         now: Timestamp,
     ) -> Result<Claim, StoreError> {
         each!(self, s => s.claim(meta, candidate, owner, now).await)
+    }
+
+    async fn reclaim(
+        &self,
+        meta: &StepMeta,
+        old: &Task,
+        owner: &str,
+        now: Timestamp,
+    ) -> Result<Claim, StoreError> {
+        each!(self, s => s.reclaim(meta, old, owner, now).await)
     }
 
     async fn heartbeat(

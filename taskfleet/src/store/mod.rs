@@ -10,12 +10,9 @@ pub mod sqlite;
 
 pub use any::Store;
 
-use std::collections::HashMap;
 use std::future::Future;
 
-use crate::model::{
-    AttemptRecord, FailedTask, NewTask, StepMeta, StepSettings, StepStatus, Task, TaskState,
-};
+use crate::model::{FailedTask, NewTask, StepMeta, StepSettings, StepStatus, Task, TaskState};
 use crate::time::Timestamp;
 
 /// A real failure of a store, worded for the person at the terminal.
@@ -204,23 +201,39 @@ pub enum StepChange {
 pub enum ReplaceOutcome {
     /// The task was reset to pending with the new script and row.
     Replaced,
-    /// The task changed state since it was read (for example it was
-    /// claimed); it was left alone.
+    /// The task changed since it was read (for example it was claimed);
+    /// it was left alone.
     Changed,
 }
 
-/// Most attempts a task's history keeps (the oldest are dropped).
-pub const HISTORY_KEEP: usize = 10;
-
-/// Margin for clock skew between hosts: a lease counts as expired only
-/// this long after its expiry time.
-pub const CLOCK_SKEW_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Leases that ran out before this instant (as seen at `now`) may be
-/// reclaimed: expiry plus the clock-skew margin.
-pub fn reclaim_cutoff(now: Timestamp) -> Timestamp {
-    Timestamp::from_millis(now.as_millis() - CLOCK_SKEW_MARGIN.as_millis() as i64)
+/// What inserting a batch of tasks found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InsertOutcome {
+    /// Tasks written (and counted as loaded).
+    pub inserted: usize,
+    /// Tasks of the batch that existed already, as stored; they were left
+    /// alone.
+    pub existing: Vec<Task>,
 }
+
+/// One counter that `recount` found wrong, and what it is now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Correction {
+    /// The step.
+    pub step: String,
+    /// The shard whose counter item was wrong.
+    pub shard: u16,
+    /// The counter (`loaded`, `done`, `failed`, `waiting`).
+    pub counter: &'static str,
+    /// What it said.
+    pub was: i64,
+    /// What the tasks say.
+    pub now: i64,
+}
+
+pub use crate::transition::{
+    CLOCK_SKEW_MARGIN, Finish, HISTORY_KEEP, lost_record, reclaim_cutoff, trim_history,
+};
 
 /// A task an index says may be claimable. Only a hint: the claim decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,22 +268,6 @@ pub enum Fence {
     Lost,
 }
 
-/// How an attempt ended, as the worker reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finish {
-    /// Where the task goes: `done`, `failed`, or `pending` (retry or
-    /// release).
-    pub next: TaskState,
-    /// Whether this attempt counts against the attempt limit.
-    pub counts_as_failure: bool,
-    /// When a `pending` task may be claimed again.
-    pub ready_at: Timestamp,
-    /// The attempt, for the history.
-    pub record: AttemptRecord,
-    /// The end of the attempt's output.
-    pub output_tail: Option<String>,
-}
-
 /// Operations every store offers for loading and reporting.
 ///
 /// Methods return `impl Future + Send` so that callers can run them on a
@@ -286,29 +283,31 @@ pub trait TaskStore: Sync {
         change: &SettingsChange,
     ) -> impl Future<Output = Result<(StepMeta, StepChange), StoreError>> + Send;
 
-    /// The states of those of `ids` that exist. At most 100 ids at a time.
-    fn existing(
-        &self,
-        meta: &StepMeta,
-        ids: &[&str],
-    ) -> impl Future<Output = Result<HashMap<String, TaskState>, StoreError>> + Send;
-
-    /// Writes tasks known not to exist and counts them as loaded. All
-    /// tasks must be in the same shard of `meta`.
-    fn insert_new(
+    /// Writes those of `tasks` that do not exist yet and counts them as
+    /// loaded, in the same atomic write per batch; existing tasks are
+    /// returned untouched. All tasks must be in the same shard of `meta`.
+    fn insert(
         &self,
         meta: &StepMeta,
         tasks: &[Task],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<InsertOutcome, StoreError>> + Send;
 
-    /// Replaces a task that was read in state `old` (never `running`),
-    /// provided it is still in that state.
+    /// Gives `old` (as read; never `running`) the script and row of `new`
+    /// with a fresh attempt budget, provided it is still that attempt in
+    /// that state. Its attempt number and history stay.
     fn replace(
         &self,
         meta: &StepMeta,
-        task: &Task,
-        old: TaskState,
+        old: &Task,
+        new: &Task,
     ) -> impl Future<Output = Result<ReplaceOutcome, StoreError>> + Send;
+
+    /// Recomputes the counters of a step from its tasks (through the state
+    /// index, never the whole table) and returns what it corrected.
+    fn recount(
+        &self,
+        meta: &StepMeta,
+    ) -> impl Future<Output = Result<Vec<Correction>, StoreError>> + Send;
 
     /// Counts per step; every step when `step` is `None`.
     fn status(
@@ -353,12 +352,25 @@ pub trait TaskStore: Sync {
     ) -> impl Future<Output = Result<Vec<Candidate>, StoreError>> + Send;
 
     /// Claims `candidate` for `owner` with one conditional write: state
-    /// `running`, attempt + 1, lease until `now + lease`. Reclaiming an
-    /// expired lease records the dead attempt as class `lost`.
+    /// `running`, attempt + 1, lease until `now + lease`. A `running`
+    /// candidate is read and, if its lease really expired, reclaimed with
+    /// [`TaskStore::reclaim`].
     fn claim(
         &self,
         meta: &StepMeta,
         candidate: &Candidate,
+        owner: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Reclaims `old` (as read at `now`, its lease expired): the dead
+    /// attempt is recorded as `lost`; the task is claimed for `owner`, or
+    /// failed on its last attempt. The write holds only while `old` is
+    /// still the stored attempt and its lease is still expired.
+    fn reclaim(
+        &self,
+        meta: &StepMeta,
+        old: &Task,
         owner: &str,
         now: Timestamp,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
@@ -410,87 +422,5 @@ pub fn new_pending_task(
         output_tail: None,
         log_uri: None,
         history: Vec::new(),
-    }
-}
-
-/// The record of an attempt whose owner died (its lease expired).
-pub fn lost_record(task: &Task, now: Timestamp) -> AttemptRecord {
-    AttemptRecord {
-        attempt: task.attempt,
-        owner: task.owner.clone().unwrap_or_default(),
-        started_at: task.started_at.unwrap_or(now),
-        finished_at: now,
-        outcome: TaskState::Pending,
-        exit_code: None,
-        signal: None,
-        failure_class: Some(crate::model::FailureClass::Lost),
-        log_uri: task.log_uri.clone(),
-        provenance: None,
-    }
-}
-
-/// `task` as a claim by `owner` at `now` leaves it. With `lost`, the claim
-/// takes over a dead owner's attempt, which is recorded and counted.
-/// Stores that cannot express the claim as an update expression apply this
-/// inside their atomic read-check-write.
-pub fn apply_claim(
-    task: &Task,
-    owner: &str,
-    now: Timestamp,
-    lease: std::time::Duration,
-    lost: Option<AttemptRecord>,
-) -> Task {
-    let mut t = task.clone();
-    t.state = TaskState::Running;
-    t.owner = Some(owner.to_owned());
-    t.attempt += 1;
-    t.lease_expires_at = Some(now.plus(lease));
-    t.started_at = Some(now);
-    t.updated_at = now;
-    t.ready_at = None;
-    t.finished_at = None;
-    t.exit_code = None;
-    t.signal = None;
-    t.failure_class = None;
-    if let Some(lost) = lost {
-        t.history.push(lost);
-        trim_history(&mut t.history);
-        t.failed_attempts += 1;
-    }
-    t
-}
-
-/// `task` as `finish` leaves it.
-pub fn apply_finish(task: &Task, finish: &Finish, now: Timestamp) -> Task {
-    let mut t = task.clone();
-    let r = &finish.record;
-    t.state = finish.next;
-    t.updated_at = if finish.next == TaskState::Pending {
-        finish.ready_at
-    } else {
-        now
-    };
-    t.owner = None;
-    t.lease_expires_at = None;
-    t.exit_code = r.exit_code;
-    t.signal = r.signal;
-    t.failure_class = r.failure_class;
-    t.log_uri.clone_from(&r.log_uri);
-    t.output_tail.clone_from(&finish.output_tail);
-    if finish.counts_as_failure {
-        t.failed_attempts += 1;
-    }
-    if matches!(finish.next, TaskState::Done | TaskState::Failed) {
-        t.finished_at = Some(r.finished_at);
-    }
-    t.history.push(r.clone());
-    trim_history(&mut t.history);
-    t
-}
-
-/// Keeps the last [`HISTORY_KEEP`] attempts.
-pub fn trim_history(history: &mut Vec<AttemptRecord>) {
-    if history.len() > HISTORY_KEEP {
-        history.drain(..history.len() - HISTORY_KEEP);
     }
 }

@@ -11,7 +11,6 @@
 //! Counts come from the state index (`GROUP BY state`): one query per
 //! step, local, no counters to keep in step.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,12 +18,13 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    Candidate, Claim, Fence, Finish, ReplaceOutcome, SettingsChange, StepChange, StoreError,
-    TaskStore, apply_claim, apply_finish, lost_record, reclaim_cutoff,
+    Candidate, Claim, Correction, Fence, Finish, InsertOutcome, ReplaceOutcome, SettingsChange,
+    StepChange, StoreError, TaskStore, reclaim_cutoff,
 };
 use crate::model::{FailedTask, StepMeta, StepStatus, Task, TaskState};
 use crate::schema;
 use crate::time::Timestamp;
+use crate::transition::{self, Transition, Write};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS steps (
@@ -181,17 +181,6 @@ fn from_json<T: serde::de::DeserializeOwned>(key: &str, text: &str) -> Result<T,
     })
 }
 
-/// The index time of a task in its state (see [`crate::schema`]).
-fn state_at(task: &Task) -> i64 {
-    match task.state {
-        TaskState::Running => task.lease_expires_at,
-        TaskState::Done | TaskState::Failed => task.finished_at,
-        TaskState::Pending | TaskState::Waiting => task.ready_at,
-    }
-    .unwrap_or(task.updated_at)
-    .as_millis()
-}
-
 fn read_step(tx: &rusqlite::Transaction<'_>, step: &str) -> Result<Option<StepMeta>, StoreError> {
     tx.query_row("SELECT meta FROM steps WHERE step = ?1", [step], |r| {
         r.get::<_, String>(0)
@@ -245,35 +234,44 @@ fn read_task(
     .transpose()
 }
 
-/// Writes a task; `shards` is its step's shard count, so that workers
-/// spread over shards here as they do on DynamoDB.
-fn write_task(tx: &rusqlite::Transaction<'_>, task: &Task, shards: u16) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO tasks (step, task_id, state, state_at, attempt, owner, body, shard)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (step, task_id) DO UPDATE SET
-           state = excluded.state, state_at = excluded.state_at, attempt = excluded.attempt,
-           owner = excluded.owner, body = excluded.body",
-        params![
-            task.step,
-            task.task_id,
-            task.state.as_str(),
-            state_at(task),
-            task.attempt,
-            task.owner,
-            to_json(task),
-            schema::shard_of(&task.task_id, shards)
-        ],
-    )
-    .map_err(q)?;
-    Ok(())
-}
-
-/// Whether `current` is still the attempt `ours` holds.
-fn fenced(current: Option<&Task>, ours: &Task) -> bool {
-    current.is_some_and(|c| {
-        c.state == TaskState::Running && c.owner == ours.owner && c.attempt == ours.attempt
-    })
+/// Renders `t` on the task `task_id` of `meta`: reads it, checks the
+/// guard and writes the result, all inside the caller's transaction.
+/// `None`: the guard did not hold and nothing was written.
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    meta: &StepMeta,
+    task_id: &str,
+    t: &Transition,
+) -> Result<Option<Task>, StoreError> {
+    let current = read_task(tx, &meta.step, task_id)?;
+    let Some(after) = t.apply(current.as_ref()) else {
+        return Ok(None);
+    };
+    let sql = match t.write {
+        // The guard said absent; a plain INSERT fails loudly if it is not.
+        Write::Put(_) => {
+            "INSERT INTO tasks (step, task_id, state, state_at, attempt, owner, body, shard)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        }
+        Write::Update(_) => {
+            "UPDATE tasks SET state = ?3, state_at = ?4, attempt = ?5, owner = ?6, body = ?7
+             WHERE step = ?1 AND task_id = ?2 AND shard = ?8"
+        }
+    };
+    tx.prepare_cached(sql)
+        .map_err(q)?
+        .execute(params![
+            meta.step,
+            task_id,
+            t.to.as_str(),
+            t.state_at.as_millis(),
+            after.attempt,
+            after.owner,
+            to_json(&after),
+            schema::shard_of(task_id, meta.shards)
+        ])
+        .map_err(q)?;
+    Ok(Some(after))
 }
 
 impl TaskStore for SqliteStore {
@@ -310,59 +308,43 @@ impl TaskStore for SqliteStore {
         .await
     }
 
-    async fn existing(
-        &self,
-        meta: &StepMeta,
-        ids: &[&str],
-    ) -> Result<HashMap<String, TaskState>, StoreError> {
-        let step = meta.step.clone();
-        let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+    async fn insert(&self, meta: &StepMeta, tasks: &[Task]) -> Result<InsertOutcome, StoreError> {
+        let (tasks, meta) = (tasks.to_vec(), meta.clone());
         self.tx(move |tx| {
-            let mut stmt = tx
-                .prepare_cached("SELECT state FROM tasks WHERE step = ?1 AND task_id = ?2")
-                .map_err(q)?;
-            let mut found = HashMap::new();
-            for id in ids {
-                let state: Option<String> = stmt
-                    .query_row([&step, &id], |r| r.get(0))
-                    .optional()
-                    .map_err(q)?;
-                if let Some(state) = state {
-                    let state = from_json(&id, &format!("\"{state}\""))?;
-                    found.insert(id, state);
+            let mut out = InsertOutcome::default();
+            for task in &tasks {
+                if apply(tx, &meta, &task.task_id, &transition::insert(task))?.is_some() {
+                    out.inserted += 1;
+                } else if let Some(old) = read_task(tx, &meta.step, &task.task_id)? {
+                    out.existing.push(old);
                 }
             }
-            Ok(found)
+            Ok(out)
         })
         .await
-    }
-
-    async fn insert_new(&self, meta: &StepMeta, tasks: &[Task]) -> Result<(), StoreError> {
-        let (tasks, shards) = (tasks.to_vec(), meta.shards);
-        self.tx(move |tx| tasks.iter().try_for_each(|t| write_task(tx, t, shards)))
-            .await
     }
 
     async fn replace(
         &self,
         meta: &StepMeta,
-        task: &Task,
-        old: TaskState,
+        old: &Task,
+        new: &Task,
     ) -> Result<ReplaceOutcome, StoreError> {
-        assert!(
-            old != TaskState::Running,
-            "running tasks are never replaced"
-        );
-        let (task, shards) = (task.clone(), meta.shards);
+        let t = transition::replace(old, new, Timestamp::now());
+        let (meta, id) = (meta.clone(), old.task_id.clone());
         self.tx(move |tx| {
-            let current = read_task(tx, &task.step, &task.task_id)?;
-            if current.is_none_or(|c| c.state != old) {
-                return Ok(ReplaceOutcome::Changed);
-            }
-            write_task(tx, &task, shards)?;
-            Ok(ReplaceOutcome::Replaced)
+            Ok(match apply(tx, &meta, &id, &t)? {
+                Some(_) => ReplaceOutcome::Replaced,
+                None => ReplaceOutcome::Changed,
+            })
         })
         .await
+    }
+
+    async fn recount(&self, _meta: &StepMeta) -> Result<Vec<Correction>, StoreError> {
+        // Counts here are computed from the tasks on every status: there is
+        // nothing stored that could drift.
+        Ok(Vec::new())
     }
 
     async fn status(&self, step: Option<&str>) -> Result<Vec<StepStatus>, StoreError> {
@@ -538,48 +520,34 @@ impl TaskStore for SqliteStore {
     ) -> Result<Claim, StoreError> {
         let (meta, candidate, owner) = (meta.clone(), candidate.clone(), owner.to_owned());
         self.tx(move |tx| {
-            let Some(task) = read_task(tx, &meta.step, &candidate.task_id)? else {
+            if candidate.state == TaskState::Pending {
+                let t = transition::claim(&owner, now, meta.settings.lease);
+                return Ok(match apply(tx, &meta, &candidate.task_id, &t)? {
+                    Some(task) => Claim::Claimed(Box::new(task)),
+                    None => Claim::Lost,
+                });
+            }
+            let Some(old) = read_task(tx, &meta.step, &candidate.task_id)? else {
                 return Ok(Claim::Lost);
             };
-            let cutoff = reclaim_cutoff(now);
-            let claimable = match candidate.state {
-                TaskState::Pending => {
-                    task.state == TaskState::Pending && state_at(&task) <= now.as_millis()
-                }
-                _ => {
-                    task.state == TaskState::Running
-                        && task.attempt == candidate.attempt
-                        && task.lease_expires_at.is_some_and(|l| l < cutoff)
-                }
-            };
-            if !claimable {
+            if old.attempt != candidate.attempt {
                 return Ok(Claim::Lost);
             }
-            if candidate.state == TaskState::Running {
-                let lost = lost_record(&task, now);
-                if task.failed_attempts + 1 >= meta.settings.max_attempts {
-                    let finish = Finish {
-                        next: TaskState::Failed,
-                        counts_as_failure: true,
-                        ready_at: now,
-                        record: crate::model::AttemptRecord {
-                            outcome: TaskState::Failed,
-                            ..lost
-                        },
-                        output_tail: task.output_tail.clone(),
-                    };
-                    write_task(tx, &apply_finish(&task, &finish, now), meta.shards)?;
-                    return Ok(Claim::FailedLost);
-                }
-                let claimed = apply_claim(&task, &owner, now, meta.settings.lease, Some(lost));
-                write_task(tx, &claimed, meta.shards)?;
-                return Ok(Claim::Claimed(Box::new(claimed)));
-            }
-            let claimed = apply_claim(&task, &owner, now, meta.settings.lease, None);
-            write_task(tx, &claimed, meta.shards)?;
-            Ok(Claim::Claimed(Box::new(claimed)))
+            reclaim_in(tx, &meta, &old, &owner, now)
         })
         .await
+    }
+
+    async fn reclaim(
+        &self,
+        meta: &StepMeta,
+        old: &Task,
+        owner: &str,
+        now: Timestamp,
+    ) -> Result<Claim, StoreError> {
+        let (meta, old, owner) = (meta.clone(), old.clone(), owner.to_owned());
+        self.tx(move |tx| reclaim_in(tx, &meta, &old, &owner, now))
+            .await
     }
 
     async fn heartbeat(
@@ -588,19 +556,8 @@ impl TaskStore for SqliteStore {
         task: &Task,
         until: Timestamp,
     ) -> Result<Fence, StoreError> {
-        let (ours, shards) = (task.clone(), meta.shards);
-        self.tx(move |tx| {
-            let current = read_task(tx, &ours.step, &ours.task_id)?;
-            if !fenced(current.as_ref(), &ours) {
-                return Ok(Fence::Lost);
-            }
-            let mut t = current.expect("fenced implies present");
-            t.lease_expires_at = Some(until);
-            t.updated_at = Timestamp::now();
-            write_task(tx, &t, shards)?;
-            Ok(Fence::Held)
-        })
-        .await
+        let t = transition::heartbeat(task, until, Timestamp::now());
+        self.fenced_write(meta, task, t).await
     }
 
     async fn finish(
@@ -609,20 +566,47 @@ impl TaskStore for SqliteStore {
         task: &Task,
         finish: &Finish,
     ) -> Result<Fence, StoreError> {
-        let (ours, finish, shards) = (task.clone(), finish.clone(), meta.shards);
+        let t = transition::finish(task, finish);
+        self.fenced_write(meta, task, t).await
+    }
+}
+
+impl SqliteStore {
+    async fn fenced_write(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        t: Transition,
+    ) -> Result<Fence, StoreError> {
+        let (meta, id) = (meta.clone(), task.task_id.clone());
         self.tx(move |tx| {
-            let current = read_task(tx, &ours.step, &ours.task_id)?;
-            if !fenced(current.as_ref(), &ours) {
-                return Ok(Fence::Lost);
-            }
-            let current = current.expect("fenced implies present");
-            write_task(
-                tx,
-                &apply_finish(&current, &finish, Timestamp::now()),
-                shards,
-            )?;
-            Ok(Fence::Held)
+            Ok(match apply(tx, &meta, &id, &t)? {
+                Some(_) => Fence::Held,
+                None => Fence::Lost,
+            })
         })
         .await
     }
+}
+
+/// The reclaim of `old`, inside a transaction.
+fn reclaim_in(
+    tx: &rusqlite::Transaction<'_>,
+    meta: &StepMeta,
+    old: &Task,
+    owner: &str,
+    now: Timestamp,
+) -> Result<Claim, StoreError> {
+    let t = transition::reclaim(
+        old,
+        owner,
+        now,
+        meta.settings.lease,
+        meta.settings.max_attempts,
+    );
+    Ok(match apply(tx, meta, &old.task_id, &t)? {
+        Some(task) if task.state == TaskState::Running => Claim::Claimed(Box::new(task)),
+        Some(_) => Claim::FailedLost,
+        None => Claim::Lost,
+    })
 }

@@ -1,0 +1,318 @@
+//! The DynamoDB store: the task table of [`crate::schema`], through the
+//! AWS SDK.
+//!
+//! Guarantees kept here:
+//! - Every task write renders a [`crate::transition::Transition`]: its
+//!   guard is the condition expression, its changes the update expression.
+//!   A transition that changes counters is one `TransactWriteItems` with
+//!   its counter update, so counts and tasks cannot drift apart. Loading is
+//!   no exception: each batch of new tasks is one transaction of
+//!   conditional puts (never overwriting a task that exists) and the
+//!   counter update.
+//! - Nothing here scans the table. `status` costs `1 + steps * (1 + shards)`
+//!   requests whatever the number of tasks.
+//! - A lost condition is a value ([`crate::store::Fence::Lost`],
+//!   [`crate::store::Claim::Lost`]), not an error.
+//!
+//! # Layout
+//!
+//! - `admin`: creating and checking the table; steps.
+//! - `load`: inserting and replacing tasks.
+//! - `lease`: claim, reclaim, heartbeat and finish.
+//! - `report`: status, failed tasks, running tasks, recount.
+//! - `expr`: transitions rendered as expressions.
+//! - `errors`: SDK errors as [`StoreError`]s; lost races and retries.
+
+mod admin;
+mod errors;
+mod expr;
+mod lease;
+mod load;
+mod report;
+
+use std::collections::HashMap;
+
+pub use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::{
+    Candidate, Claim, Correction, Fence, Finish, InsertOutcome, ReplaceOutcome, SettingsChange,
+    StepChange, StoreError, TaskStore,
+};
+use crate::model::{FailedTask, StepMeta, StepStatus, Task, TaskState};
+use crate::retry::RetryPolicy;
+use crate::schema::{self, STEPS_PK, attr};
+use crate::time::Timestamp;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// The DynamoDB task table.
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    endpoint: String,
+    retry: RetryPolicy,
+}
+
+/// What `init` found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitOutcome {
+    /// The table was created and is active.
+    Created,
+    /// The table existed and matches the schema.
+    AlreadyExists,
+}
+
+impl DynamoStore {
+    /// A store over `table`, using `client` as configured by the caller.
+    /// `endpoint` describes where the client points, for messages.
+    pub fn new(client: Client, table: impl Into<String>, endpoint: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            endpoint: endpoint.into(),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Uses `retry` for unprocessed items and throttling.
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The SDK client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+    /// The stored step, if any.
+    pub async fn read_step(&self, step: &str) -> Result<Option<StepMeta>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(STEPS_PK))
+            .key(attr::SK, s(step))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.classify("GetItem", &e))?;
+        out.item().map(|i| decode(step, i.clone())).transpose()
+    }
+
+    pub(super) async fn required_step(&self, step: &str) -> Result<StepMeta, StoreError> {
+        self.read_step(step)
+            .await?
+            .ok_or_else(|| StoreError::StepNotFound {
+                step: step.to_owned(),
+                table: self.table.clone(),
+            })
+    }
+
+    /// Every step, in name order. Reads the step list only.
+    pub async fn steps(&self) -> Result<Vec<StepMeta>, StoreError> {
+        let items: Vec<Item> = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_values(":pk", s(STEPS_PK))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| self.classify("Query", &e))?;
+        items.into_iter().map(|i| decode(STEPS_PK, i)).collect()
+    }
+
+    /// Waits before the next try of a batch request, or reports that the
+    /// retry budget is spent with `remaining` items not done.
+    pub(super) async fn backoff(
+        &self,
+        operation: &'static str,
+        tries: u32,
+        remaining: usize,
+    ) -> Result<(), StoreError> {
+        if tries >= self.retry.max_attempts {
+            return Err(StoreError::RetriesExhausted {
+                operation,
+                attempts: tries,
+                remaining,
+            });
+        }
+        tokio::time::sleep(self.retry.delay(tries - 1)).await;
+        Ok(())
+    }
+
+    fn step_item(meta: &StepMeta) -> Item {
+        let mut item: Item = serde_dynamo::to_item(meta).expect("a step always serialises");
+        item.insert(attr::PK.to_owned(), s(STEPS_PK));
+        item.insert(attr::SK.to_owned(), s(&meta.step));
+        item
+    }
+}
+
+/// The item that stores `task`: its attributes, keys and index entry.
+pub fn task_item(meta: &StepMeta, task: &Task) -> Item {
+    let mut item: Item = serde_dynamo::to_item(task).expect("a task always serialises");
+    let shard = schema::shard_of(&task.task_id, meta.shards);
+    item.insert(attr::PK.to_owned(), s(&schema::task_pk(&meta.step, shard)));
+    item.insert(attr::SK.to_owned(), s(&task.task_id));
+    let state_at = match task.state {
+        TaskState::Running => task.lease_expires_at,
+        TaskState::Done | TaskState::Failed => task.finished_at,
+        TaskState::Pending | TaskState::Waiting => task.ready_at.or(Some(task.updated_at)),
+    };
+    item.insert(
+        attr::STATE_PK.to_owned(),
+        s(&schema::state_pk(&meta.step, task.state, shard)),
+    );
+    item.insert(
+        attr::STATE_AT.to_owned(),
+        n(state_at.unwrap_or(task.updated_at).as_millis()),
+    );
+    item
+}
+
+impl TaskStore for DynamoStore {
+    fn describe(&self) -> String {
+        format!("DynamoDB table '{}' at {}", self.table, self.endpoint)
+    }
+
+    async fn ensure_step(
+        &self,
+        step: &str,
+        change: &SettingsChange,
+    ) -> Result<(StepMeta, StepChange), StoreError> {
+        self.ensure_step_item(step, change).await
+    }
+
+    async fn insert(&self, meta: &StepMeta, tasks: &[Task]) -> Result<InsertOutcome, StoreError> {
+        self.insert_tasks(meta, tasks).await
+    }
+
+    async fn replace(
+        &self,
+        meta: &StepMeta,
+        old: &Task,
+        new: &Task,
+    ) -> Result<ReplaceOutcome, StoreError> {
+        self.replace_task(meta, old, new).await
+    }
+
+    async fn recount(&self, meta: &StepMeta) -> Result<Vec<Correction>, StoreError> {
+        self.recount_step(meta).await
+    }
+
+    async fn status(&self, step: Option<&str>) -> Result<Vec<StepStatus>, StoreError> {
+        let metas = match step {
+            Some(step) => vec![self.required_step(step).await?],
+            None => self.steps().await?,
+        };
+        let counts: Vec<_> = metas.iter().map(|meta| self.counts_of(meta)).collect();
+        futures::future::try_join_all(counts).await
+    }
+
+    async fn failed(
+        &self,
+        step: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FailedTask>, StoreError> {
+        let metas = match step {
+            Some(step) => vec![self.required_step(step).await?],
+            None => self.steps().await?,
+        };
+        let mut all = Vec::new();
+        for meta in &metas {
+            all.extend(self.failed_of(meta, limit).await?);
+        }
+        Ok(all)
+    }
+
+    async fn task(&self, step: &str, task_id: &str) -> Result<Option<Task>, StoreError> {
+        let meta = self.required_step(step).await?;
+        self.read_task(&meta, task_id).await
+    }
+
+    async fn step(&self, step: &str) -> Result<Option<StepMeta>, StoreError> {
+        self.read_step(step).await
+    }
+
+    async fn running(&self, meta: &StepMeta) -> Result<Vec<(String, String)>, StoreError> {
+        self.running_of(meta).await
+    }
+
+    async fn candidates(
+        &self,
+        meta: &StepMeta,
+        shard: u16,
+        state: TaskState,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        self.candidates_of(meta, shard, state, now, limit).await
+    }
+
+    async fn claim(
+        &self,
+        meta: &StepMeta,
+        candidate: &Candidate,
+        owner: &str,
+        now: Timestamp,
+    ) -> Result<Claim, StoreError> {
+        self.claim_task(meta, candidate, owner, now).await
+    }
+
+    async fn reclaim(
+        &self,
+        meta: &StepMeta,
+        old: &Task,
+        owner: &str,
+        now: Timestamp,
+    ) -> Result<Claim, StoreError> {
+        self.reclaim_task(meta, old, owner, now).await
+    }
+
+    async fn heartbeat(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        until: Timestamp,
+    ) -> Result<Fence, StoreError> {
+        self.heartbeat_task(meta, task, until).await
+    }
+
+    async fn finish(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        finish: &Finish,
+    ) -> Result<Fence, StoreError> {
+        self.finish_task(meta, task, finish).await
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, item: Item) -> Result<T, StoreError> {
+    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}

@@ -1,0 +1,425 @@
+//! What `taskctl status` and friends read: counts per step, failed tasks,
+//! running tasks, and the repair of counters.
+//!
+//! Counts come from the per-shard counter items and the running partitions
+//! of the `by_state` index, never from the tasks themselves: `status` costs
+//! `1 + steps * (1 + shards)` requests whatever the number of tasks.
+//! `recount` is the exception, a repair tool: it counts a step's index
+//! partitions (never the whole table) and corrects the counters.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Select};
+use futures::{StreamExt, TryStreamExt};
+
+use super::errors::{is_condition_failed, is_retryable};
+use super::{DynamoStore, Item, n, s};
+use crate::model::{FailedTask, StepMeta, StepStatus, TaskState};
+use crate::schema::{self, BY_STATE_INDEX, attr};
+use crate::store::{Correction, StoreError};
+use crate::time::Timestamp;
+use crate::transition::counter_of;
+
+/// Most requests one `status` keeps in flight.
+const STATUS_CONCURRENCY: usize = 32;
+
+/// Tries to correct one shard's counters while tasks keep moving.
+const RECOUNT_TRIES: u32 = 5;
+
+impl DynamoStore {
+    pub(super) async fn counts_of(&self, meta: &StepMeta) -> Result<StepStatus, StoreError> {
+        let counters: Vec<Item> = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_values(":pk", s(&schema::counts_pk(&meta.step)))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| self.classify("Query", &e))?;
+        let sum = |name: &str| -> u64 {
+            counters
+                .iter()
+                .filter_map(|c| c.get(name))
+                .filter_map(|v| v.as_n().ok())
+                .filter_map(|n| n.parse::<i64>().ok())
+                .sum::<i64>()
+                .max(0)
+                .unsigned_abs()
+        };
+        let (total, done, failed, waiting) = (
+            sum(attr::LOADED),
+            sum(attr::DONE),
+            sum(attr::FAILED),
+            sum(attr::WAITING),
+        );
+        let running = futures::stream::iter(0..meta.shards)
+            .map(|shard| self.count_in_state(&meta.step, TaskState::Running, shard))
+            .buffer_unordered(STATUS_CONCURRENCY)
+            .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
+            .await?;
+        let pending = total.saturating_sub(done + failed + waiting + running);
+        Ok(StepStatus {
+            step: meta.step.clone(),
+            total,
+            waiting,
+            pending,
+            running,
+            done,
+            failed,
+            percent_done: if total == 0 {
+                0.0
+            } else {
+                100.0 * done as f64 / total as f64
+            },
+            max_attempts: meta.settings.max_attempts,
+        })
+    }
+
+    /// Counts one shard's index entries in `state`. Only used for states
+    /// whose population is bounded by the fleet (running).
+    async fn count_in_state(
+        &self,
+        step: &str,
+        state: TaskState,
+        shard: u16,
+    ) -> Result<u64, StoreError> {
+        let pages: Vec<_> = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_STATE_INDEX)
+            .key_condition_expression("#spk = :spk")
+            .expression_attribute_names("#spk", attr::STATE_PK)
+            .expression_attribute_values(":spk", s(&schema::state_pk(step, state, shard)))
+            .select(Select::Count)
+            .into_paginator()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| self.classify("Query", &e))?;
+        Ok(pages
+            .iter()
+            .map(|p| u64::try_from(p.count()).unwrap_or(0))
+            .sum())
+    }
+
+    pub(super) async fn failed_of(
+        &self,
+        meta: &StepMeta,
+        limit: usize,
+    ) -> Result<Vec<FailedTask>, StoreError> {
+        let limit_i32 = i32::try_from(limit.min(1000)).unwrap_or(1000).max(1);
+        let per_shard: Vec<Vec<Item>> = futures::stream::iter(0..meta.shards)
+            .map(|shard| async move {
+                self.client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(BY_STATE_INDEX)
+                    .key_condition_expression("#spk = :spk")
+                    .expression_attribute_names("#spk", attr::STATE_PK)
+                    .expression_attribute_values(
+                        ":spk",
+                        s(&schema::state_pk(&meta.step, TaskState::Failed, shard)),
+                    )
+                    .scan_index_forward(false)
+                    .limit(limit_i32)
+                    .send()
+                    .await
+                    .map(|out| out.items().to_vec())
+                    .map_err(|e| self.classify("Query", &e))
+            })
+            .buffer_unordered(STATUS_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut entries: Vec<Item> = per_shard.into_iter().flatten().collect();
+        let finished = |i: &Item| {
+            i.get(attr::STATE_AT)
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse::<i64>().ok())
+        };
+        entries.sort_by_key(|i| std::cmp::Reverse(finished(i)));
+        entries.truncate(limit);
+
+        // The index holds no output; read the tails of the listed tasks.
+        let mut tails: HashMap<String, String> = HashMap::new();
+        for chunk in entries.chunks(100) {
+            let keys: Vec<Item> = chunk
+                .iter()
+                .map(|i| {
+                    HashMap::from([
+                        (attr::PK.to_owned(), i[attr::PK].clone()),
+                        (attr::SK.to_owned(), i[attr::SK].clone()),
+                    ])
+                })
+                .collect();
+            for item in self.batch_get(keys, &[attr::SK, attr::OUTPUT_TAIL]).await? {
+                if let (Some(AttributeValue::S(id)), Some(AttributeValue::S(tail))) =
+                    (item.get(attr::SK), item.get(attr::OUTPUT_TAIL))
+                {
+                    tails.insert(id.clone(), tail.clone());
+                }
+            }
+        }
+        let num = |i: &Item, a: &str| {
+            i.get(a)
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse::<i64>().ok())
+        };
+        Ok(entries
+            .iter()
+            .map(|i| {
+                let id = i
+                    .get(attr::SK)
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default();
+                FailedTask {
+                    step: meta.step.clone(),
+                    attempt: num(i, attr::ATTEMPT)
+                        .and_then(|n| u32::try_from(n).ok())
+                        .unwrap_or(0),
+                    exit_code: num(i, attr::EXIT_CODE).and_then(|n| i32::try_from(n).ok()),
+                    signal: num(i, attr::SIGNAL).and_then(|n| i32::try_from(n).ok()),
+                    failure_class: i
+                        .get(attr::FAILURE_CLASS)
+                        .and_then(|v| serde_dynamo::from_attribute_value(v.clone()).ok()),
+                    finished_at: num(i, attr::FINISHED_AT).map(Timestamp::from_millis),
+                    output_tail: tails.remove(&id),
+                    task_id: id,
+                }
+            })
+            .collect())
+    }
+
+    /// BatchGetItem with `projection`, repeating unprocessed keys.
+    async fn batch_get(
+        &self,
+        keys: Vec<Item>,
+        projection: &[&str],
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut names = HashMap::new();
+        let projection_expr = projection
+            .iter()
+            .enumerate()
+            .map(|(n, a)| {
+                names.insert(format!("#p{n}"), (*a).to_owned());
+                format!("#p{n}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut found = Vec::new();
+        let mut pending = keys;
+        let mut tries = 0;
+        while !pending.is_empty() {
+            tries += 1;
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(pending.clone()))
+                .projection_expression(&projection_expr)
+                .set_expression_attribute_names(Some(names.clone()))
+                .consistent_read(true)
+                .build()
+                .expect("keys are set");
+            match self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    if let Some(items) = out.responses().and_then(|r| r.get(&self.table)) {
+                        found.extend(items.iter().cloned());
+                    }
+                    pending = out
+                        .unprocessed_keys()
+                        .and_then(|u| u.get(&self.table))
+                        .map(|k| k.keys().to_vec())
+                        .unwrap_or_default();
+                }
+                Err(e)
+                    if is_retryable(&e)
+                        || e.as_service_error().is_some_and(|se| {
+                            se.is_provisioned_throughput_exceeded_exception()
+                                || se.is_request_limit_exceeded()
+                                || se.is_throttling_exception()
+                                || se.is_internal_server_error()
+                        }) => {}
+                Err(e) => return Err(self.classify("BatchGetItem", &e)),
+            }
+            if pending.is_empty() {
+                break;
+            }
+            self.backoff("BatchGetItem", tries, pending.len()).await?;
+        }
+        Ok(found)
+    }
+
+    /// The running tasks of a step and their owners.
+    pub(super) async fn running_of(
+        &self,
+        meta: &StepMeta,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for shard in 0..meta.shards {
+            let items: Vec<Item> = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(BY_STATE_INDEX)
+                .key_condition_expression("#spk = :spk")
+                .expression_attribute_names("#spk", attr::STATE_PK)
+                .expression_attribute_values(
+                    ":spk",
+                    s(&schema::state_pk(&meta.step, TaskState::Running, shard)),
+                )
+                .into_paginator()
+                .items()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| self.classify("Query", &e))?;
+            out.extend(items.iter().map(|i| {
+                let text = |a: &str| {
+                    i.get(a)
+                        .and_then(|v| v.as_s().ok())
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                (text(attr::SK), text(attr::OWNER))
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Counts every state of one shard from the index, and the counter item
+    /// as stored.
+    async fn shard_counts(
+        &self,
+        meta: &StepMeta,
+        shard: u16,
+    ) -> Result<(HashMap<&'static str, i64>, HashMap<&'static str, i64>), StoreError> {
+        let mut counted: HashMap<&'static str, i64> = HashMap::new();
+        let mut loaded = 0;
+        for state in TaskState::ALL {
+            let k = self.count_in_state(&meta.step, state, shard).await?;
+            let k = i64::try_from(k).unwrap_or(i64::MAX);
+            loaded += k;
+            if let Some(c) = counter_of(state) {
+                counted.insert(c, k);
+            }
+        }
+        counted.insert(attr::LOADED, loaded);
+        let stored = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(&schema::counts_pk(&meta.step)))
+            .key(attr::SK, s(&schema::shard_sk(shard)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.classify("GetItem", &e))?;
+        let item = stored.item().cloned().unwrap_or_default();
+        let stored = counted
+            .keys()
+            .map(|c| {
+                let v = item
+                    .get(*c)
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                (*c, v)
+            })
+            .collect();
+        Ok((counted, stored))
+    }
+
+    pub(super) async fn recount_step(
+        &self,
+        meta: &StepMeta,
+    ) -> Result<Vec<Correction>, StoreError> {
+        let mut corrections = Vec::new();
+        for shard in 0..meta.shards {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let (counted, stored) = self.shard_counts(meta, shard).await?;
+                let mut wrong: Vec<(&'static str, i64, i64)> = counted
+                    .iter()
+                    .filter(|(c, v)| stored[*c] != **v)
+                    .map(|(c, v)| (*c, stored[c], *v))
+                    .collect();
+                if wrong.is_empty() {
+                    break;
+                }
+                wrong.sort_unstable();
+                // Set the counted values only if no transition changed the
+                // counters since they were read; else count again.
+                let mut names = HashMap::new();
+                let mut values = HashMap::new();
+                let mut sets = Vec::new();
+                let mut conditions = Vec::new();
+                for (i, (counter, was, now)) in wrong.iter().enumerate() {
+                    names.insert(format!("#c{i}"), (*counter).to_owned());
+                    values.insert(format!(":now{i}"), n(*now));
+                    values.insert(format!(":was{i}"), n(*was));
+                    sets.push(format!("#c{i} = :now{i}"));
+                    conditions.push(if *was == 0 {
+                        format!("(attribute_not_exists(#c{i}) OR #c{i} = :was{i})")
+                    } else {
+                        format!("#c{i} = :was{i}")
+                    });
+                }
+                let written = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .key(attr::PK, s(&schema::counts_pk(&meta.step)))
+                    .key(attr::SK, s(&schema::shard_sk(shard)))
+                    .update_expression(format!("SET {}", sets.join(", ")))
+                    .condition_expression(conditions.join(" AND "))
+                    .set_expression_attribute_names(Some(names))
+                    .set_expression_attribute_values(Some(values))
+                    .send()
+                    .await;
+                match written {
+                    Ok(_) => {
+                        corrections.extend(wrong.into_iter().map(|(counter, was, now)| {
+                            Correction {
+                                step: meta.step.clone(),
+                                shard,
+                                counter,
+                                was,
+                                now,
+                            }
+                        }));
+                        break;
+                    }
+                    Err(e)
+                        if (is_condition_failed(&e) || is_retryable(&e))
+                            && tries < RECOUNT_TRIES =>
+                    {
+                        tokio::time::sleep(self.retry.delay(tries)).await;
+                    }
+                    Err(e) if is_condition_failed(&e) => {
+                        return Err(StoreError::Service {
+                            operation: "recount",
+                            message: format!(
+                                "the counters of step '{}' shard {shard} kept changing while they were recounted; run it again when fewer tasks are moving",
+                                meta.step
+                            ),
+                        });
+                    }
+                    Err(e) => return Err(self.classify("UpdateItem", &e)),
+                }
+            }
+        }
+        Ok(corrections)
+    }
+}

@@ -1,0 +1,720 @@
+//! Every change of a task's state, defined once.
+//!
+//! A [`Transition`] is pure data: the guard that must hold on the stored
+//! task, the attribute changes, the state the task goes to with its index
+//! time, and the counter deltas that go with it. The stores only render it:
+//!
+//! - the embedded store evaluates the guard on the task it read inside its
+//!   transaction and applies the changes with [`Transition::apply`];
+//! - DynamoDB turns the guard into a condition expression and the changes
+//!   into an update expression (`store::dynamo::expr`), with the counter
+//!   deltas in the same `TransactWriteItems` when there are any.
+//!
+//! So the two stores cannot disagree on what a claim, a heartbeat or a
+//! finish does. The rules every transition keeps:
+//!
+//! - the attempt number only goes up (claims add one; nothing lowers it,
+//!   not even a replace);
+//! - every write a worker makes after its claim is fenced on
+//!   (`running`, owner, attempt);
+//! - a reclaim, whether it takes the task or fails it on its last attempt,
+//!   holds only while the lease is still expired;
+//! - counters change in the same write as the state they count;
+//! - no write grows an item past DynamoDB's item limit (a finish trims the
+//!   output tail, then the oldest history, to fit).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::model::{AttemptRecord, FailureClass, Task, TaskState};
+use crate::schema::{self, attr};
+use crate::time::Timestamp;
+
+/// Most attempts a task's history keeps (the oldest are dropped).
+pub const HISTORY_KEEP: usize = 10;
+
+/// Margin for clock skew between hosts: a lease counts as expired only
+/// this long after its expiry time.
+pub const CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(5);
+
+/// Leases that ran out before this instant (as seen at `now`) may be
+/// reclaimed: expiry plus the clock-skew margin.
+pub fn reclaim_cutoff(now: Timestamp) -> Timestamp {
+    Timestamp::from_millis(now.as_millis() - CLOCK_SKEW_MARGIN.as_millis() as i64)
+}
+
+/// One condition on the stored task. A guard is a conjunction of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cond {
+    /// The task does not exist.
+    Absent,
+    /// The task is in this state.
+    State(TaskState),
+    /// The task's attempt is this one.
+    Attempt(u32),
+    /// The task's owner is this one.
+    Owner(String),
+    /// The task has no ready time, or it is not after this instant.
+    ReadyBy(Timestamp),
+    /// The task's lease expired before this instant.
+    LeaseExpiredBefore(Timestamp),
+}
+
+impl Cond {
+    /// Whether the condition holds on `task` (`None`: no such task).
+    pub fn holds(&self, task: Option<&Task>) -> bool {
+        match (self, task) {
+            (Cond::Absent, t) => t.is_none(),
+            (_, None) => false,
+            (Cond::State(s), Some(t)) => t.state == *s,
+            (Cond::Attempt(a), Some(t)) => t.attempt == *a,
+            (Cond::Owner(o), Some(t)) => t.owner.as_deref() == Some(o.as_str()),
+            (Cond::ReadyBy(at), Some(t)) => t.ready_at.is_none_or(|r| r <= *at),
+            (Cond::LeaseExpiredBefore(at), Some(t)) => t.lease_expires_at.is_some_and(|l| l < *at),
+        }
+    }
+}
+
+/// One change to a task attribute. Values are JSON, the form both stores
+/// convert from (attribute names are the task's field names).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Sets the attribute.
+    Set(&'static str, Value),
+    /// Adds to a number attribute (missing counts as zero).
+    Add(&'static str, i64),
+    /// Removes the attribute.
+    Remove(&'static str),
+}
+
+/// What a transition does to the task: new attributes, or the whole item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Attribute changes on the existing task.
+    Update(Vec<Change>),
+    /// The whole task, written where none exists.
+    Put(Box<Task>),
+}
+
+/// A change of one task's state: guard, write, new state and its index
+/// time, and the counter deltas that go with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// Which transition, for messages.
+    pub name: &'static str,
+    /// All must hold on the stored task for the write to happen.
+    pub guard: Vec<Cond>,
+    /// What is written.
+    pub write: Write,
+    /// The state afterwards.
+    pub to: TaskState,
+    /// The index time in that state (see [`crate::schema`]).
+    pub state_at: Timestamp,
+    /// Counter attribute and delta, applied in the same write.
+    pub counters: Vec<(&'static str, i64)>,
+}
+
+/// The counter that counts tasks in `state`, if one does. `pending` and
+/// `running` are derived: pending from the others, running from the index.
+pub const fn counter_of(state: TaskState) -> Option<&'static str> {
+    match state {
+        TaskState::Done => Some(attr::DONE),
+        TaskState::Failed => Some(attr::FAILED),
+        TaskState::Waiting => Some(attr::WAITING),
+        TaskState::Pending | TaskState::Running => None,
+    }
+}
+
+/// Counter deltas for a move from `from` (if the task existed) to `to`.
+fn counter_moves(from: Option<TaskState>, to: TaskState) -> Vec<(&'static str, i64)> {
+    let mut out = Vec::new();
+    match from {
+        None => out.push((attr::LOADED, 1)),
+        Some(f) if f == to => return out,
+        Some(f) => {
+            if let Some(c) = counter_of(f) {
+                out.push((c, -1));
+            }
+        }
+    }
+    if let Some(c) = counter_of(to) {
+        out.push((c, 1));
+    }
+    out
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("model values serialise")
+}
+
+fn ms(t: Timestamp) -> Value {
+    Value::from(t.as_millis())
+}
+
+/// The guard of every write a worker makes after its claim.
+pub fn fence(task: &Task) -> Vec<Cond> {
+    vec![
+        Cond::State(TaskState::Running),
+        Cond::Owner(task.owner.clone().unwrap_or_default()),
+        Cond::Attempt(task.attempt),
+    ]
+}
+
+/// Load-insert: writes `task` (pending or waiting) where no task of that
+/// id exists, and counts it as loaded.
+pub fn insert(task: &Task) -> Transition {
+    let state_at = match task.state {
+        TaskState::Pending | TaskState::Waiting => task.ready_at.unwrap_or(task.created_at),
+        _ => task.updated_at,
+    };
+    Transition {
+        name: "insert",
+        guard: vec![Cond::Absent],
+        write: Write::Put(Box::new(task.clone())),
+        to: task.state,
+        state_at,
+        counters: counter_moves(None, task.state),
+    }
+}
+
+/// The changes every claim makes: running for `owner`, attempt + 1, lease
+/// until `now + lease`, the last attempt's outcome cleared.
+fn claim_changes(owner: &str, now: Timestamp, until: Timestamp) -> Vec<Change> {
+    vec![
+        Change::Set(attr::STATE, json(&TaskState::Running)),
+        Change::Set(attr::OWNER, Value::from(owner)),
+        Change::Add(attr::ATTEMPT, 1),
+        Change::Set(attr::LEASE_EXPIRES_AT, ms(until)),
+        Change::Set(attr::STARTED_AT, ms(now)),
+        Change::Set(attr::UPDATED_AT, ms(now)),
+        Change::Remove(attr::FINISHED_AT),
+        Change::Remove(attr::READY_AT),
+        Change::Remove(attr::EXIT_CODE),
+        Change::Remove(attr::SIGNAL),
+        Change::Remove(attr::FAILURE_CLASS),
+    ]
+}
+
+/// Claim of a pending task whose ready time has come.
+pub fn claim(owner: &str, now: Timestamp, lease: Duration) -> Transition {
+    let until = now.plus(lease);
+    Transition {
+        name: "claim",
+        guard: vec![Cond::State(TaskState::Pending), Cond::ReadyBy(now)],
+        write: Write::Update(claim_changes(owner, now, until)),
+        to: TaskState::Running,
+        state_at: until,
+        counters: Vec::new(),
+    }
+}
+
+/// The record of an attempt whose owner died (its lease expired).
+pub fn lost_record(task: &Task, now: Timestamp, outcome: TaskState) -> AttemptRecord {
+    AttemptRecord {
+        attempt: task.attempt,
+        owner: task.owner.clone().unwrap_or_default(),
+        started_at: task.started_at.unwrap_or(now),
+        finished_at: now,
+        outcome,
+        exit_code: None,
+        signal: None,
+        failure_class: Some(FailureClass::Lost),
+        log_uri: task.log_uri.clone(),
+        provenance: None,
+    }
+}
+
+/// Reclaim of `old`, a running task whose owner let its lease expire (as
+/// read at `now`). The dead attempt is recorded as `lost` and counts as a
+/// failed attempt. With attempts left the task is claimed for `owner`;
+/// on its last attempt it becomes `failed` instead. Either way the write
+/// holds only if the task is still that attempt and its lease is still
+/// expired: a heartbeat that lands in between wins.
+pub fn reclaim(
+    old: &Task,
+    owner: &str,
+    now: Timestamp,
+    lease: Duration,
+    max_attempts: u32,
+) -> Transition {
+    let guard = vec![
+        Cond::State(TaskState::Running),
+        Cond::Attempt(old.attempt),
+        Cond::LeaseExpiredBefore(reclaim_cutoff(now)),
+    ];
+    if old.failed_attempts + 1 >= max_attempts {
+        let record = lost_record(old, now, TaskState::Failed);
+        let mut changes = end_changes(old, &record, None);
+        changes.push(Change::Set(attr::STATE, json(&TaskState::Failed)));
+        changes.push(Change::Set(attr::FINISHED_AT, ms(now)));
+        changes.push(Change::Add(attr::FAILED_ATTEMPTS, 1));
+        return Transition {
+            name: "reclaim (last attempt: failed)",
+            guard,
+            write: Write::Update(changes),
+            to: TaskState::Failed,
+            state_at: now,
+            counters: counter_moves(Some(TaskState::Running), TaskState::Failed),
+        };
+    }
+    let until = now.plus(lease);
+    let mut changes = claim_changes(owner, now, until);
+    let mut history = old.history.clone();
+    history.push(lost_record(old, now, TaskState::Pending));
+    trim_history(&mut history);
+    changes.push(Change::Set(attr::HISTORY, json(&history)));
+    changes.push(Change::Add(attr::FAILED_ATTEMPTS, 1));
+    Transition {
+        name: "reclaim",
+        guard,
+        write: Write::Update(changes),
+        to: TaskState::Running,
+        state_at: until,
+        counters: Vec::new(),
+    }
+}
+
+/// Lease renewal of a task we hold, until `until`.
+pub fn heartbeat(task: &Task, until: Timestamp, now: Timestamp) -> Transition {
+    Transition {
+        name: "heartbeat",
+        guard: fence(task),
+        write: Write::Update(vec![
+            Change::Set(attr::LEASE_EXPIRES_AT, ms(until)),
+            Change::Set(attr::UPDATED_AT, ms(now)),
+        ]),
+        to: TaskState::Running,
+        state_at: until,
+        counters: Vec::new(),
+    }
+}
+
+/// How an attempt ended, as the worker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finish {
+    /// Where the task goes: `done`, `failed`, or `pending` (retry or
+    /// release).
+    pub next: TaskState,
+    /// Whether this attempt counts against the attempt limit.
+    pub counts_as_failure: bool,
+    /// When a `pending` task may be claimed again.
+    pub ready_at: Timestamp,
+    /// The attempt, for the history.
+    pub record: AttemptRecord,
+    /// The end of the attempt's output.
+    pub output_tail: Option<String>,
+}
+
+/// The changes that end an attempt: owner and lease gone, the attempt's
+/// outcome recorded on the task and appended to its history.
+fn end_changes(task: &Task, record: &AttemptRecord, tail: Option<&str>) -> Vec<Change> {
+    let mut history = task.history.clone();
+    history.push(record.clone());
+    trim_history(&mut history);
+    let opt = |name: &'static str, v: Option<Value>| match v {
+        Some(v) => Change::Set(name, v),
+        None => Change::Remove(name),
+    };
+    let mut changes = vec![
+        Change::Set(attr::UPDATED_AT, ms(record.finished_at)),
+        Change::Set(attr::HISTORY, json(&history)),
+        Change::Remove(attr::OWNER),
+        Change::Remove(attr::LEASE_EXPIRES_AT),
+        opt(attr::EXIT_CODE, record.exit_code.map(Value::from)),
+        opt(attr::SIGNAL, record.signal.map(Value::from)),
+        opt(attr::FAILURE_CLASS, record.failure_class.as_ref().map(json)),
+        opt(attr::LOG_URI, record.log_uri.clone().map(Value::from)),
+    ];
+    // A reclaim has no output of its own: the dead owner's tail stays.
+    if record.failure_class != Some(FailureClass::Lost) {
+        changes.push(opt(attr::OUTPUT_TAIL, tail.map(Value::from)));
+    }
+    changes
+}
+
+/// The end of an attempt of a task we hold: done, retry (pending after a
+/// delay), failed, or released (pending at once, no attempt used).
+///
+/// The written task never passes DynamoDB's item limit: when the output
+/// tail and history would make it too large, the tail is cut from the
+/// front, then the oldest history entries are dropped.
+pub fn finish(task: &Task, finish: &Finish) -> Transition {
+    let mut finish = finish.clone();
+    let mut trimmed = task.clone();
+    loop {
+        let t = finish_unchecked(&trimmed, &finish);
+        let after = t
+            .apply(Some(&trimmed))
+            .expect("the fence holds on the task it was built from");
+        let excess = schema::task_size(&after).saturating_sub(schema::MAX_WRITE_BYTES);
+        if excess == 0 {
+            return Transition {
+                guard: fence(task),
+                ..t
+            };
+        }
+        match finish.output_tail.as_mut() {
+            Some(tail) if !tail.is_empty() => {
+                let cut = excess.min(tail.len());
+                let mut at = cut;
+                while !tail.is_char_boundary(at) {
+                    at += 1;
+                }
+                tail.drain(..at);
+            }
+            _ if !trimmed.history.is_empty() => {
+                trimmed.history.remove(0);
+            }
+            // Nothing left to trim: the write would fail; let the store say
+            // so rather than loop.
+            _ => {
+                return Transition {
+                    guard: fence(task),
+                    ..t
+                };
+            }
+        }
+    }
+}
+
+fn finish_unchecked(task: &Task, finish: &Finish) -> Transition {
+    let record = &finish.record;
+    let mut changes = end_changes(task, record, finish.output_tail.as_deref());
+    changes.push(Change::Set(attr::STATE, json(&finish.next)));
+    if finish.counts_as_failure {
+        changes.push(Change::Add(attr::FAILED_ATTEMPTS, 1));
+    }
+    let state_at = match finish.next {
+        TaskState::Done | TaskState::Failed => {
+            changes.push(Change::Set(attr::FINISHED_AT, ms(record.finished_at)));
+            changes.push(Change::Remove(attr::READY_AT));
+            record.finished_at
+        }
+        _ => {
+            changes.push(Change::Set(attr::READY_AT, ms(finish.ready_at)));
+            finish.ready_at
+        }
+    };
+    Transition {
+        name: match (finish.next, record.failure_class) {
+            (TaskState::Done, _) => "finish (done)",
+            (TaskState::Failed, _) => "finish (failed)",
+            (_, Some(FailureClass::Interrupted)) => "release",
+            _ => "finish (retry)",
+        },
+        guard: fence(task),
+        write: Write::Update(changes),
+        to: finish.next,
+        state_at,
+        counters: counter_moves(Some(TaskState::Running), finish.next),
+    }
+}
+
+/// Release of a task we hold (stop, spot notice, host trouble): pending at
+/// once, without using an attempt. The attempt is recorded with `class`
+/// (interrupted, or the host's trouble).
+pub fn release(task: &Task, record: AttemptRecord, tail: Option<String>) -> Transition {
+    let ready_at = record.finished_at;
+    finish(
+        task,
+        &Finish {
+            next: TaskState::Pending,
+            counts_as_failure: false,
+            ready_at,
+            record: AttemptRecord {
+                outcome: TaskState::Pending,
+                ..record
+            },
+            output_tail: tail,
+        },
+    )
+}
+
+/// Replace: gives `old` (not running) the script and row of `new` and
+/// puts it back to pending with a fresh attempt budget. The attempt number
+/// and the history stay: attempt numbers name logs and work directories
+/// and only ever go up.
+pub fn replace(old: &Task, new: &Task, now: Timestamp) -> Transition {
+    assert!(
+        old.state != TaskState::Running,
+        "running tasks are never replaced"
+    );
+    Transition {
+        name: "replace",
+        guard: vec![Cond::State(old.state), Cond::Attempt(old.attempt)],
+        write: Write::Update(vec![
+            Change::Set(attr::STATE, json(&TaskState::Pending)),
+            Change::Set(attr::TASK_SCRIPT, Value::from(new.script.as_str())),
+            Change::Set(attr::SCRIPT_DIGEST, Value::from(new.script_digest.as_str())),
+            Change::Set(attr::ENV, json(&new.env)),
+            Change::Set(attr::FAILED_ATTEMPTS, Value::from(0)),
+            Change::Set(attr::UPDATED_AT, ms(now)),
+            Change::Remove(attr::READY_AT),
+            Change::Remove(attr::OWNER),
+            Change::Remove(attr::LEASE_EXPIRES_AT),
+            Change::Remove(attr::FINISHED_AT),
+            Change::Remove(attr::EXIT_CODE),
+            Change::Remove(attr::SIGNAL),
+            Change::Remove(attr::FAILURE_CLASS),
+            Change::Remove(attr::OUTPUT_TAIL),
+        ]),
+        to: TaskState::Pending,
+        state_at: now,
+        counters: counter_moves(Some(old.state), TaskState::Pending),
+    }
+}
+
+/// Keeps the last [`HISTORY_KEEP`] attempts.
+pub fn trim_history(history: &mut Vec<AttemptRecord>) {
+    if history.len() > HISTORY_KEEP {
+        history.drain(..history.len() - HISTORY_KEEP);
+    }
+}
+
+impl Transition {
+    /// Whether the guard holds on `current` (`None`: no such task).
+    pub fn allows(&self, current: Option<&Task>) -> bool {
+        self.guard.iter().all(|c| c.holds(current))
+    }
+
+    /// The task as this transition leaves it, or `None` when the guard
+    /// does not hold. The reference semantics both stores follow.
+    pub fn apply(&self, current: Option<&Task>) -> Option<Task> {
+        if !self.allows(current) {
+            return None;
+        }
+        match &self.write {
+            Write::Put(task) => Some((**task).clone()),
+            Write::Update(changes) => {
+                let Value::Object(mut fields) = json(current?) else {
+                    unreachable!("a task serialises as an object")
+                };
+                for change in changes {
+                    match change {
+                        Change::Set(name, v) => {
+                            fields.insert((*name).to_owned(), v.clone());
+                        }
+                        Change::Add(name, by) => {
+                            let was = fields.get(*name).and_then(Value::as_i64).unwrap_or(0);
+                            fields.insert((*name).to_owned(), Value::from(was + by));
+                        }
+                        Change::Remove(name) => {
+                            fields.remove(*name);
+                        }
+                    }
+                }
+                Some(
+                    serde_json::from_value(Value::Object(fields))
+                        .expect("transitions write valid tasks"),
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    fn pending() -> Task {
+        crate::store::new_pending_task(
+            "align",
+            "true",
+            "d",
+            &crate::model::NewTask {
+                task_id: "A".into(),
+                line: 2,
+                env: BTreeMap::new(),
+            },
+            t(1_000),
+        )
+    }
+
+    fn record(attempt: u32, class: Option<FailureClass>, at: i64) -> AttemptRecord {
+        AttemptRecord {
+            attempt,
+            owner: "w".into(),
+            started_at: t(at),
+            finished_at: t(at),
+            outcome: TaskState::Pending,
+            exit_code: class.map(|_| 1),
+            signal: None,
+            failure_class: class,
+            log_uri: None,
+            provenance: None,
+        }
+    }
+
+    fn claimed(task: &Task, owner: &str, now: i64) -> Task {
+        claim(owner, t(now), Duration::from_secs(10))
+            .apply(Some(task))
+            .expect("claimable")
+    }
+
+    #[test]
+    fn a_claim_takes_a_ready_pending_task_and_raises_the_attempt() {
+        let task = pending();
+        let c = claimed(&task, "w1", 2_000);
+        assert_eq!(
+            (c.state, c.attempt, c.owner.as_deref()),
+            (TaskState::Running, 1, Some("w1"))
+        );
+        assert_eq!(c.lease_expires_at, Some(t(12_000)));
+        // Not twice, and not before its ready time.
+        assert!(
+            claim("w2", t(2_000), Duration::from_secs(10))
+                .apply(Some(&c))
+                .is_none()
+        );
+        let mut later = task.clone();
+        later.ready_at = Some(t(5_000));
+        assert!(
+            claim("w2", t(4_999), Duration::from_secs(10))
+                .apply(Some(&later))
+                .is_none()
+        );
+        assert!(
+            claim("w2", t(5_000), Duration::from_secs(10))
+                .apply(Some(&later))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_retry_keeps_its_ready_time_in_ready_at() {
+        let c = claimed(&pending(), "w1", 2_000);
+        let f = Finish {
+            next: TaskState::Pending,
+            counts_as_failure: true,
+            ready_at: t(9_000),
+            record: record(1, Some(FailureClass::Exit), 3_000),
+            output_tail: Some("x".into()),
+        };
+        let tr = finish(&c, &f);
+        let after = tr.apply(Some(&c)).unwrap();
+        assert_eq!(
+            (after.ready_at, after.updated_at),
+            (Some(t(9_000)), t(3_000))
+        );
+        assert_eq!((tr.to, tr.state_at), (TaskState::Pending, t(9_000)));
+        assert_eq!(after.failed_attempts, 1);
+        assert!(tr.counters.is_empty());
+    }
+
+    #[test]
+    fn writes_after_a_claim_are_fenced_on_state_owner_and_attempt() {
+        let c = claimed(&pending(), "w1", 2_000);
+        let mut other = c.clone();
+        other.owner = Some("w2".into());
+        assert!(
+            heartbeat(&other, t(20_000), t(3_000))
+                .apply(Some(&c))
+                .is_none()
+        );
+        let mut older = c.clone();
+        older.attempt = 0;
+        assert!(
+            heartbeat(&older, t(20_000), t(3_000))
+                .apply(Some(&c))
+                .is_none()
+        );
+        assert!(heartbeat(&c, t(20_000), t(3_000)).apply(Some(&c)).is_some());
+    }
+
+    #[test]
+    fn a_reclaim_needs_the_lease_still_expired_even_on_the_last_attempt() {
+        let c = claimed(&pending(), "w1", 2_000); // lease until 12 s
+        let now = 12_000 + CLOCK_SKEW_MARGIN.as_millis() as i64 + 1;
+        for max in [1, 3] {
+            let tr = reclaim(&c, "w2", t(now), Duration::from_secs(10), max);
+            assert!(tr.apply(Some(&c)).is_some(), "{}", tr.name);
+            // A heartbeat lands between the read and the write.
+            let renewed = heartbeat(&c, t(now + 10_000), t(now))
+                .apply(Some(&c))
+                .unwrap();
+            assert!(
+                tr.apply(Some(&renewed)).is_none(),
+                "{} overruled a heartbeat",
+                tr.name
+            );
+        }
+        let last = reclaim(&c, "w2", t(now), Duration::from_secs(10), 1);
+        let failed = last.apply(Some(&c)).unwrap();
+        assert_eq!(
+            (failed.state, failed.failure_class, failed.failed_attempts),
+            (TaskState::Failed, Some(FailureClass::Lost), 1)
+        );
+        assert_eq!(last.counters, vec![(attr::FAILED, 1)]);
+    }
+
+    #[test]
+    fn replace_keeps_the_attempt_and_history_and_resets_the_budget() {
+        let c = claimed(&pending(), "w1", 2_000);
+        let f = Finish {
+            next: TaskState::Failed,
+            counts_as_failure: true,
+            ready_at: t(3_000),
+            record: record(1, Some(FailureClass::Exit), 3_000),
+            output_tail: None,
+        };
+        let failed = finish(&c, &f).apply(Some(&c)).unwrap();
+        let mut new = pending();
+        new.script = "echo v2".into();
+        let tr = replace(&failed, &new, t(4_000));
+        let r = tr.apply(Some(&failed)).unwrap();
+        assert_eq!(
+            (
+                r.state,
+                r.attempt,
+                r.failed_attempts,
+                r.history.len(),
+                r.script.as_str()
+            ),
+            (TaskState::Pending, 1, 0, 1, "echo v2")
+        );
+        assert_eq!(tr.counters, vec![(attr::FAILED, -1)]);
+        // The next claim is attempt 2, never 1 again.
+        assert_eq!(claimed(&r, "w2", 5_000).attempt, 2);
+    }
+
+    #[test]
+    fn inserts_never_overwrite_and_count_as_loaded() {
+        let task = pending();
+        let tr = insert(&task);
+        assert!(tr.apply(None).is_some());
+        assert!(tr.apply(Some(&task)).is_none());
+        assert_eq!(tr.counters, vec![(attr::LOADED, 1)]);
+    }
+
+    #[test]
+    fn a_finish_is_trimmed_to_fit_the_item_limit() {
+        let mut c = claimed(&pending(), "w1", 2_000);
+        c.env.insert("BIG".into(), "x".repeat(300 * 1024));
+        c.history = (0..9)
+            .map(|i| AttemptRecord {
+                provenance: Some("p".repeat(4096)),
+                ..record(i, Some(FailureClass::Exit), 1_000)
+            })
+            .collect();
+        let f = Finish {
+            next: TaskState::Done,
+            counts_as_failure: false,
+            ready_at: t(3_000),
+            record: record(1, None, 3_000),
+            output_tail: Some("y".repeat(200 * 1024)),
+        };
+        let tr = finish(&c, &f);
+        let after = tr.apply(Some(&c)).unwrap();
+        assert!(schema::task_size(&after) <= schema::MAX_WRITE_BYTES);
+        assert!(after.output_tail.as_deref().unwrap().ends_with('y'));
+        assert_eq!(after.state, TaskState::Done);
+        assert_eq!(tr.guard, fence(&c));
+    }
+}
