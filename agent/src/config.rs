@@ -33,6 +33,9 @@ pub struct AgentConfig {
     pub retry_delay: Duration,
     /// Consecutive store errors tolerated before the agent gives up.
     pub store_error_budget: u32,
+    /// Attempt directories and logs older than this are removed when the
+    /// agent starts.
+    pub keep_attempts: Duration,
 }
 
 impl AgentConfig {
@@ -53,6 +56,7 @@ impl AgentConfig {
             tail_bytes: 4096,
             retry_delay: Duration::from_secs(2),
             store_error_budget: 8,
+            keep_attempts: crate::cleanup::DEFAULT_KEEP,
         }
     }
 }

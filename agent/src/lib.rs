@@ -14,10 +14,13 @@
 //!
 //! # Layout
 //!
+//! - [`cleanup`]: removing old attempt directories and logs.
 //! - [`config`]: the agent's settings, plain data.
 //! - [`shutdown`]: the two-stage stop signal, passed in, never global.
 //! - [`worker`]: the claim loop: slots, candidates, idle timeout, fatal
 //!   errors.
+//! - [`lease`]: an attempt's lease by the agent's clock: renewals, call
+//!   deadlines, and when the script must die.
 //! - [`runner`]: one attempt: the script in its own process group, logs,
 //!   heartbeat, timeout, and the fenced finish.
 //! - [`script`]: starting a script: work directory, log file,
@@ -25,7 +28,9 @@
 //! - [`process`]: process-group signalling (TERM, grace, KILL).
 //! - [`stats`]: what the agent did, for `--stats-file`.
 
+pub mod cleanup;
 pub mod config;
+pub mod lease;
 pub mod process;
 pub mod runner;
 pub mod script;

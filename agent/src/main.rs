@@ -15,9 +15,18 @@ use taskfleet::connect::AwsOptions;
 /// stop signal: the first SIGTERM/SIGINT stops claiming and gives running
 /// tasks --grace to finish before they are released to pending; a second
 /// one skips the grace period. Exit 3: a problem no retry fixes (no table,
-/// no step, no credentials); exit 4: the task store kept failing.
+/// no step, no credentials); exit 4: the task store kept failing; exit 5:
+/// this host cannot prepare an attempt (disk full, a directory it cannot
+/// write): its tasks were released without using an attempt.
 #[derive(Debug, Parser)]
-#[command(name = "agent", version, about, long_about, max_term_width = 100)]
+#[command(
+    name = "agent",
+    version,
+    about,
+    long_about,
+    max_term_width = 100,
+    args_override_self = true
+)]
 #[allow(clippy::doc_markdown)]
 struct Args {
     /// Where the tasks live: sqlite://PATH or dynamodb://NAME (or NAME).
@@ -56,6 +65,10 @@ struct Args {
     /// Where attempt logs are written.
     #[arg(long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
+    /// Attempt directories and logs older than this are removed when the
+    /// agent starts.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "7d", value_name = "AGE")]
+    keep_attempts: Duration,
     /// This worker's id in the table [default: PID and a random suffix].
     #[arg(long)]
     worker_id: Option<String>,
@@ -126,6 +139,7 @@ async fn run(args: Args) -> ExitCode {
     cfg.kill_grace = args.kill_grace;
     cfg.poll_max = args.poll_max.max(cfg.poll_min);
     cfg.retry_delay = args.retry_delay;
+    cfg.keep_attempts = args.keep_attempts;
     if let Some(dir) = args.work_dir.clone() {
         cfg.work_dir = dir;
     }

@@ -3,22 +3,37 @@
 //! lease renewed every third of the step's lease, and one fenced write at
 //! the end.
 //!
-//! If a heartbeat is refused, or the lease runs out because the store could
-//! not be reached, the task is no longer ours: the process group is killed
-//! and nothing more is written for it.
+//! - A refused renewal means the task was taken away: the process group is
+//!   killed and nothing more is written for it.
+//! - A renewal that fails or hangs does not hold anything up: it runs
+//!   beside the script with a deadline, and if the lease was not renewed
+//!   by the kill point of [`crate::lease::Lease`], the script is killed so
+//!   that it is dead before the lease expires.
+//! - A script killed by a signal while the agent is stopping is
+//!   `interrupted`: released without using an attempt.
+//! - An attempt this host cannot prepare (no disk, no permission) is the
+//!   host's trouble, not the task's: released without using an attempt,
+//!   and the agent stops.
+//! - The final write is repeated, renewing the lease meanwhile, until the
+//!   store takes it or the lease is truly gone: a result is never dropped
+//!   while the task is still ours.
 
+use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
+use std::pin::Pin;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use taskfleet::model::{AttemptRecord, FailureClass, StepMeta, Task, TaskState};
 use taskfleet::store::{Fence, Finish, StoreError, TaskStore};
 use taskfleet::time::Timestamp;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::Instrument;
 
 use crate::config::AgentConfig;
+use crate::lease::Lease;
 use crate::process::{kill_group, signal_group};
 use crate::script::{append_note, log_path, read_tail, spawn};
 use crate::shutdown::Shutdown;
@@ -27,6 +42,11 @@ use crate::stats::Stats;
 /// Longest wait before a failed task is retried.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
 
+/// How long a script killed by a signal waits for the agent's own stop
+/// to arrive: a supervisor that stops a host signals every process at
+/// once, and the script may see it first.
+const STOP_SETTLE: Duration = Duration::from_millis(500);
+
 /// How an attempt ended, from the agent's point of view.
 #[derive(Debug)]
 pub enum AttemptEnd {
@@ -34,9 +54,12 @@ pub enum AttemptEnd {
     Finished(TaskState),
     /// The task was released to `pending` (stop requested).
     Released,
-    /// The task was taken away; nothing was written.
+    /// This host could not prepare the attempt; the task was released
+    /// (if the store took the release) and the agent must stop.
+    HostTrouble(String),
+    /// The task was taken away, or its lease ran out; nothing was written.
     Lost,
-    /// The final write could not be made; the lease will expire and the
+    /// The final write could not be made before the lease ran out; the
     /// task will be reclaimed.
     StoreFailed(StoreError),
 }
@@ -48,6 +71,7 @@ enum Ended {
     Interrupted,
     LeaseLost,
     LaunchFailed(String),
+    HostTrouble(String),
 }
 
 /// Runs one claimed task to its end.
@@ -70,8 +94,17 @@ pub async fn run_attempt<S: TaskStore>(
         let started = Timestamp::now();
         let log_path = log_path(cfg, &task);
         tracing::info!(log = %log_path.display(), "task started");
-        let ended = execute(store, meta, cfg, shutdown, counters, &task, &log_path).await;
-        let end = conclude(store, meta, cfg, counters, &task, ended, started, &log_path).await;
+        let (ended, mut lease) =
+            execute(store, meta, cfg, shutdown, counters, &task, &log_path).await;
+        let end = conclude(
+            (store, meta, cfg, counters),
+            &task,
+            ended,
+            started,
+            &log_path,
+            &mut lease,
+        )
+        .await;
         tracing::info!(end = ?end, "task ended");
         end
     }
@@ -79,8 +112,36 @@ pub async fn run_attempt<S: TaskStore>(
     .await
 }
 
+/// A renewal in flight: the store's answer (or its deadline passing), and
+/// the expiry it asked for.
+type Renewal<'a> = Pin<
+    Box<
+        dyn Future<
+                Output = (
+                    Result<Result<Fence, StoreError>, tokio::time::error::Elapsed>,
+                    Instant,
+                ),
+            > + Send
+            + 'a,
+    >,
+>;
+
+/// Signals that mean "stop", as a supervisor or the kernel sends them to
+/// every process when a host goes down.
+fn is_stop_signal(signal: i32) -> bool {
+    [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGKILL,
+    ]
+    .iter()
+    .any(|s| *s as i32 == signal)
+}
+
 /// Runs the script and keeps the lease until the script ends or must be
-/// stopped.
+/// stopped. Returns how it ended and the lease as it stands.
 async fn execute<S: TaskStore>(
     store: &S,
     meta: &StepMeta,
@@ -89,54 +150,91 @@ async fn execute<S: TaskStore>(
     counters: &Stats,
     task: &Task,
     log_path: &Path,
-) -> Ended {
+) -> (Ended, Lease) {
+    let mut lease = Lease::new(
+        meta.settings.lease,
+        task.lease_expires_at.unwrap_or_else(Timestamp::now),
+        cfg.kill_grace,
+    );
+    if lease.is_over(Instant::now()) {
+        // The claim itself took so long that the lease is nearly gone.
+        tracing::warn!("the claim came back too late to run the script; leaving the task");
+        return (Ended::LeaseLost, lease);
+    }
     let (mut child, pgid) = match spawn(cfg, task, log_path) {
         Ok(spawned) => spawned,
-        Err(e) => return Ended::LaunchFailed(e.to_string()),
+        Err(e) => return (Ended::HostTrouble(e.to_string()), lease),
     };
-    let period = meta.settings.lease / 3;
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lease_until = task.lease_expires_at.unwrap_or_else(Timestamp::now);
     let timeout_at = meta.settings.timeout.map(|t| Instant::now() + t);
     let mut grace_until: Option<Instant> = None;
     let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+    let mut renewal: Option<Renewal<'_>> = None;
 
     let ended = loop {
         tokio::select! {
             // The script ended by itself (wait is cancel-safe).
             exit = child.wait() => {
-                break match exit {
-                    Ok(exit) => Ended::Exited(exit),
-                    Err(e) => Ended::LaunchFailed(format!("cannot wait for the script: {e}")),
+                let exit = match exit {
+                    Ok(exit) => exit,
+                    Err(e) => break Ended::LaunchFailed(format!("cannot wait for the script: {e}")),
+                };
+                let Some(signal) = exit.signal().filter(|s| is_stop_signal(*s)) else {
+                    break Ended::Exited(exit);
+                };
+                if !shutdown.is_stopping() {
+                    tokio::select! {
+                        () = shutdown.stopping() => {}
+                        () = sleep(STOP_SETTLE) => {}
+                    }
+                }
+                break if shutdown.is_stopping() {
+                    tracing::info!(signal, "script stopped by a signal while the agent stops");
+                    Ended::Interrupted
+                } else {
+                    Ended::Exited(exit)
                 };
             }
-            // Keep the lease. A refused renewal means the task was taken
-            // away; a lease that ran out unrenewed may have been.
-            _ = heartbeat.tick() => {
-                let until = Timestamp::now().plus(meta.settings.lease);
+            // A renewal is due: it runs beside the script, with a deadline
+            // that ends before the kill point.
+            () = sleep_until(lease.renew_at()), if renewal.is_none() => {
+                let (until, expires) = lease.next();
+                let deadline = lease.call_deadline();
                 Stats::bump(&counters.heartbeats);
-                match store.heartbeat(meta, task, until).await {
-                    Ok(Fence::Held) => lease_until = until,
-                    Ok(Fence::Lost) => {
+                renewal = Some(Box::pin(async move {
+                    (timeout(deadline, store.heartbeat(meta, task, until)).await, expires)
+                }));
+            }
+            // The renewal came back, or its deadline passed.
+            (answer, expires) = async { renewal.as_mut().expect("guarded").await }, if renewal.is_some() => {
+                renewal = None;
+                match answer {
+                    Ok(Ok(Fence::Held)) => lease.renewed(expires),
+                    Ok(Ok(Fence::Lost)) => {
                         tracing::warn!("lease taken away; killing the script");
                         let _ = kill_group(&mut child, pgid, cfg.kill_grace).await;
                         break Ended::LeaseLost;
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "heartbeat failed");
-                        if Timestamp::now().plus(period / 2) >= lease_until {
-                            tracing::warn!("lease ran out without renewal; killing the script");
-                            let _ = kill_group(&mut child, pgid, cfg.kill_grace).await;
-                            break Ended::LeaseLost;
-                        }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "lease renewal failed");
+                        lease.renewal_failed();
+                    }
+                    Err(_) => {
+                        tracing::warn!("lease renewal got no answer in time");
+                        lease.renewal_failed();
                     }
                 }
+            }
+            // The lease was not renewed in time: the script must be dead
+            // before it expires, whatever the store is doing.
+            () = sleep_until(lease.kill_at()) => {
+                tracing::warn!("lease not renewed in time; killing the script before it expires");
+                let _ = kill_group(&mut child, pgid, lease.kill_grace()).await;
+                break Ended::LeaseLost;
             }
             // The step's time limit.
             () = sleep_until(timeout_at.unwrap_or(far)), if timeout_at.is_some() => {
                 tracing::warn!("timeout reached; killing the script");
-                match kill_group(&mut child, pgid, cfg.kill_grace).await {
+                match kill_group(&mut child, pgid, cfg.kill_grace.min(lease.kill_grace())).await {
                     Ok(status) => break Ended::TimedOut(status),
                     Err(e) => break Ended::LaunchFailed(format!("cannot kill the script: {e}")),
                 }
@@ -148,31 +246,30 @@ async fn execute<S: TaskStore>(
             }
             // Grace period over, or a second signal: release the task.
             () = sleep_until(grace_until.unwrap_or(far)), if grace_until.is_some() => {
-                let _ = kill_group(&mut child, pgid, cfg.kill_grace).await;
+                let _ = kill_group(&mut child, pgid, cfg.kill_grace.min(lease.kill_grace())).await;
                 break Ended::Interrupted;
             }
             () = shutdown.immediate() => {
-                let _ = kill_group(&mut child, pgid, cfg.kill_grace).await;
+                let _ = kill_group(&mut child, pgid, cfg.kill_grace.min(lease.kill_grace())).await;
                 break Ended::Interrupted;
             }
         }
     };
+    // A renewal still in flight is dropped: the final write is fenced.
+    drop(renewal);
     // Whatever the script left running in its group goes with it.
-    signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
-    ended
+    signal_group(pgid, Signal::SIGKILL);
+    (ended, lease)
 }
 
 /// Turns how the script ended into the task's next state, and writes it.
-#[allow(clippy::too_many_arguments)]
 async fn conclude<S: TaskStore>(
-    store: &S,
-    meta: &StepMeta,
-    cfg: &AgentConfig,
-    counters: &Stats,
+    (store, meta, cfg, counters): (&S, &StepMeta, &AgentConfig, &Stats),
     task: &Task,
     ended: Ended,
     started: Timestamp,
     log_path: &Path,
+    lease: &mut Lease,
 ) -> AttemptEnd {
     let now = Timestamp::now();
     let (exit_code, signal, class) = match &ended {
@@ -194,11 +291,18 @@ async fn conclude<S: TaskStore>(
             append_note(log_path, why);
             (None, None, Some(FailureClass::Launch))
         }
+        Ended::HostTrouble(why) => {
+            tracing::error!(error = %why, "this host cannot prepare an attempt; releasing the task");
+            (None, None, Some(FailureClass::Host))
+        }
     };
-    let counts_as_failure = !matches!(class, None | Some(FailureClass::Interrupted));
+    let counts_as_failure = !matches!(
+        class,
+        None | Some(FailureClass::Interrupted | FailureClass::Host)
+    );
     let next = match class {
         None => TaskState::Done,
-        Some(FailureClass::Interrupted) => TaskState::Pending,
+        Some(FailureClass::Interrupted | FailureClass::Host) => TaskState::Pending,
         Some(_) if task.failed_attempts + 1 >= meta.settings.max_attempts => TaskState::Failed,
         Some(_) => TaskState::Pending,
     };
@@ -207,6 +311,14 @@ async fn conclude<S: TaskStore>(
         now.plus(cfg.retry_delay.saturating_mul(factor).min(MAX_RETRY_DELAY))
     } else {
         now
+    };
+    let (log_uri, output_tail) = match &ended {
+        // The log may be what could not be written.
+        Ended::HostTrouble(why) => (None, Some(format!("agent: {why}"))),
+        _ => (
+            Some(format!("file://{}", log_path.display())),
+            Some(read_tail(log_path, cfg.tail_bytes)),
+        ),
     };
     let finish = Finish {
         next,
@@ -221,7 +333,7 @@ async fn conclude<S: TaskStore>(
             exit_code,
             signal,
             failure_class: class,
-            log_uri: Some(format!("file://{}", log_path.display())),
+            log_uri,
             provenance: Some(format!(
                 "agent {} on {}; script sha256:{}",
                 env!("CARGO_PKG_VERSION"),
@@ -229,26 +341,60 @@ async fn conclude<S: TaskStore>(
                 task.script_digest
             )),
         },
-        output_tail: Some(read_tail(log_path, cfg.tail_bytes)),
+        output_tail,
     };
-    let mut tries = 0;
+    match write_end((store, meta, counters), task, &finish, lease).await {
+        Ok(Fence::Held) => match ended {
+            Ended::HostTrouble(why) => AttemptEnd::HostTrouble(why),
+            Ended::Interrupted => AttemptEnd::Released,
+            _ => AttemptEnd::Finished(next),
+        },
+        Ok(Fence::Lost) => {
+            tracing::warn!("task was taken over before it finished; result discarded");
+            AttemptEnd::Lost
+        }
+        Err(e) => match ended {
+            Ended::HostTrouble(why) => AttemptEnd::HostTrouble(why),
+            _ => AttemptEnd::StoreFailed(e),
+        },
+    }
+}
+
+/// The final write, repeated until the store takes it or the lease is
+/// truly gone, renewing the lease meanwhile: the task is still ours, and
+/// its result must not be dropped because the store was away a while.
+async fn write_end<S: TaskStore>(
+    (store, meta, counters): (&S, &StepMeta, &Stats),
+    task: &Task,
+    finish: &Finish,
+    lease: &mut Lease,
+) -> Result<Fence, StoreError> {
+    let mut tries = 0u32;
     loop {
         tries += 1;
         Stats::bump(&counters.finishes);
-        match store.finish(meta, task, &finish).await {
-            Ok(Fence::Held) if class == Some(FailureClass::Interrupted) => {
-                return AttemptEnd::Released;
-            }
-            Ok(Fence::Held) => return AttemptEnd::Finished(next),
-            Ok(Fence::Lost) => {
-                tracing::warn!("task was taken over before it finished; result discarded");
-                return AttemptEnd::Lost;
-            }
-            Err(e) if tries >= cfg.store_error_budget => return AttemptEnd::StoreFailed(e),
-            Err(e) => {
-                tracing::warn!(error = %e, tries, "final write failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200) * tries).await;
+        let last = match timeout(lease.write_deadline(), store.finish(meta, task, finish)).await {
+            Ok(Ok(fence)) => return Ok(fence),
+            Ok(Err(e)) => e,
+            Err(_) => StoreError::Unreachable {
+                endpoint: store.describe(),
+                detail: "no answer before the lease ran out".into(),
+            },
+        };
+        if Instant::now() >= lease.expires() {
+            return Err(last);
+        }
+        tracing::warn!(error = %last, tries, "final write failed; keeping the lease and trying again");
+        if Instant::now() >= lease.renew_at() {
+            Stats::bump(&counters.heartbeats);
+            let (until, expires) = lease.next();
+            match timeout(lease.write_deadline(), store.heartbeat(meta, task, until)).await {
+                Ok(Ok(Fence::Held)) => lease.renewed(expires),
+                Ok(Ok(Fence::Lost)) => return Ok(Fence::Lost),
+                Ok(Err(_)) | Err(_) => lease.renewal_failed(),
             }
         }
+        let backoff = Duration::from_millis(200).saturating_mul(tries.min(10));
+        sleep(backoff.min(lease.write_deadline())).await;
     }
 }

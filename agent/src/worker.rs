@@ -8,12 +8,14 @@
 //! growing waits, and with an idle timeout it exits once nothing has been
 //! claimable and nothing has run for that long, and no task of the step
 //! is running anywhere (a worker that dies leaves a task that still needs
-//! reclaiming).
+//! reclaiming) or waiting out a retry delay (a pending task whose ready
+//! time is still to come is work to wait for).
 //!
 //! Errors that no retry will fix (no table, no step, no credentials, access
 //! denied) end the agent at once with exit code 3; a store that keeps
-//! failing past the error budget ends it with exit code 4. Either way the
-//! tasks it holds are released first.
+//! failing past the error budget ends it with exit code 4; a host that
+//! cannot prepare an attempt (disk, permissions) ends it with exit code 5.
+//! In every case the tasks it holds are released first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +60,11 @@ pub enum AgentError {
         /// The last one.
         last: StoreError,
     },
+    /// This host cannot prepare attempts; its tasks were released.
+    #[error(
+        "this host cannot prepare an attempt ({0}); its tasks were released for other workers: fix the disk or directory, or replace the host"
+    )]
+    Host(String),
 }
 
 impl AgentError {
@@ -66,6 +73,7 @@ impl AgentError {
         match self {
             AgentError::Fatal(_) => 3,
             AgentError::StoreFailing { .. } => 4,
+            AgentError::Host(_) => 5,
         }
     }
 }
@@ -107,7 +115,9 @@ where
     S: TaskStore + Send + Sync + 'static,
 {
     let meta = Arc::new(load_step(&*store, &cfg.step).await?);
+    crate::cleanup::sweep(&cfg);
     let cfg = Arc::new(cfg);
+    let trouble: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(cfg.slots.max(1)));
     let mut finder = Finder::default();
@@ -128,7 +138,7 @@ where
                 poll = cfg.poll_min;
                 spawn_attempt(
                     &tracker,
-                    (&store, &meta, &cfg, &shutdown, &stats),
+                    (&store, &meta, &cfg, &shutdown, &stats, &trouble),
                     task,
                     permit,
                 );
@@ -145,14 +155,16 @@ where
                     let idle = idle_since.elapsed();
                     if idle >= limit {
                         // A task running elsewhere may still need
-                        // reclaiming if its worker dies: stay while there is one.
+                        // reclaiming if its worker dies, and a pending task
+                        // may be waiting out its retry delay: stay while
+                        // there is either.
                         Stats::bump(&stats.other_reads);
-                        match others_running(&*store, &meta).await {
+                        match outstanding(&*store, &meta).await {
                             Ok(0) => break Ok(Exit::Idle),
-                            Ok(running) => {
+                            Ok(outstanding) => {
                                 tracing::debug!(
-                                    running,
-                                    "idle, but tasks of the step are still running elsewhere"
+                                    outstanding,
+                                    "idle, but tasks of the step are running elsewhere or waiting to be retried"
                                 );
                                 idle_since = Instant::now();
                             }
@@ -197,6 +209,14 @@ where
     }
     tracker.close();
     tracker.wait().await;
+    let trouble = trouble
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let outcome = match (outcome, trouble) {
+        (Ok(_), Some(why)) => Err(AgentError::Host(why)),
+        (outcome, _) => outcome,
+    };
     tracing::info!(outcome = ?outcome, "agent stopped");
     outcome
 }
@@ -221,41 +241,54 @@ async fn load_step<S: TaskStore>(store: &S, step: &str) -> Result<StepMeta, Agen
 #[allow(clippy::type_complexity)]
 fn spawn_attempt<S>(
     tracker: &TaskTracker,
-    (store, meta, cfg, shutdown, stats): (
+    (store, meta, cfg, shutdown, stats, trouble): (
         &Arc<S>,
         &Arc<StepMeta>,
         &Arc<AgentConfig>,
         &Shutdown,
         &Arc<Stats>,
+        &Arc<std::sync::Mutex<Option<String>>>,
     ),
     task: Task,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) where
     S: TaskStore + Send + Sync + 'static,
 {
-    let (store, meta, cfg, shutdown, stats) = (
+    let (store, meta, cfg, shutdown, stats, trouble) = (
         store.clone(),
         meta.clone(),
         cfg.clone(),
         shutdown.clone(),
         stats.clone(),
+        trouble.clone(),
     );
     tracker.spawn(async move {
-        let end = run_attempt(&*store, &meta, &cfg, &shutdown, &stats, task).await;
-        if let AttemptEnd::StoreFailed(e) = end {
-            tracing::error!(error = %e, "could not record the end of a task; its lease will expire and it will be run again");
+        match run_attempt(&*store, &meta, &cfg, &shutdown, &stats, task).await {
+            AttemptEnd::StoreFailed(e) => {
+                tracing::error!(error = %e, "could not record the end of a task; its lease will expire and it will be run again");
+            }
+            AttemptEnd::HostTrouble(why) => {
+                // Claim nothing more here; let running tasks finish.
+                trouble
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get_or_insert(why);
+                shutdown.stop();
+            }
+            _ => {}
         }
         drop(permit);
     });
 }
 
-/// Tasks of the step running anywhere.
-async fn others_running<S: TaskStore>(store: &S, meta: &StepMeta) -> Result<u64, StoreError> {
+/// Tasks of the step running anywhere, or pending (claimable now or once
+/// their retry delay is over).
+async fn outstanding<S: TaskStore>(store: &S, meta: &StepMeta) -> Result<u64, StoreError> {
     Ok(store
         .status(Some(&meta.step))
         .await?
         .first()
-        .map_or(0, |s| s.running))
+        .map_or(0, |s| s.running + s.pending))
 }
 
 /// Finds and claims the next task, remembering spare candidates and the
@@ -319,7 +352,21 @@ async fn try_claim<S: TaskStore>(
     stats: &Stats,
 ) -> Result<Option<Task>, StoreError> {
     let started = Instant::now();
-    let claim = store.claim(meta, candidate, owner, Timestamp::now()).await;
+    // A claim that takes longer than this would leave too little of its
+    // lease to run the script: give up on it (if it did land, the lease
+    // expires and the task is reclaimed).
+    let deadline = meta.settings.lease / 3;
+    let claim = tokio::time::timeout(
+        deadline,
+        store.claim(meta, candidate, owner, Timestamp::now()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(StoreError::Unreachable {
+            endpoint: store.describe(),
+            detail: format!("a claim got no answer within {deadline:?}"),
+        })
+    });
     stats.claim_took(started.elapsed());
     match claim? {
         Claim::Claimed(task) => {

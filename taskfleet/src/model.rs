@@ -73,6 +73,10 @@ pub enum FailureClass {
     Interrupted,
     /// The script could not be started at all.
     Launch,
+    /// The worker's host could not prepare the attempt (disk full, a
+    /// directory it cannot write). Not the task's fault: the task is
+    /// released without using an attempt, and the worker stops.
+    Host,
 }
 
 impl FailureClass {
@@ -85,6 +89,7 @@ impl FailureClass {
             FailureClass::Lost => "lost",
             FailureClass::Interrupted => "interrupted",
             FailureClass::Launch => "launch",
+            FailureClass::Host => "host",
         }
     }
 }

@@ -4,6 +4,7 @@
 mod support;
 
 mod conformance;
+mod host_faults;
 mod lifecycle;
 mod many_agents;
 mod stopping;

@@ -1,0 +1,161 @@
+//! The lease of one attempt, by the agent's own clock: when to renew it,
+//! how long a store call on its behalf may take, and when the script must
+//! be stopped so that it is dead before anyone may reclaim the task.
+//!
+//! Another worker may reclaim the task once the lease expired plus the
+//! clock-skew margin, by its clock. The script is sent TERM at
+//! `expiry - kill grace - safety` and KILL at `expiry - safety`, by ours, so
+//! it is dead before the lease even expires, whatever a store call in
+//! flight is doing: no call on the lease path is awaited past that point,
+//! because each one's deadline ends there.
+
+use std::time::Duration;
+
+use taskfleet::time::Timestamp;
+use tokio::time::Instant;
+
+/// Time kept between the script's death and the lease's expiry, for the
+/// kill itself and for scheduling delays.
+pub const SAFETY: Duration = Duration::from_secs(1);
+
+/// Shortest wait before a failed or timed-out renewal is tried again.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// The lease of one running attempt.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    length: Duration,
+    kill_grace: Duration,
+    expires: Instant,
+    renew_at: Instant,
+}
+
+impl Lease {
+    /// A lease of `length` that expires at `expires_at` (wall clock, as
+    /// written by the claim), with `kill_grace` between TERM and KILL.
+    /// The kill grace is capped at a quarter of the lease, so that a short
+    /// lease still leaves time to renew.
+    pub fn new(length: Duration, expires_at: Timestamp, kill_grace: Duration) -> Self {
+        let now = Instant::now();
+        let left = expires_at.since(Timestamp::now());
+        let mut lease = Self {
+            length,
+            kill_grace: kill_grace.min(length / 4),
+            expires: now + left,
+            renew_at: now,
+        };
+        lease.renew_at = now + lease.period();
+        lease
+    }
+
+    /// How often the lease is renewed: a third of its length.
+    pub fn period(&self) -> Duration {
+        self.length / 3
+    }
+
+    /// The grace between TERM and KILL when the lease forces a kill.
+    pub fn kill_grace(&self) -> Duration {
+        self.kill_grace
+    }
+
+    /// When the next renewal is due.
+    pub fn renew_at(&self) -> Instant {
+        self.renew_at
+    }
+
+    /// When the lease expires, by our clock.
+    pub fn expires(&self) -> Instant {
+        self.expires
+    }
+
+    /// When the script must be sent TERM, if the lease was not renewed.
+    pub fn kill_at(&self) -> Instant {
+        self.expires
+            .checked_sub(self.kill_grace + SAFETY)
+            .unwrap_or(self.expires)
+    }
+
+    /// Whether the lease is past the point where the script must die.
+    pub fn is_over(&self, now: Instant) -> bool {
+        now >= self.kill_at()
+    }
+
+    /// The renewal to ask for now: the wall-clock expiry to write, and the
+    /// instant it corresponds to. Call [`Lease::renewed`] with both if the
+    /// store accepts it.
+    pub fn next(&self) -> (Timestamp, Instant) {
+        (
+            Timestamp::now().plus(self.length),
+            Instant::now() + self.length,
+        )
+    }
+
+    /// The store accepted a renewal asked for with [`Lease::next`].
+    pub fn renewed(&mut self, expires: Instant) {
+        self.expires = self.expires.max(expires);
+        self.renew_at = Instant::now() + self.period();
+    }
+
+    /// A renewal failed or timed out: try again soon, but not in a loop.
+    pub fn renewal_failed(&mut self) {
+        self.renew_at = Instant::now() + RETRY_AFTER.min(self.period());
+    }
+
+    /// How long the final write (or a renewal beside it) made now may take:
+    /// the script is gone, so the limit is the lease's expiry itself.
+    pub fn write_deadline(&self) -> Duration {
+        self.expires
+            .saturating_duration_since(Instant::now())
+            .min(self.period())
+    }
+
+    /// How long a store call made now may take: never past the kill point,
+    /// never longer than a renewal period.
+    pub fn call_deadline(&self) -> Duration {
+        self.kill_at()
+            .saturating_duration_since(Instant::now())
+            .min(self.period())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_script_dies_before_the_lease_expires() {
+        let lease = Lease::new(
+            Duration::from_secs(6),
+            Timestamp::now().plus(Duration::from_secs(6)),
+            Duration::from_secs(10),
+        );
+        // Kill grace capped at a quarter of the lease.
+        assert_eq!(lease.kill_grace(), Duration::from_millis(1500));
+        // TERM, then KILL a grace later, still a safety margin before expiry.
+        assert!(lease.kill_at() + lease.kill_grace() + SAFETY <= lease.expires());
+        assert_eq!(lease.renew_at() - Instant::now(), Duration::from_secs(2));
+        assert!(!lease.is_over(Instant::now()));
+        tokio::time::sleep(Duration::from_millis(3600)).await;
+        assert!(lease.is_over(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_call_outlives_the_kill_point() {
+        let mut lease = Lease::new(
+            Duration::from_secs(30),
+            Timestamp::now().plus(Duration::from_secs(30)),
+            Duration::from_secs(2),
+        );
+        assert_eq!(lease.call_deadline(), Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        // 30 - 2 - 1 = 27 s: two seconds left.
+        assert_eq!(lease.call_deadline(), Duration::from_secs(2));
+        lease.renewal_failed();
+        assert_eq!(lease.renew_at() - Instant::now(), RETRY_AFTER);
+        let (_, until) = lease.next();
+        lease.renewed(until);
+        assert_eq!(lease.call_deadline(), Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        assert_eq!(lease.call_deadline(), Duration::ZERO);
+    }
+}
