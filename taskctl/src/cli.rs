@@ -95,6 +95,14 @@ pub enum Command {
     Launch(LaunchArgs),
     /// The local workers of each step: pid, state, task being run, uptime.
     Fleet(FleetArgs),
+    /// Recompute a step's counters from its tasks and correct those that are
+    /// wrong, saying what was corrected.
+    ///
+    /// Counters change in the same write as the tasks they count, so this
+    /// is a repair tool: for counters written by an older version, or after
+    /// `status` reports that counts drift. It reads the step's state index
+    /// (never the whole table); run it while few tasks are moving.
+    Recount(RecountArgs),
     /// Stop the local workers of a step gracefully (SIGTERM: running tasks
     /// finish within the agents' grace period or are released).
     Stop(StopArgs),
@@ -221,6 +229,20 @@ pub struct StatusArgs {
     /// terminal, a line per change otherwise.
     #[arg(long, conflicts_with_all = ["failed", "json"])]
     pub watch: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `taskctl recount`.
+#[derive(Debug, Args)]
+pub struct RecountArgs {
+    /// Only this step [default: every step].
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Say what is wrong without correcting it.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

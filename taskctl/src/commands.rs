@@ -14,7 +14,7 @@ use taskfleet::sheet::{Format, Sheet, SheetOptions};
 use taskfleet::store::dynamo::InitOutcome;
 use taskfleet::store::{SettingsChange, Store, TaskStore};
 
-use crate::cli::{Cli, Command, LoadArgs, SheetFormat, ShowArgs, StatusArgs};
+use crate::cli::{Cli, Command, LoadArgs, RecountArgs, SheetFormat, ShowArgs, StatusArgs};
 use crate::connect;
 
 /// Runs the command `cli` names.
@@ -24,6 +24,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Load(args) => load(&cli.global, args).await,
         Command::Status(args) => status(&cli.global, &args).await,
         Command::Show(args) => show(&cli.global, &args).await,
+        Command::Recount(args) => recount(&cli.global, &args).await,
         Command::Launch(args) => {
             let store = connect::open(&cli.global).await?;
             crate::local::launch(&cli.global, &store, &args).await
@@ -243,6 +244,50 @@ async fn watch(store: &Store, step: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+async fn recount(global: &crate::cli::GlobalArgs, args: &RecountArgs) -> Result<()> {
+    let store = connect::open(global).await?;
+    let steps: Vec<String> = store
+        .status(args.step.as_deref())
+        .await?
+        .into_iter()
+        .map(|s| s.step)
+        .collect();
+    let mut all = Vec::new();
+    for step in &steps {
+        let meta = store
+            .step(step)
+            .await?
+            .with_context(|| format!("step '{step}' disappeared while it was recounted"))?;
+        all.extend(store.recount(&meta, !args.dry_run).await?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!(
+            "the counters of {} agree with the tasks",
+            match steps.as_slice() {
+                [one] => format!("step '{one}'"),
+                _ => format!("{} steps", steps.len()),
+            }
+        );
+        return Ok(());
+    }
+    let verb = if args.dry_run {
+        "would correct"
+    } else {
+        "corrected"
+    };
+    for c in &all {
+        println!(
+            "{verb} {} shard {:03}: {} was {}, the tasks say {}",
+            c.step, c.shard, c.counter, c.was, c.now
+        );
+    }
+    Ok(())
+}
+
 /// The human status table.
 pub fn status_table(steps: &[StepStatus]) -> String {
     let width = steps.iter().map(|s| s.step.len()).max().unwrap_or(4).max(4);
@@ -255,6 +300,14 @@ pub fn status_table(steps: &[StepStatus]) -> String {
             out,
             "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>5.1}%",
             s.step, s.total, s.waiting, s.pending, s.running, s.done, s.failed, s.percent_done
+        );
+    }
+    for s in steps.iter().filter(|s| s.counts_drift) {
+        let _ = writeln!(
+            out,
+            "warning: the counters of step '{}' account for more tasks than were loaded; \
+             correct them with `taskctl recount --step {}`",
+            s.step, s.step
         );
     }
     out

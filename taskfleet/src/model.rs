@@ -266,12 +266,17 @@ pub struct StepStatus {
     pub percent_done: f64,
     /// The step's settings.
     pub max_attempts: u32,
+    /// The stored counters account for more tasks than were loaded: a
+    /// counter is wrong and `taskctl recount` corrects it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub counts_drift: bool,
 }
 
 impl StepStatus {
-    /// Tasks not yet done or failed.
+    /// Tasks not yet done or failed. Not known to be zero while the
+    /// counts drift.
     pub fn remaining(&self) -> u64 {
-        self.waiting + self.pending + self.running
+        self.waiting + self.pending + self.running + u64::from(self.counts_drift)
     }
 }
 

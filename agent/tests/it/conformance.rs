@@ -558,7 +558,7 @@ async fn recount_makes_the_counters_what_the_tasks_say(t: TestStore) {
         Fence::Held
     );
     assert_eq!(
-        t.store.recount(&meta).await.unwrap(),
+        t.store.recount(&meta, true).await.unwrap(),
         vec![],
         "nothing to correct"
     );
@@ -589,7 +589,10 @@ async fn recount_makes_the_counters_what_the_tasks_say(t: TestStore) {
             .await
             .unwrap();
         assert_ne!(counts(&t.store, "qc").await, (40, 39, 0, 1, 0));
-        let mut fixed = t.store.recount(&meta).await.unwrap();
+        let found = t.store.recount(&meta, false).await.unwrap();
+        assert_eq!(found.len(), 2, "a dry run finds both: {found:?}");
+        assert!(t.store.status(Some("qc")).await.unwrap()[0].counts_drift);
+        let mut fixed = t.store.recount(&meta, true).await.unwrap();
         fixed.sort_by_key(|c| c.counter);
         let fixed: Vec<_> = fixed
             .iter()

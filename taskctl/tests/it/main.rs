@@ -15,4 +15,5 @@ mod load;
 mod local;
 mod mocks;
 mod readme;
+mod recount;
 mod status;

@@ -74,8 +74,8 @@ impl TaskStore for Store {
         each!(self, s => s.replace(meta, old, new).await)
     }
 
-    async fn recount(&self, meta: &StepMeta) -> Result<Vec<Correction>, StoreError> {
-        each!(self, s => s.recount(meta).await)
+    async fn recount(&self, meta: &StepMeta, apply: bool) -> Result<Vec<Correction>, StoreError> {
+        each!(self, s => s.recount(meta, apply).await)
     }
 
     async fn status(&self, step: Option<&str>) -> Result<Vec<StepStatus>, StoreError> {

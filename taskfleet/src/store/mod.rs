@@ -303,10 +303,12 @@ pub trait TaskStore: Sync {
     ) -> impl Future<Output = Result<ReplaceOutcome, StoreError>> + Send;
 
     /// Recomputes the counters of a step from its tasks (through the state
-    /// index, never the whole table) and returns what it corrected.
+    /// index, never the whole table) and returns what was wrong; corrects
+    /// it when `apply`.
     fn recount(
         &self,
         meta: &StepMeta,
+        apply: bool,
     ) -> impl Future<Output = Result<Vec<Correction>, StoreError>> + Send;
 
     /// Counts per step; every step when `step` is `None`.

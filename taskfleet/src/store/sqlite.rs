@@ -341,7 +341,7 @@ impl TaskStore for SqliteStore {
         .await
     }
 
-    async fn recount(&self, _meta: &StepMeta) -> Result<Vec<Correction>, StoreError> {
+    async fn recount(&self, _meta: &StepMeta, _apply: bool) -> Result<Vec<Correction>, StoreError> {
         // Counts here are computed from the tasks on every status: there is
         // nothing stored that could drift.
         Ok(Vec::new())

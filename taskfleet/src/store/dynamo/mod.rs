@@ -210,8 +210,8 @@ impl TaskStore for DynamoStore {
         self.replace_task(meta, old, new).await
     }
 
-    async fn recount(&self, meta: &StepMeta) -> Result<Vec<Correction>, StoreError> {
-        self.recount_step(meta).await
+    async fn recount(&self, meta: &StepMeta, apply: bool) -> Result<Vec<Correction>, StoreError> {
+        self.recount_step(meta, apply).await
     }
 
     async fn status(&self, step: Option<&str>) -> Result<Vec<StepStatus>, StoreError> {

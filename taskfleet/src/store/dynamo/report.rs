@@ -63,7 +63,11 @@ impl DynamoStore {
             .buffer_unordered(STATUS_CONCURRENCY)
             .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
             .await?;
-        let pending = total.saturating_sub(done + failed + waiting + running);
+        // More tasks accounted for than loaded: a counter is wrong (or the
+        // index lags a moment behind a transition). Shown, never hidden.
+        let accounted = done + failed + waiting + running;
+        let counts_drift = accounted > total;
+        let pending = total.saturating_sub(accounted);
         Ok(StepStatus {
             step: meta.step.clone(),
             total,
@@ -75,9 +79,10 @@ impl DynamoStore {
             percent_done: if total == 0 {
                 0.0
             } else {
-                100.0 * done as f64 / total as f64
+                (100.0 * done as f64 / total as f64).min(100.0)
             },
             max_attempts: meta.settings.max_attempts,
+            counts_drift,
         })
     }
 
@@ -343,6 +348,7 @@ impl DynamoStore {
     pub(super) async fn recount_step(
         &self,
         meta: &StepMeta,
+        apply: bool,
     ) -> Result<Vec<Correction>, StoreError> {
         let mut corrections = Vec::new();
         for shard in 0..meta.shards {
@@ -359,6 +365,16 @@ impl DynamoStore {
                     break;
                 }
                 wrong.sort_unstable();
+                if !apply {
+                    corrections.extend(wrong.into_iter().map(|(counter, was, now)| Correction {
+                        step: meta.step.clone(),
+                        shard,
+                        counter,
+                        was,
+                        now,
+                    }));
+                    break;
+                }
                 // Set the counted values only if no transition changed the
                 // counters since they were read; else count again.
                 let mut names = HashMap::new();
