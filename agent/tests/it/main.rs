@@ -7,4 +7,5 @@ mod conformance;
 mod host_faults;
 mod lifecycle;
 mod many_agents;
+mod library;
 mod stopping;
