@@ -175,6 +175,28 @@ async fn dynamo_ceiling(r: &mut Results, quick: bool) -> Result<f64> {
         format!("{n_items} items"),
     );
 
+    // Loading writes transactions of conditional puts: their ceiling too.
+    let tx_key = |i: usize| {
+        let mut k = key(i);
+        k.insert("sk".into(), AttributeValue::S(format!("t{i}")));
+        k
+    };
+    write_transactions(&client, &table, n_items, &tx_key).await;
+    let started = Instant::now();
+    write_transactions(&client, &table, n_items, &|i| {
+        let mut k = key(i);
+        k.insert("sk".into(), AttributeValue::S(format!("u{i}")));
+        k
+    })
+    .await;
+    r.add(
+        "dynamodb",
+        "ceiling: TransactWriteItems of 99 conditional puts (8 in flight)",
+        n_items as f64 / started.elapsed().as_secs_f64(),
+        "items/s",
+        format!("{n_items} items"),
+    );
+
     let n_updates = if quick { 400 } else { 4_000 };
     let mut started = Instant::now();
     for pass in 0..2 {
@@ -232,6 +254,50 @@ async fn write_batches(
         .buffer_unordered(8)
         .for_each(|res| async move {
             res.expect("batch write");
+        })
+        .await;
+}
+
+/// Puts `n` new items in transactions of 99 conditional puts, 8 in flight.
+async fn write_transactions(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    n_items: usize,
+    key: &dyn Fn(usize) -> std::collections::HashMap<String, AttributeValue>,
+) {
+    let batches: Vec<Vec<aws_sdk_dynamodb::types::TransactWriteItem>> = (0..n_items)
+        .map(|i| {
+            let mut item = key(i);
+            item.insert("n".into(), AttributeValue::N("0".into()));
+            aws_sdk_dynamodb::types::TransactWriteItem::builder()
+                .put(
+                    aws_sdk_dynamodb::types::Put::builder()
+                        .table_name(table)
+                        .set_item(Some(item))
+                        .condition_expression("attribute_not_exists(pk)")
+                        .build()
+                        .expect("item set"),
+                )
+                .build()
+        })
+        .collect::<Vec<_>>()
+        .chunks(99)
+        .map(<[_]>::to_vec)
+        .collect();
+    futures::stream::iter(batches)
+        .map(|b| {
+            let client = client.clone();
+            async move {
+                client
+                    .transact_write_items()
+                    .set_transact_items(Some(b))
+                    .send()
+                    .await
+            }
+        })
+        .buffer_unordered(8)
+        .for_each(|res| async move {
+            res.expect("transaction");
         })
         .await;
 }
@@ -322,7 +388,7 @@ async fn bench_load(r: &mut Results, kind: Kind, n: usize) -> Result<()> {
             format!("load {n} tasks: requests"),
             counter.get() as f64,
             "requests",
-            "BatchGet + BatchWrite + counter updates",
+            "one TransactWriteItems per batch of up to 99 tasks, counter included",
         );
     }
     r.add(
