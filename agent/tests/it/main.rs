@@ -6,4 +6,5 @@ mod support;
 mod conformance;
 mod lifecycle;
 mod many_agents;
+mod partition;
 mod stopping;
