@@ -3,6 +3,7 @@
 
 mod support;
 
+mod chaos;
 mod conformance;
 mod lifecycle;
 mod many_agents;
