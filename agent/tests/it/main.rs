@@ -4,6 +4,7 @@
 mod support;
 
 mod chaos;
+mod concurrent_loads;
 mod conformance;
 mod lifecycle;
 mod many_agents;
