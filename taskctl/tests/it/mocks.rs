@@ -86,8 +86,20 @@ async fn unprocessed_items_and_throttling_are_retried_until_every_task_is_writte
         }
         MockResponse::Output(out.build())
     });
-    let counter_rule =
-        mock!(Client::update_item).then_output(|| UpdateItemOutput::builder().build());
+    // The counter updates: which shard's counter, and by how much.
+    let counted: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let counted_in = counted.clone();
+    let counter_rule = mock!(Client::update_item).then_compute_output(move |req| {
+        let shard = req.key().unwrap()["sk"].as_s().unwrap().clone();
+        let by = req
+            .expression_attribute_values()
+            .unwrap()
+            .values()
+            .filter_map(|v| v.as_n().ok()?.parse::<i64>().ok())
+            .sum();
+        counted_in.lock().unwrap().push((shard, by));
+        UpdateItemOutput::builder().build()
+    });
     let client = mock_client!(
         aws_sdk_dynamodb,
         RuleMode::MatchAny,
@@ -111,7 +123,12 @@ async fn unprocessed_items_and_throttling_are_retried_until_every_task_is_writte
         "the unprocessed path was exercised"
     );
     assert_eq!(counter_rule.num_calls(), 2, "one counter update per batch");
-    assert_eq!(schema::shard_of("S000", 1), 0);
+    // Each batch counts what it wrote, once it is all written, on the
+    // counter of the one shard a one-shard step has.
+    assert_eq!(
+        *counted.lock().unwrap(),
+        [(schema::shard_sk(0), 25), (schema::shard_sk(0), 5)]
+    );
 }
 
 #[tokio::test]
