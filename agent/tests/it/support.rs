@@ -8,6 +8,11 @@ use taskfleet::model::Task;
 use taskfleet::store::TaskStore;
 pub use testkit::{TestTable, endpoint, samples_2504};
 
+/// The clock-skew margin the product promises: a lease that ran out is
+/// reclaimed no sooner than this after its expiry. Written out here rather
+/// than read from the library, so that a smaller margin there fails.
+pub const SKEW_MARGIN: Duration = Duration::from_secs(5);
+
 /// An agent process on a test table.
 pub struct Agent {
     pub child: Child,
