@@ -336,8 +336,27 @@ mod tests {
 
     #[test]
     fn shards_are_stable_and_spread() {
-        // Fixed values: changing the hash would orphan every stored task.
-        assert_eq!(shard_of("HG00098", 16), shard_of("HG00098", 16));
+        // Fixed values, computed once: a different hash (or a different
+        // reduction to a shard) would put stored tasks where no reader
+        // looks for them.
+        let pinned = [
+            ("HG00098", 12, 2, 156),
+            ("NA12878", 4, 6, 116),
+            ("S0000000", 6, 4, 214),
+            ("S0009999", 6, 0, 198),
+            ("A", 5, 1, 133),
+            ("chr1:1-1000", 14, 2, 14),
+        ];
+        for (id, of16, of7, of256) in pinned {
+            assert_eq!(
+                (shard_of(id, 16), shard_of(id, 7), shard_of(id, 256)),
+                (of16, of7, of256),
+                "{id}"
+            );
+        }
+        assert_eq!(xxh3_64(b"HG00098"), 0xf006_a34a_f559_a49c);
+        // A zero shard count (never stored) must not divide by zero.
+        assert_eq!(shard_of("HG00098", 0), 0);
         let mut seen = [0u32; 16];
         for i in 0..1600 {
             seen[usize::from(shard_of(&format!("S{i}"), 16))] += 1;

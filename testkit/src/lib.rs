@@ -4,7 +4,23 @@
 //!
 //! Tests find DynamoDB Local through `TASKFLEET_TEST_DYNAMODB`. Without it
 //! they fail with a message saying how to run them; they never skip.
+//!
+//! For fault tests:
+//! - [`DynamoLocal`]: a private emulator a test may freeze, so that the
+//!   tests sharing the common one are not disturbed;
+//! - [`Proxy`]: a TCP relay that can be cut, to take one worker off the
+//!   network while others still reach the store;
+//! - [`RunLog`]: a log that task scripts append to, and the check that no
+//!   task ever ran twice at the same time.
 #![allow(missing_docs, clippy::missing_panics_doc)]
+
+mod emulator;
+mod proxy;
+mod runlog;
+
+pub use emulator::DynamoLocal;
+pub use proxy::Proxy;
+pub use runlog::{Run, RunLog, Runs};
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,6 +37,7 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use taskfleet::DynamoStore;
 use taskfleet::load::{self, LoadReport, LoadRequest};
+use taskfleet::model::Task;
 use taskfleet::sheet::{Sheet, SheetOptions};
 use taskfleet::store::sqlite::SqliteStore;
 use taskfleet::store::{SettingsChange, Store, TaskStore};
@@ -90,10 +107,16 @@ impl Intercept for RequestCounter {
 
 /// A client for DynamoDB Local that counts its requests.
 pub fn client(counter: &RequestCounter) -> Client {
+    client_on(&endpoint(), counter)
+}
+
+/// A client for the DynamoDB Local at `endpoint` (a private emulator, or a
+/// proxy in front of one) that counts its requests.
+pub fn client_on(endpoint: &str, counter: &RequestCounter) -> Client {
     let conf = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint())
+        .endpoint_url(endpoint)
         .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
         .interceptor(counter.clone())
         .build();
@@ -162,31 +185,41 @@ pub struct TestStore {
     pub store: Store,
     pub locator: String,
     pub dir: tempfile::TempDir,
+    /// The DynamoDB endpoint the store lives at (`None` for SQLite).
+    pub endpoint: Option<String>,
 }
 
 impl TestStore {
+    /// A fresh store; DynamoDB tables live on the shared DynamoDB Local.
     pub async fn new(kind: Kind, label: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
         match kind {
-            Kind::Dynamo => {
-                let t = TestTable::new(label).await;
-                Self {
-                    kind,
-                    store: Store::Dynamo(t.store.clone()),
-                    locator: t.name.clone(),
-                    dir,
-                }
-            }
-            Kind::Sqlite => {
-                let path = dir.path().join("tasks.db");
-                let (store, _) = SqliteStore::init(&path).expect("create the embedded store");
-                Self {
-                    kind,
-                    store: Store::Sqlite(store),
-                    locator: format!("sqlite://{}", path.display()),
-                    dir,
-                }
-            }
+            Kind::Dynamo => Self::on(&endpoint(), label).await,
+            Kind::Sqlite => Self::sqlite(),
+        }
+    }
+
+    /// A fresh DynamoDB table on the emulator at `endpoint`.
+    pub async fn on(endpoint: &str, label: &str) -> Self {
+        let t = TestTable::on(endpoint, label).await;
+        Self {
+            kind: Kind::Dynamo,
+            store: Store::Dynamo(t.store.clone()),
+            locator: t.name.clone(),
+            dir: t.dir,
+            endpoint: Some(t.endpoint),
+        }
+    }
+
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("tasks.db");
+        let (store, _) = SqliteStore::init(&path).expect("create the embedded store");
+        Self {
+            kind: Kind::Sqlite,
+            store: Store::Sqlite(store),
+            locator: format!("sqlite://{}", path.display()),
+            dir,
+            endpoint: None,
         }
     }
 
@@ -194,16 +227,63 @@ impl TestStore {
     /// another connection to the file), as another worker would have.
     pub fn other_handle(&self) -> Store {
         match &self.store {
-            Store::Dynamo(d) => Store::Dynamo(DynamoStore::new(
-                client(&RequestCounter::default()),
-                d.table(),
-                endpoint(),
-            )),
+            Store::Dynamo(d) => {
+                let at = self.endpoint.clone().unwrap_or_else(endpoint);
+                Store::Dynamo(DynamoStore::new(
+                    client_on(&at, &RequestCounter::default()),
+                    d.table(),
+                    at,
+                ))
+            }
             Store::Sqlite(s) => {
                 Store::Sqlite(SqliteStore::open(s.path()).expect("open the embedded store"))
             }
         }
     }
+
+    /// Every stored task item of `step`, as stored (one entry per item:
+    /// a task stored twice appears twice). A scan is fine here; the
+    /// product never scans.
+    pub async fn tasks(&self, step: &str) -> Vec<Task> {
+        match &self.store {
+            Store::Dynamo(d) => dynamo_tasks(d, step).await,
+            Store::Sqlite(s) => {
+                let conn = rusqlite::Connection::open(s.path()).expect("open the embedded store");
+                let mut query = conn
+                    .prepare("SELECT body FROM tasks WHERE step = ?1")
+                    .expect("prepare");
+                query
+                    .query_map([step], |row| row.get::<_, String>(0))
+                    .expect("query tasks")
+                    .map(|body| serde_json::from_str(&body.expect("row")).expect("a stored task"))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Every task item of `step` in a DynamoDB table, by scan.
+async fn dynamo_tasks(store: &DynamoStore, step: &str) -> Vec<Task> {
+    let items: Vec<_> = store
+        .client()
+        .scan()
+        .table_name(store.table())
+        .filter_expression("begins_with(#pk, :prefix)")
+        .expression_attribute_names("#pk", "pk")
+        .expression_attribute_values(
+            ":prefix",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("{step}#")),
+        )
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .expect("scan");
+    items
+        .into_iter()
+        .map(|item| serde_dynamo::from_item(item).expect("a stored task"))
+        .collect()
 }
 
 /// One test's table, created and active, with a store over it.
@@ -212,20 +292,28 @@ pub struct TestTable {
     pub store: DynamoStore,
     pub requests: RequestCounter,
     pub dir: tempfile::TempDir,
+    /// The DynamoDB endpoint the table lives at.
+    pub endpoint: String,
 }
 
 impl TestTable {
-    /// A new, initialised table.
+    /// A new, initialised table on the shared DynamoDB Local.
     pub async fn new(label: &str) -> Self {
+        Self::on(&endpoint(), label).await
+    }
+
+    /// A new, initialised table on the emulator at `endpoint`.
+    pub async fn on(endpoint: &str, label: &str) -> Self {
         let name = unique_table(label);
         let requests = RequestCounter::default();
-        let store = DynamoStore::new(client(&requests), &name, endpoint());
+        let store = DynamoStore::new(client_on(endpoint, &requests), &name, endpoint);
         store.init().await.expect("create the test table");
         Self {
             name,
             store,
             requests,
             dir: tempfile::tempdir().expect("temp dir"),
+            endpoint: endpoint.to_owned(),
         }
     }
 

@@ -176,14 +176,19 @@ async fn an_expired_lease_is_reclaimed_and_the_old_owner_is_fenced_out(t: TestSt
         state: TaskState::Running,
         attempt: 1,
     };
-    // Nothing is reclaimable before the lease and the skew margin are over.
-    assert!(
-        t.store
-            .candidates(&meta, 0, TaskState::Running, Timestamp::now(), 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    // Nothing is reclaimable before the lease and the skew margin (5 s)
+    // are over, in any shard.
+    let almost = first.lease_expires_at.unwrap().plus(Duration::from_secs(4));
+    for shard in 0..meta.shards {
+        assert!(
+            t.store
+                .candidates(&meta, shard, TaskState::Running, almost, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "reclaimable in shard {shard} before the lease and margin ran out"
+        );
+    }
     assert_eq!(
         t.store
             .claim(&meta, &running, "b/w", Timestamp::now())

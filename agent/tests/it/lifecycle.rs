@@ -10,7 +10,7 @@ use taskfleet::schema;
 use taskfleet::store::{Finish, SettingsChange, TaskStore};
 use taskfleet::time::Timestamp;
 
-use crate::support::{Agent, TestTable, alive, eventually, task};
+use crate::support::{Agent, SKEW_MARGIN, TestTable, alive, eventually, task};
 
 fn settings(max_attempts: u32, lease_secs: u64) -> SettingsChange {
     SettingsChange {
@@ -93,8 +93,11 @@ async fn a_task_whose_agent_was_killed_is_reclaimed_after_its_lease_and_finished
     .await;
     first.signal(Signal::SIGKILL);
     first.wait(Duration::from_secs(5));
+    // The dead owner's last lease, once a heartbeat it may have sent just
+    // before it died has landed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dead_lease = task(&t, "qc", "A").await.lease_expires_at.unwrap();
 
-    let killed_at = Instant::now();
     let mut second = Agent::spawn(&t, "qc", &["--idle-timeout", "3s"], &[]);
     assert!(
         second.wait(Duration::from_secs(60)).success(),
@@ -107,10 +110,14 @@ async fn a_task_whose_agent_was_killed_is_reclaimed_after_its_lease_and_finished
     assert_eq!(a.history[0].failure_class, Some(FailureClass::Lost));
     assert_eq!(a.history[1].outcome, TaskState::Done);
     assert_eq!(a.output_tail.as_deref(), Some("finished by attempt 2\n"));
-    // Not before the lease (3 s) and the skew margin (5 s) ran out.
+    // Not before the lease and the skew margin ran out: the reclaiming
+    // claim started at least the margin after the dead owner's lease
+    // expired.
+    let reclaimed = a.started_at.unwrap();
     assert!(
-        killed_at.elapsed() >= Duration::from_secs(5),
-        "reclaimed too early"
+        reclaimed.since(dead_lease) >= SKEW_MARGIN,
+        "reclaimed {} ms after the lease expired, before the skew margin of {SKEW_MARGIN:?}",
+        reclaimed.as_millis() - dead_lease.as_millis()
     );
 }
 

@@ -3,9 +3,12 @@
 
 mod support;
 
+mod chaos;
+mod concurrent_loads;
 mod conformance;
 mod host_faults;
 mod lifecycle;
 mod many_agents;
 mod library;
+mod partition;
 mod stopping;

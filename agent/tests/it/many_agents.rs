@@ -1,7 +1,7 @@
 //! Several agent processes over one step, on each store.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use taskfleet::load::{self, LoadRequest};
@@ -10,7 +10,7 @@ use taskfleet::sheet::{Sheet, SheetOptions};
 use taskfleet::store::{SettingsChange, TaskStore};
 use testkit::{Kind, TestStore, generated_sheet, load_text};
 
-use crate::support::{Agent, eventually, samples_2504};
+use crate::support::{Agent, SKEW_MARGIN, eventually, samples_2504};
 
 /// Runs 4 agents with 2 slots each until the step is finished and checks
 /// that every task ran exactly once.
@@ -104,7 +104,16 @@ async fn an_agent_killed_on_the_embedded_store_loses_nothing() {
     .await;
     first.signal(Signal::SIGKILL);
     first.wait(Duration::from_secs(5));
-    let killed = Instant::now();
+    // The dead owner's last lease (a renewal it made just before it died
+    // is in the file by now: SQLite writes are synchronous).
+    let dead_lease = t
+        .store
+        .task("qc", "A")
+        .await
+        .unwrap()
+        .unwrap()
+        .lease_expires_at
+        .unwrap();
     let mut second = Agent::spawn_on(
         &t.locator,
         t.dir.path(),
@@ -120,8 +129,12 @@ async fn an_agent_killed_on_the_embedded_store_loses_nothing() {
     let a = t.store.task("qc", "A").await.unwrap().unwrap();
     assert_eq!((a.state, a.attempt), (TaskState::Done, 2));
     assert_eq!(a.history[0].failure_class, Some(FailureClass::Lost));
+    // The reclaiming claim started at least the skew margin after the
+    // dead owner's lease expired.
+    let reclaimed = a.started_at.unwrap();
     assert!(
-        killed.elapsed() >= Duration::from_secs(5),
-        "reclaimed before the lease ran out"
+        reclaimed.since(dead_lease) >= SKEW_MARGIN,
+        "reclaimed {} ms after the lease expired, before the skew margin of {SKEW_MARGIN:?}",
+        reclaimed.as_millis() - dead_lease.as_millis()
     );
 }

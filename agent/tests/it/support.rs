@@ -8,6 +8,11 @@ use taskfleet::model::Task;
 use taskfleet::store::TaskStore;
 pub use testkit::{TestTable, endpoint, samples_2504};
 
+/// The clock-skew margin the product promises: a lease that ran out is
+/// reclaimed no sooner than this after its expiry. Written out here rather
+/// than read from the library, so that a smaller margin there fails.
+pub const SKEW_MARGIN: Duration = Duration::from_secs(5);
+
 /// An agent process on a test table.
 pub struct Agent {
     pub child: Child,
@@ -29,6 +34,19 @@ impl Agent {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::spawn_at(&endpoint(), locator, dir, step, args, env)
+    }
+
+    /// The same, talking to DynamoDB at `endpoint` (a private emulator, or
+    /// a proxy in front of one).
+    pub fn spawn_at(
+        endpoint: &str,
+        locator: &str,
+        dir: &Path,
+        step: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stderr_path = dir.join(format!("agent-{n}.stderr"));
@@ -41,7 +59,7 @@ impl Agent {
                 "--table",
                 locator,
                 "--endpoint-url",
-                &endpoint(),
+                endpoint,
                 "--step",
                 step,
             ])
@@ -96,6 +114,27 @@ impl Agent {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)
             .expect("signal agent");
     }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it is still running (not exited, not reaped).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("wait agent").is_none()
+    }
+}
+
+/// What an agent needs to let task scripts write to `log`: the variable,
+/// and `--pass-env RUNLOG` where the agent gives scripts an allow-listed
+/// environment.
+pub fn runlog_setup(log: &testkit::RunLog) -> ((&'static str, String), Vec<String>) {
+    (
+        log.env(),
+        testkit::RunLog::agent_args(Path::new(env!("CARGO_BIN_EXE_agent"))),
+    )
 }
 
 impl Drop for Agent {

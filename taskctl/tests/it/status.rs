@@ -1,8 +1,7 @@
-use aws_sdk_dynamodb::types::AttributeValue;
-use taskfleet::model::FailureClass;
-use taskfleet::store::{SettingsChange, TaskStore};
+use taskfleet::model::{AttemptRecord, FailureClass};
+use taskfleet::store::{Candidate, Claim, Fence, Finish, SettingsChange, TaskStore};
 use taskfleet::time::Timestamp;
-use taskfleet::{TaskState, schema};
+use taskfleet::{Task, TaskState, schema};
 
 use crate::support::{Taskctl, TestTable};
 
@@ -42,61 +41,110 @@ async fn status_sends_as_many_requests_for_10000_tasks_as_for_100() {
     );
 }
 
-/// Leaves `id` failed the way a worker does: the task and its shard's
-/// counter in one transaction.
-async fn fail_task(t: &TestTable, step: &str, id: &str, exit_code: i32, tail: &str, at: i64) {
+const OWNER: &str = "i-test/w0";
+
+/// Claims `id` the way a worker does, through the store.
+async fn claim(t: &TestTable, step: &str, id: &str) -> Task {
     let meta = t.store.step(step).await.unwrap().unwrap();
-    let mut task = t.store.task(step, id).await.unwrap().unwrap();
-    task.state = TaskState::Failed;
-    task.attempt = 2;
-    task.failed_attempts = 2;
-    task.exit_code = Some(exit_code);
-    task.failure_class = Some(FailureClass::Exit);
-    task.output_tail = Some(tail.into());
-    task.finished_at = Some(Timestamp::from_millis(at));
-    let shard = schema::shard_of(id, meta.shards);
-    let client = t.store.client();
-    client
-        .put_item()
-        .table_name(&t.name)
-        .set_item(Some(taskfleet::store::dynamo::task_item(&meta, &task)))
-        .send()
+    let task = t.store.task(step, id).await.unwrap().unwrap();
+    let candidate = Candidate {
+        task_id: id.into(),
+        state: TaskState::Pending,
+        attempt: task.attempt,
+    };
+    match t
+        .store
+        .claim(&meta, &candidate, OWNER, Timestamp::now())
         .await
-        .unwrap();
-    client
-        .update_item()
-        .table_name(&t.name)
-        .key("pk", AttributeValue::S(schema::counts_pk(step)))
-        .key("sk", AttributeValue::S(schema::shard_sk(shard)))
-        .update_expression("ADD failed :one")
-        .expression_attribute_values(":one", AttributeValue::N("1".into()))
-        .send()
-        .await
-        .unwrap();
+        .unwrap()
+    {
+        Claim::Claimed(task) => *task,
+        other => panic!("claim of {id}: {other:?}"),
+    }
+}
+
+/// Runs one attempt of `id` through the store as a worker does: a claim,
+/// then the fenced finish that leaves it `next` with `exit_code` and
+/// `tail`. The counters move with these transitions, not by hand.
+async fn attempt(t: &TestTable, step: &str, id: &str, next: TaskState, exit_code: i32, tail: &str) {
+    let meta = t.store.step(step).await.unwrap().unwrap();
+    let task = claim(t, step, id).await;
+    let now = Timestamp::now();
+    let failed = exit_code != 0;
+    let finish = Finish {
+        next,
+        counts_as_failure: failed,
+        // A retry may be claimed at once.
+        ready_at: now,
+        record: AttemptRecord {
+            attempt: task.attempt,
+            owner: OWNER.into(),
+            started_at: task.started_at.unwrap_or(now),
+            finished_at: now,
+            outcome: next,
+            exit_code: Some(exit_code),
+            signal: None,
+            failure_class: failed.then_some(FailureClass::Exit),
+            log_uri: None,
+            provenance: None,
+        },
+        output_tail: Some(tail.into()),
+    };
+    assert_eq!(
+        t.store.finish(&meta, &task, &finish).await.unwrap(),
+        Fence::Held,
+        "finish of {id}"
+    );
 }
 
 #[tokio::test]
-async fn status_failed_lists_failed_tasks_newest_first_with_exit_code_and_output_tail() {
+async fn status_counts_tasks_through_their_transitions_and_lists_failed_ones_newest_first() {
     let t = TestTable::new("failed").await;
-    let sheet = t.file("s.csv", "sample\nA\nB\nC\n");
+    let sheet = t.file("s.csv", "sample\nA\nB\nC\nD\nE\n");
     t.taskctl(&[
         "load",
         "--step",
         "call",
         "--command",
         "exit 3",
+        "--max-attempts",
+        "2",
         sheet.to_str().unwrap(),
     ])
     .ok();
-    fail_task(&t, "call", "A", 3, "reading A\nbwa: index missing\n", 1_000).await;
-    fail_task(&t, "call", "C", 137, "killed\n", 2_000).await;
+    // A and C fail twice (a retry, then out of attempts), C last; B is
+    // done; D is running; E was never claimed.
+    attempt(&t, "call", "A", TaskState::Pending, 3, "reading A\n").await;
+    attempt(
+        &t,
+        "call",
+        "A",
+        TaskState::Failed,
+        3,
+        "reading A\nbwa: index missing\n",
+    )
+    .await;
+    attempt(&t, "call", "B", TaskState::Done, 0, "ok\n").await;
+    attempt(&t, "call", "C", TaskState::Pending, 137, "killed\n").await;
+    // Finish times are in milliseconds: keep C's strictly after A's.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    attempt(&t, "call", "C", TaskState::Failed, 137, "killed\n").await;
+    claim(&t, "call", "D").await;
 
     let status = t.taskctl(&["status", "--step", "call", "--json"]);
     status.ok();
     let s = &status.json()[0];
+    let count = |k: &str| s[k].as_u64();
     assert_eq!(
-        (s["failed"].as_u64(), s["pending"].as_u64()),
-        (Some(2), Some(1))
+        (
+            count("total"),
+            count("failed"),
+            count("done"),
+            count("running"),
+            count("pending")
+        ),
+        (Some(5), Some(2), Some(1), Some(1), Some(1)),
+        "{s}"
     );
 
     let listed = t.taskctl(&["status", "--failed", "--step", "call", "--json"]);
@@ -112,6 +160,7 @@ async fn status_failed_lists_failed_tasks_newest_first_with_exit_code_and_output
     assert_eq!(listed[1]["exit_code"], 3);
     assert_eq!(listed[1]["failure_class"], "exit");
     assert_eq!(listed[1]["output_tail"], "reading A\nbwa: index missing\n");
+    assert_eq!(listed[0]["exit_code"], 137);
 
     let text = t.taskctl(&["status", "--failed"]);
     text.ok();

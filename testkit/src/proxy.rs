@@ -1,0 +1,181 @@
+//! A TCP relay in front of a store endpoint that a test can cut and
+//! restore, to take one worker off the network while others still reach
+//! the store.
+//!
+//! It runs on plain threads of the test process, not on the test's async
+//! runtime, so a test that blocks its runtime (waiting for a process) does
+//! not stall the relay. Cutting it has the effect of a stopped (SIGSTOP) relay
+//! process, without a process of its own: the kernel still completes new
+//! connections (they wait in the listen backlog), but nothing is accepted,
+//! read or forwarded until [`Proxy::restore`]. Bytes already read when the
+//! cut came are held, not forwarded. Clients see requests that hang, never
+//! an error, as behind a broken network path.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+/// A relay from a loopback port to `upstream`.
+pub struct Proxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Gate {
+    cut: bool,
+    closed: bool,
+}
+
+struct Shared {
+    upstream: SocketAddr,
+    gate: Mutex<Gate>,
+    changed: Condvar,
+    streams: Mutex<Vec<TcpStream>>,
+}
+
+impl Shared {
+    /// Blocks while the relay is cut; false once it is closed.
+    fn pass(&self) -> bool {
+        let mut gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        while gate.cut && !gate.closed {
+            gate = self
+                .changed
+                .wait(gate)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        !gate.closed
+    }
+
+    fn set(&self, f: impl FnOnce(&mut Gate)) {
+        f(&mut self.gate.lock().unwrap_or_else(PoisonError::into_inner));
+        self.changed.notify_all();
+    }
+
+    fn keep(&self, stream: &TcpStream) {
+        if let Ok(clone) = stream.try_clone() {
+            self.streams
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(clone);
+        }
+    }
+}
+
+impl Proxy {
+    /// Relays a free loopback port to `upstream` (`http://host:port` or
+    /// `host:port`).
+    pub fn start(upstream: &str) -> Self {
+        let hostport = upstream.trim_start_matches("http://").trim_end_matches('/');
+        let upstream = hostport
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .unwrap_or_else(|| panic!("proxy upstream {hostport:?} is not host:port"));
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the proxy's loopback port");
+        let addr = listener.local_addr().expect("proxy address");
+        let shared = Arc::new(Shared {
+            upstream,
+            gate: Mutex::new(Gate::default()),
+            changed: Condvar::new(),
+            streams: Mutex::new(Vec::new()),
+        });
+        let acceptor = {
+            let shared = shared.clone();
+            std::thread::spawn(move || accept_loop(&listener, &shared))
+        };
+        Self {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, to give a client instead of the upstream.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops forwarding: open and new connections hang.
+    pub fn cut(&self) {
+        self.shared.set(|g| g.cut = true);
+    }
+
+    /// Forwards again, held bytes first.
+    pub fn restore(&self) {
+        self.shared.set(|g| g.cut = false);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.set(|g| g.closed = true);
+        for s in self
+            .shared
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        // Wake the acceptor out of accept().
+        let _ = TcpStream::connect(self.addr);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    loop {
+        if !shared.pass() {
+            return;
+        }
+        let Ok((client, _)) = listener.accept() else {
+            continue;
+        };
+        // A connection accepted just as the cut came waits for the restore.
+        if !shared.pass() {
+            return;
+        }
+        let Ok(server) = TcpStream::connect(shared.upstream) else {
+            // Upstream down: the client sees the connection close.
+            continue;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        shared.keep(&client);
+        shared.keep(&server);
+        for (from, to) in [(&client, &server), (&server, &client)] {
+            let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
+                continue;
+            };
+            let shared = shared.clone();
+            std::thread::spawn(move || pump(from, to, &shared));
+        }
+    }
+}
+
+/// Copies one direction until either side closes or the proxy is dropped.
+fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if !shared.pass() {
+            return;
+        }
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(n) => n,
+        };
+        if !shared.pass() || to.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
