@@ -10,6 +10,11 @@
 //! read or forwarded until [`Proxy::restore`]. Bytes already read when the
 //! cut came are held, not forwarded. Clients see requests that hang, never
 //! an error, as behind a broken network path.
+//!
+//! [`Proxy::refuse`] is the other kind of outage: every open connection is
+//! closed and new ones are closed as soon as they come, so requests fail
+//! at once (an endpoint that is down), and nothing sent meanwhile reaches
+//! the store late.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -26,6 +31,7 @@ pub struct Proxy {
 #[derive(Default)]
 struct Gate {
     cut: bool,
+    refuse: bool,
     closed: bool,
 }
 
@@ -104,9 +110,26 @@ impl Proxy {
         self.shared.set(|g| g.cut = true);
     }
 
+    /// Closes every connection and refuses new ones until [`Proxy::restore`].
+    pub fn refuse(&self) {
+        self.shared.set(|g| g.refuse = true);
+        for s in self
+            .shared
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
     /// Forwards again, held bytes first.
     pub fn restore(&self) {
-        self.shared.set(|g| g.cut = false);
+        self.shared.set(|g| {
+            g.cut = false;
+            g.refuse = false;
+        });
     }
 }
 
@@ -141,6 +164,15 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
         // A connection accepted just as the cut came waits for the restore.
         if !shared.pass() {
             return;
+        }
+        if shared
+            .gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .refuse
+        {
+            drop(client);
+            continue;
         }
         let Ok(server) = TcpStream::connect(shared.upstream) else {
             // Upstream down: the client sees the connection close.
