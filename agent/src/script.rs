@@ -1,13 +1,31 @@
-//! Starting one attempt's script: its working directory, its log file,
-//! its environment, and the process group it runs in.
+//! Starting one attempt's script: its directory, its log file, its
+//! environment, and the process group it runs in.
+//!
+//! Every path made from a task id uses [`task_file_name`]: one file-name
+//! component, different for different ids, at most [`MAX_TASK_FILE_NAME`]
+//! bytes, never `.` or `..`, so each task has its own directory below the
+//! step's and its own logs, whatever its id. The attempt number (which
+//! only goes up) names the attempt's directory and log, so no attempt
+//! reuses another's.
 
+use std::fmt::Write as _;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use sha2::{Digest, Sha256};
 use taskfleet::model::Task;
 
 use crate::config::AgentConfig;
+
+/// Bytes of a task id kept readable in its file name.
+const READABLE_PREFIX_BYTES: usize = 64;
+
+/// Hex digits of the id's SHA-256 in its file name: 64 bits.
+const HASH_HEX_DIGITS: usize = 16;
+
+/// Longest name [`task_file_name`] makes.
+pub const MAX_TASK_FILE_NAME: usize = READABLE_PREFIX_BYTES + 1 + HASH_HEX_DIGITS;
 
 /// Starts `bash SCRIPT` in a new process group, stdin closed, stdout and
 /// stderr appended to the log file.
@@ -16,11 +34,7 @@ pub fn spawn(
     task: &Task,
     log_path: &Path,
 ) -> std::io::Result<(tokio::process::Child, u32)> {
-    let attempt_dir = cfg
-        .work_dir
-        .join(&task.step)
-        .join(safe_name(&task.task_id))
-        .join(task.attempt.to_string());
+    let attempt_dir = attempt_dir(cfg, task);
     let work = attempt_dir.join("work");
     std::fs::create_dir_all(&work)?;
     let script = attempt_dir.join("task-script.sh");
@@ -48,16 +62,31 @@ pub fn spawn(
     Ok((child, pgid))
 }
 
-/// Where an attempt's log goes.
-pub fn log_path(cfg: &AgentConfig, task: &Task) -> PathBuf {
-    cfg.log_dir
+/// An attempt's own directory: the script file and `work/`, where it
+/// runs.
+pub fn attempt_dir(cfg: &AgentConfig, task: &Task) -> PathBuf {
+    cfg.work_dir
         .join(&task.step)
-        .join(format!("{}.{}.log", safe_name(&task.task_id), task.attempt))
+        .join(task_file_name(&task.task_id))
+        .join(task.attempt.to_string())
 }
 
-/// A task id as one safe path component.
-fn safe_name(id: &str) -> String {
-    id.chars()
+/// Where an attempt's log goes.
+pub fn log_path(cfg: &AgentConfig, task: &Task) -> PathBuf {
+    cfg.log_dir.join(&task.step).join(format!(
+        "{}.{}.log",
+        task_file_name(&task.task_id),
+        task.attempt
+    ))
+}
+
+/// A task id as one file-name component that no other id shares: up to
+/// 64 bytes of the id with anything outside `[A-Za-z0-9._-]` turned into
+/// `_` and a leading `.` into `_` (readable, never `.`, `..` or hidden),
+/// then `-` and 16 hex digits of the SHA-256 of the whole id (distinct).
+pub fn task_file_name(id: &str) -> String {
+    let mut name: String = id
+        .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
                 c
@@ -65,7 +94,16 @@ fn safe_name(id: &str) -> String {
                 '_'
             }
         })
-        .collect()
+        .take(READABLE_PREFIX_BYTES)
+        .collect();
+    if name.starts_with('.') {
+        name.replace_range(..1, "_");
+    }
+    name.push('-');
+    for byte in &Sha256::digest(id.as_bytes())[..HASH_HEX_DIGITS / 2] {
+        let _ = write!(name, "{byte:02x}");
+    }
+    name
 }
 
 /// The last `limit` bytes of the log, as text (invalid UTF-8 replaced).
@@ -105,10 +143,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn task_ids_become_one_path_component() {
-        assert_eq!(safe_name("HG00098"), "HG00098");
-        assert_eq!(safe_name("../etc/passwd"), ".._etc_passwd");
-        assert_eq!(safe_name("chr1:1-1000"), "chr1_1-1000");
+    fn task_ids_become_one_readable_path_component() {
+        let name = task_file_name("HG00098");
+        assert!(name.starts_with("HG00098-"), "{name}");
+        assert_eq!(name.len(), "HG00098-".len() + HASH_HEX_DIGITS);
+        assert!(task_file_name("chr1:1-1000").starts_with("chr1_1-1000-"));
+        assert!(task_file_name("../etc/passwd").starts_with("_._etc_passwd-"));
+    }
+
+    #[test]
+    fn ids_that_look_alike_get_distinct_names() {
+        let ids = [
+            "NA12878/1",
+            "NA12878_1",
+            "NA12878:1",
+            "NA12878 1",
+            "NA12878é1",
+        ];
+        let names: std::collections::BTreeSet<String> =
+            ids.iter().map(|id| task_file_name(id)).collect();
+        assert_eq!(names.len(), ids.len(), "{names:?}");
+        // Ids that differ only after the readable prefix differ too.
+        let long = "x".repeat(200);
+        assert_ne!(
+            task_file_name(&format!("{long}a")),
+            task_file_name(&format!("{long}b"))
+        );
+    }
+
+    #[test]
+    fn dot_ids_stay_inside_the_step_directory() {
+        let cfg = AgentConfig::new("qc", "me");
+        for id in [".", "..", "../..", "/", "a/../../b"] {
+            let name = task_file_name(id);
+            assert!(
+                !name.starts_with('.') && !name.contains('/'),
+                "{id}: {name}"
+            );
+            let path = cfg.work_dir.join("qc").join(&name);
+            assert_eq!(
+                path.parent(),
+                Some(cfg.work_dir.join("qc").as_path()),
+                "{id}"
+            );
+            assert!(
+                path.components()
+                    .all(|c| !matches!(c, std::path::Component::ParentDir)),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_very_long_id_gets_a_bounded_name() {
+        let id = "é".repeat(500); // 1,000 bytes
+        let name = task_file_name(&id);
+        assert!(name.len() <= MAX_TASK_FILE_NAME, "{}", name.len());
+        assert_eq!(name.len(), MAX_TASK_FILE_NAME);
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        );
     }
 
     #[test]

@@ -7,3 +7,4 @@ mod conformance;
 mod lifecycle;
 mod many_agents;
 mod stopping;
+mod task_paths;
