@@ -8,6 +8,9 @@
 //!   whole process group is killed and nothing more is written for it.
 //! - Leases: renewed every third of the step's lease; a task whose lease
 //!   could not be renewed before it ran out is given up the same way.
+//! - Scripts see their row, the agent's own names, an allow-list of the
+//!   agent's environment and what the operator passes through by name;
+//!   never the agent's credentials.
 //! - Stopping: the first signal stops claiming and gives running tasks a
 //!   grace period; then they are killed and released to `pending` without
 //!   using up an attempt. A second signal skips the grace period.

@@ -63,6 +63,12 @@ struct Args {
     /// this file as JSON when it exits.
     #[arg(long, value_name = "FILE")]
     stats_file: Option<PathBuf>,
+    /// Give scripts this variable of the agent's environment (repeatable).
+    /// Scripts otherwise get only PATH, HOME, LANG, LC_ALL, LC_CTYPE, TZ,
+    /// USER and LOGNAME of it, besides their sheet row and TASK_ID, STEP,
+    /// ATTEMPT, TASK_WORKDIR and TMPDIR.
+    #[arg(long, value_name = "NAME")]
+    pass_env: Vec<String>,
     /// Format of log lines on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -96,6 +102,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
+    let inherited_env =
+        match agent::config::inherited_env(&args.pass_env, |name| std::env::var_os(name)) {
+            Ok(env) => env,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(3);
+            }
+        };
     let options = AwsOptions {
         table: args.table.clone(),
         endpoint_url: args.endpoint_url.clone(),
@@ -120,6 +134,7 @@ async fn run(args: Args) -> ExitCode {
         .clone()
         .unwrap_or_else(|| format!("{}-{:04x}", std::process::id(), rand::random::<u16>()));
     let mut cfg = AgentConfig::new(&args.step, format!("{host}/{worker}"));
+    cfg.inherited_env = inherited_env;
     cfg.slots = args.slots.max(1);
     cfg.idle_timeout = args.idle_timeout;
     cfg.grace = args.grace;

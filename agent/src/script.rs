@@ -1,12 +1,20 @@
 //! Starting one attempt's script: its directory, its log file, its
 //! environment, and the process group it runs in.
 //!
-//! Every path made from a task id uses [`task_file_name`]: one file-name
-//! component, different for different ids, at most [`MAX_TASK_FILE_NAME`]
-//! bytes, never `.` or `..`, so each task has its own directory below the
-//! step's and its own logs, whatever its id. The attempt number (which
-//! only goes up) names the attempt's directory and log, so no attempt
-//! reuses another's.
+//! - **Paths.** Every path made from a task id uses [`task_file_name`]:
+//!   one file-name component, different for different ids, at most
+//!   [`MAX_TASK_FILE_NAME`] bytes, never `.` or `..`, so each task has its
+//!   own directory below the step's and its own logs, whatever its id. The
+//!   attempt number (which only goes up) names the attempt's directory and
+//!   log, so no attempt reuses another's.
+//! - **Environment.** A script starts from an empty environment and gets,
+//!   in this order, what the agent inherits for it
+//!   ([`AgentConfig::inherited_env`]), its sheet row, and the agent's own
+//!   names ([`taskfleet::envrules`]). A stored row holding a name the
+//!   rules refuse (written before they existed, or by hand) is not run.
+//! - **Process.** `bash SCRIPT` leads a new process group (signal the
+//!   group to signal the script). Stdin is closed; stdout and stderr go to
+//!   the log file.
 
 use std::fmt::Write as _;
 use std::io::{Read, Seek, SeekFrom};
@@ -14,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use sha2::{Digest, Sha256};
+use taskfleet::envrules;
 use taskfleet::model::Task;
 
 use crate::config::AgentConfig;
@@ -34,9 +43,24 @@ pub fn spawn(
     task: &Task,
     log_path: &Path,
 ) -> std::io::Result<(tokio::process::Child, u32)> {
+    if let Some((name, why)) = task
+        .env
+        .keys()
+        .find_map(|name| Some((name, envrules::refusal(name)?)))
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "the task's row sets {name}, {why}; load it again from a sheet \
+                 whose column has another name"
+            ),
+        ));
+    }
     let attempt_dir = attempt_dir(cfg, task);
     let work = attempt_dir.join("work");
+    let tmp = attempt_dir.join("tmp");
     std::fs::create_dir_all(&work)?;
+    std::fs::create_dir_all(&tmp)?;
     let script = attempt_dir.join("task-script.sh");
     std::fs::write(&script, &task.script)?;
     if let Some(dir) = log_path.parent() {
@@ -45,12 +69,15 @@ pub fn spawn(
     let log = std::fs::File::create(log_path)?;
     let child = tokio::process::Command::new("bash")
         .arg(&script)
-        .current_dir(&work)
+        .env_clear()
+        .envs(cfg.inherited_env.iter().map(|(k, v)| (k, v)))
         .envs(&task.env)
-        .env("TASK_ID", &task.task_id)
-        .env("STEP", &task.step)
-        .env("ATTEMPT", task.attempt.to_string())
-        .env("TASK_WORKDIR", &work)
+        .env(envrules::TASK_ID, &task.task_id)
+        .env(envrules::STEP, &task.step)
+        .env(envrules::ATTEMPT, task.attempt.to_string())
+        .env(envrules::TASK_WORKDIR, &work)
+        .env(envrules::TMPDIR, &tmp)
+        .current_dir(&work)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
@@ -62,8 +89,8 @@ pub fn spawn(
     Ok((child, pgid))
 }
 
-/// An attempt's own directory: the script file and `work/`, where it
-/// runs.
+/// An attempt's own directory: the script file, `work/` (where it runs)
+/// and `tmp/` (its `TMPDIR`).
 pub fn attempt_dir(cfg: &AgentConfig, task: &Task) -> PathBuf {
     cfg.work_dir
         .join(&task.step)

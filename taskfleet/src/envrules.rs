@@ -35,10 +35,19 @@ pub const INHERITED: [&str; 8] = [
     "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME",
 ];
 
-/// Names the agent sets for every attempt: the task id, the step, the
-/// attempt number, the attempt's work directory (the script's working
-/// directory) and its own temporary directory.
-pub const AGENT_NAMES: [&str; 5] = ["TASK_ID", "STEP", "ATTEMPT", "TASK_WORKDIR", "TMPDIR"];
+/// The task id, set by the agent.
+pub const TASK_ID: &str = "TASK_ID";
+/// The step, set by the agent.
+pub const STEP: &str = "STEP";
+/// The attempt number, set by the agent.
+pub const ATTEMPT: &str = "ATTEMPT";
+/// The attempt's work directory, where the script runs; set by the agent.
+pub const TASK_WORKDIR: &str = "TASK_WORKDIR";
+/// A temporary directory of the attempt's own, set by the agent.
+pub const TMPDIR: &str = "TMPDIR";
+
+/// Names the agent sets for every attempt.
+pub const AGENT_NAMES: [&str; 5] = [TASK_ID, STEP, ATTEMPT, TASK_WORKDIR, TMPDIR];
 
 /// A set of names a column may not become, and why.
 #[derive(Debug, Clone, Copy)]

@@ -6,5 +6,6 @@ mod support;
 mod conformance;
 mod lifecycle;
 mod many_agents;
+mod script_env;
 mod stopping;
 mod task_paths;
