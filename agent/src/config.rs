@@ -37,16 +37,23 @@ pub struct AgentConfig {
     pub retry_delay: Duration,
     /// Consecutive store errors tolerated before the agent gives up.
     pub store_error_budget: u32,
+    /// The agent binary, re-executed as each script's supervising parent
+    /// ([`crate::supervisor`]).
+    pub supervisor_exe: PathBuf,
     /// What scripts get of the agent's own environment (see
     /// [`inherited_env`]); nothing else of it reaches them.
     pub inherited_env: Vec<(String, OsString)>,
 }
 
 impl AgentConfig {
-    /// Defaults for `step`, with `owner` naming this worker. Scripts
-    /// inherit nothing of the agent's environment until
-    /// [`AgentConfig::inherited_env`] is set.
-    pub fn new(step: impl Into<String>, owner: impl Into<String>) -> Self {
+    /// Defaults for `step`, with `owner` naming this worker and
+    /// `supervisor_exe` the agent binary. Scripts inherit nothing of the
+    /// agent's environment until [`AgentConfig::inherited_env`] is set.
+    pub fn new(
+        step: impl Into<String>,
+        owner: impl Into<String>,
+        supervisor_exe: impl Into<PathBuf>,
+    ) -> Self {
         let base = std::env::temp_dir().join("taskfleet-agent");
         Self {
             step: step.into(),
@@ -62,6 +69,7 @@ impl AgentConfig {
             tail_bytes: 4096,
             retry_delay: Duration::from_secs(2),
             store_error_budget: 8,
+            supervisor_exe: supervisor_exe.into(),
             inherited_env: Vec::new(),
         }
     }

@@ -1,5 +1,5 @@
 //! Starting one attempt's script: its directory, its log file, its
-//! environment, and the process group it runs in.
+//! environment, and the supervised process group it runs in.
 //!
 //! - **Paths.** Every path made from a task id uses [`task_file_name`]:
 //!   one file-name component, different for different ids, at most
@@ -12,9 +12,10 @@
 //!   ([`AgentConfig::inherited_env`]), its sheet row, and the agent's own
 //!   names ([`taskfleet::envrules`]). A stored row holding a name the
 //!   rules refuse (written before they existed, or by hand) is not run.
-//! - **Process.** `bash SCRIPT` leads a new process group (signal the
-//!   group to signal the script). Stdin is closed; stdout and stderr go to
-//!   the log file.
+//! - **Process.** `bash SCRIPT` runs under its supervisor
+//!   ([`crate::supervisor`]), which leads a new process group (signal the
+//!   group to signal the script) and kills the script if the agent dies.
+//!   Stdin is closed; stdout and stderr go to the log file.
 
 use std::fmt::Write as _;
 use std::io::{Read, Seek, SeekFrom};
@@ -26,6 +27,7 @@ use taskfleet::envrules;
 use taskfleet::model::Task;
 
 use crate::config::AgentConfig;
+use crate::supervisor::Supervise;
 
 /// Bytes of a task id kept readable in its file name.
 const READABLE_PREFIX_BYTES: usize = 64;
@@ -36,8 +38,9 @@ const HASH_HEX_DIGITS: usize = 16;
 /// Longest name [`task_file_name`] makes.
 pub const MAX_TASK_FILE_NAME: usize = READABLE_PREFIX_BYTES + 1 + HASH_HEX_DIGITS;
 
-/// Starts `bash SCRIPT` in a new process group, stdin closed, stdout and
-/// stderr appended to the log file.
+/// Starts `bash SCRIPT` under its supervisor in a new process group, stdin
+/// closed, stdout and stderr written to the log file. Returns the
+/// supervisor (whose exit status is the script's) and the group's id.
 pub fn spawn(
     cfg: &AgentConfig,
     task: &Task,
@@ -67,8 +70,7 @@ pub fn spawn(
         std::fs::create_dir_all(dir)?;
     }
     let log = std::fs::File::create(log_path)?;
-    let child = tokio::process::Command::new("bash")
-        .arg(&script)
+    let child = Supervise::command(&cfg.supervisor_exe, "bash", &[script.as_os_str()])
         .env_clear()
         .envs(cfg.inherited_env.iter().map(|(k, v)| (k, v)))
         .envs(&task.env)
@@ -200,7 +202,7 @@ mod tests {
 
     #[test]
     fn dot_ids_stay_inside_the_step_directory() {
-        let cfg = AgentConfig::new("qc", "me");
+        let cfg = AgentConfig::new("qc", "me", "/bin/agent");
         for id in [".", "..", "../..", "/", "a/../../b"] {
             let name = task_file_name(id);
             assert!(

@@ -8,4 +8,5 @@ mod lifecycle;
 mod many_agents;
 mod script_env;
 mod stopping;
+mod supervision;
 mod task_paths;
