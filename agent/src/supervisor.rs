@@ -23,9 +23,8 @@
 //!
 //! It blocks until a signal comes (a handler wakes it through a pipe), so
 //! a script's end is seen as soon as the kernel reports it, without
-//! polling. It reads no
-//! environment variable: it runs with the script's environment, which it
-//! passes to `bash` unchanged.
+//! polling. It reads no environment variable: it runs with the script's
+//! environment, which it passes to `bash` unchanged.
 
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
@@ -189,8 +188,11 @@ impl Supervise {
     fn check_parent(&self) {
         if getppid() != self.parent {
             kill_descendants();
-            // Whatever is left of the group, and this process.
-            let _ = killpg(getpgrp(), Signal::SIGKILL);
+            // Whatever is left of the group, and this process; only a group
+            // of its own (as the agent starts it), never a caller's.
+            if getpgrp() == getpid() {
+                let _ = killpg(getpgrp(), Signal::SIGKILL);
+            }
             std::process::exit(CANNOT_START);
         }
     }

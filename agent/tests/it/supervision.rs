@@ -92,3 +92,22 @@ esac"#;
         );
     }
 }
+
+#[test]
+fn a_supervisor_whose_agent_is_already_gone_does_not_start_the_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    // Its parent is this test, not pid 1: as if the agent had died before
+    // the supervisor could ask to be told.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args(["__supervise", "--parent-pid", "1", "--", "bash", "-c"])
+        .arg(format!("touch {}", ran.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    assert!(!ran.exists(), "the script ran");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the agent is gone"),
+        "{out:?}"
+    );
+}
