@@ -70,7 +70,7 @@ mod tests {
     #[test]
     fn only_old_attempts_of_the_step_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = AgentConfig::new("align", "w");
+        let mut cfg = AgentConfig::new("align", "w", "agent");
         cfg.work_dir = dir.path().join("work");
         cfg.log_dir = dir.path().join("logs");
         cfg.keep_attempts = Duration::from_secs(3600);

@@ -1,7 +1,11 @@
-//! The agent's settings, read from flags at the edge and passed in.
+//! The agent's settings, read from flags and the environment at the edge
+//! and passed in as plain data.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use taskfleet::envrules;
 
 /// Everything the agent needs besides the store.
 #[derive(Debug, Clone)]
@@ -36,11 +40,23 @@ pub struct AgentConfig {
     /// Attempt directories and logs older than this are removed when the
     /// agent starts.
     pub keep_attempts: Duration,
+    /// The agent binary, re-executed as each script's supervising parent
+    /// ([`crate::supervisor`]).
+    pub supervisor_exe: PathBuf,
+    /// What scripts get of the agent's own environment (see
+    /// [`inherited_env`]); nothing else of it reaches them.
+    pub inherited_env: Vec<(String, OsString)>,
 }
 
 impl AgentConfig {
-    /// Defaults for `step`, with `owner` naming this worker.
-    pub fn new(step: impl Into<String>, owner: impl Into<String>) -> Self {
+    /// Defaults for `step`, with `owner` naming this worker and
+    /// `supervisor_exe` the agent binary. Scripts inherit nothing of the
+    /// agent's environment until [`AgentConfig::inherited_env`] is set.
+    pub fn new(
+        step: impl Into<String>,
+        owner: impl Into<String>,
+        supervisor_exe: impl Into<PathBuf>,
+    ) -> Self {
         let base = std::env::temp_dir().join("taskfleet-agent");
         Self {
             step: step.into(),
@@ -57,6 +73,82 @@ impl AgentConfig {
             retry_delay: Duration::from_secs(2),
             store_error_budget: 8,
             keep_attempts: crate::cleanup::DEFAULT_KEEP,
+            supervisor_exe: supervisor_exe.into(),
+            inherited_env: Vec::new(),
         }
+    }
+}
+
+/// What scripts get of the agent's environment, as `lookup` (the
+/// environment) has it: the [`envrules::INHERITED`] names that are set,
+/// then each name of `pass_env` (`--pass-env`), which must be set. The
+/// agent's own names ([`envrules::AGENT_NAMES`]) cannot be passed: the
+/// agent sets them for every attempt.
+pub fn inherited_env(
+    pass_env: &[String],
+    lookup: impl Fn(&str) -> Option<OsString>,
+) -> Result<Vec<(String, OsString)>, String> {
+    let mut env: Vec<(String, OsString)> = envrules::INHERITED
+        .iter()
+        .filter_map(|&name| Some((name.to_owned(), lookup(name)?)))
+        .collect();
+    for name in pass_env {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(format!(
+                "--pass-env '{name}': not a variable name; give the name only, as in --pass-env RESULTS"
+            ));
+        }
+        if envrules::AGENT_NAMES.contains(&name.as_str()) {
+            return Err(format!(
+                "--pass-env {name}: the agent sets {name} itself for every attempt"
+            ));
+        }
+        let Some(value) = lookup(name) else {
+            return Err(format!(
+                "--pass-env {name}: {name} is not set in the agent's environment; set it, or drop --pass-env {name}"
+            ));
+        };
+        env.retain(|(n, _)| n != name);
+        env.push((name.clone(), value));
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(name: &str) -> Option<OsString> {
+        match name {
+            "PATH" => Some("/usr/bin".into()),
+            "LANG" => Some("C.UTF-8".into()),
+            "AWS_SECRET_ACCESS_KEY" => Some("secret".into()),
+            "RESULTS" => Some("/data".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn scripts_inherit_the_allow_list_and_the_names_passed_through_only() {
+        let env = inherited_env(&["RESULTS".into()], lookup).unwrap();
+        assert_eq!(
+            env,
+            [
+                ("PATH".to_owned(), OsString::from("/usr/bin")),
+                ("LANG".to_owned(), OsString::from("C.UTF-8")),
+                ("RESULTS".to_owned(), OsString::from("/data")),
+            ]
+        );
+        let with_key = inherited_env(&["AWS_SECRET_ACCESS_KEY".into()], lookup).unwrap();
+        assert_eq!(with_key.last().unwrap().0, "AWS_SECRET_ACCESS_KEY");
+    }
+
+    #[test]
+    fn passing_an_unset_name_or_one_the_agent_sets_is_an_error() {
+        let err = inherited_env(&["NOPE".into()], lookup).unwrap_err();
+        assert!(err.starts_with("--pass-env NOPE: NOPE is not set"), "{err}");
+        let err = inherited_env(&["TASK_ID".into()], lookup).unwrap_err();
+        assert!(err.contains("the agent sets TASK_ID itself"), "{err}");
+        assert!(inherited_env(&["A=B".into()], lookup).is_err());
     }
 }

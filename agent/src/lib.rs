@@ -8,6 +8,12 @@
 //!   whole process group is killed and nothing more is written for it.
 //! - Leases: renewed every third of the step's lease; a task whose lease
 //!   could not be renewed before it ran out is given up the same way.
+//! - Scripts die with their agent: each runs under a supervising process
+//!   that kills everything the script started once the agent is gone, so a
+//!   reclaimed task never runs beside an orphan of its earlier attempt.
+//! - Scripts see their row, the agent's own names, an allow-list of the
+//!   agent's environment and what the operator passes through by name;
+//!   never the agent's credentials.
 //! - Stopping: the first signal stops claiming and gives running tasks a
 //!   grace period; then they are killed and released to `pending` without
 //!   using up an attempt. A second signal skips the grace period.
@@ -25,6 +31,8 @@
 //!   heartbeat, timeout, and the fenced finish.
 //! - [`script`]: starting a script: work directory, log file,
 //!   environment, process group.
+//! - [`supervisor`]: the parent each script runs under, which kills it
+//!   when the agent dies and reports its end faithfully.
 //! - [`process`]: process-group signalling (TERM, grace, KILL).
 //! - [`stats`]: what the agent did, for `--stats-file`.
 
@@ -36,6 +44,7 @@ pub mod runner;
 pub mod script;
 pub mod shutdown;
 pub mod stats;
+pub mod supervisor;
 pub mod worker;
 
 pub use config::AgentConfig;

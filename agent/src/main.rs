@@ -1,10 +1,12 @@
 //! `agent`: see `agent --help`.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent::supervisor::{SUBCOMMAND, Supervise};
 use agent::{AgentConfig, Shutdown};
 use clap::{Parser, ValueEnum};
 use taskfleet::connect::AwsOptions;
@@ -76,6 +78,12 @@ struct Args {
     /// this file as JSON when it exits.
     #[arg(long, value_name = "FILE")]
     stats_file: Option<PathBuf>,
+    /// Give scripts this variable of the agent's environment (repeatable).
+    /// Scripts otherwise get only PATH, HOME, LANG, LC_ALL, LC_CTYPE, TZ,
+    /// USER and LOGNAME of it, besides their sheet row and TASK_ID, STEP,
+    /// ATTEMPT, TASK_WORKDIR and TMPDIR.
+    #[arg(long, value_name = "NAME")]
+    pass_env: Vec<String>,
     /// Format of log lines on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -88,6 +96,17 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    // The hidden mode in which the agent binary supervises one script.
+    let mut command_line = std::env::args_os();
+    if command_line.nth(1).as_deref() == Some(OsStr::new(SUBCOMMAND)) {
+        match Supervise::parse(command_line) {
+            Ok(supervise) => supervise.run(),
+            Err(usage) => {
+                eprintln!("error: {usage}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aws=warn,hyper=warn"));
@@ -111,6 +130,22 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
+    // Scripts run under a copy of this binary; see agent::supervisor.
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("error: cannot find the agent's own binary to supervise scripts with: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let inherited_env =
+        match agent::config::inherited_env(&args.pass_env, |name| std::env::var_os(name)) {
+            Ok(env) => env,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(3);
+            }
+        };
     let options = AwsOptions {
         table: args.table.clone(),
         endpoint_url: args.endpoint_url.clone(),
@@ -134,7 +169,8 @@ async fn run(args: Args) -> ExitCode {
         .worker_id
         .clone()
         .unwrap_or_else(|| format!("{}-{:04x}", std::process::id(), rand::random::<u16>()));
-    let mut cfg = AgentConfig::new(&args.step, format!("{host}/{worker}"));
+    let mut cfg = AgentConfig::new(&args.step, format!("{host}/{worker}"), exe);
+    cfg.inherited_env = inherited_env;
     cfg.slots = args.slots.max(1);
     cfg.idle_timeout = args.idle_timeout;
     cfg.grace = args.grace;

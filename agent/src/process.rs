@@ -1,5 +1,7 @@
 //! Signalling a script's whole process group: a script's children (pipes,
-//! background jobs) die with it.
+//! background jobs) die with it. The group's leader is the script's
+//! supervisor ([`crate::supervisor`]), which waits out a TERM for `bash`
+//! and exits as `bash` did.
 
 use std::time::Duration;
 

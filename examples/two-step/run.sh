@@ -19,6 +19,8 @@ cargo build --locked --quiet --bins
 bin=${CARGO_TARGET_DIR:-$root/target}/debug
 taskctl() { "$bin/taskctl" "$@"; }
 
+# Scripts see their sample's columns and only what is passed to them by
+# name (--pass-env below) of this environment.
 export RESULTS="$root/results"
 mkdir -p "$RESULTS"
 
@@ -28,7 +30,7 @@ taskctl load --step summarize --script "$here/summarize.sh" --max-attempts 2 "$h
 
 for step in simulate summarize; do
   echo "==> running step '$step' with 2 local workers of 2 slots"
-  taskctl launch --local --step "$step" --count 2 --slots 2 --idle-timeout 2s
+  taskctl launch --local --step "$step" --count 2 --slots 2 --idle-timeout 2s --pass-env RESULTS
   taskctl status --watch --step "$step"
 done
 

@@ -3,7 +3,8 @@
 # sample and write them as gzipped FASTQ.
 #
 # Environment (from the sample sheet): SAMPLE, READ_PAIRS, POPULATION.
-# Environment (from the runner): RESULTS, the results directory.
+# Environment (passed through by run.sh: --pass-env RESULTS): RESULTS,
+# the results directory.
 # Output: $RESULTS/reads/$SAMPLE/${SAMPLE}_R1.fastq.gz and _R2.fastq.gz
 set -euo pipefail
 

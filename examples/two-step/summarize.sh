@@ -3,7 +3,8 @@
 # of one sample's reads from step one, as a one-line TSV summary.
 #
 # Environment (from the sample sheet): SAMPLE, POPULATION.
-# Environment (from the runner): RESULTS, the results directory.
+# Environment (passed through by run.sh: --pass-env RESULTS): RESULTS,
+# the results directory.
 # Output: $RESULTS/summary/$SAMPLE.tsv
 set -euo pipefail
 

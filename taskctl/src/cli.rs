@@ -130,6 +130,11 @@ pub struct LaunchArgs {
     /// are released.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s", value_name = "DURATION")]
     pub grace: Duration,
+    /// Give the workers' scripts this variable of taskctl's environment
+    /// (repeatable). Scripts get nothing else of it but PATH, HOME, LANG,
+    /// LC_ALL, LC_CTYPE, TZ, USER and LOGNAME, besides their sheet row.
+    #[arg(long, value_name = "NAME")]
+    pub pass_env: Vec<String>,
 }
 
 /// `taskctl fleet`.

@@ -3,7 +3,9 @@
 //!
 //! Each worker is a detached `agent` process in its own process group, so
 //! a Ctrl-C in the terminal that launched it does not reach it; `taskctl
-//! stop` sends it SIGTERM. A small JSON file per worker under
+//! stop` sends it SIGTERM. It inherits taskctl's environment, of which its
+//! scripts get only the allow-list and the names given with `--pass-env`
+//! (see `taskfleet::envrules`). A small JSON file per worker under
 //! `STATE/workers/` records its pid, step, worker id and log file; STATE
 //! is the directory of the embedded store's file (`.taskfleet/` by default).
 
@@ -97,6 +99,15 @@ pub async fn launch(global: &GlobalArgs, store: &Store, args: &LaunchArgs) -> Re
             args.step
         );
     }
+    // The agents inherit taskctl's environment and hand these names on to
+    // their scripts; one that is not set would stop every agent at start.
+    for name in &args.pass_env {
+        if std::env::var_os(name).is_none() {
+            bail!(
+                "--pass-env {name}: {name} is not set in this environment; set it, or drop --pass-env {name}"
+            );
+        }
+    }
     let state = state_dir(global)?;
     let dir = workers_dir(global)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -121,28 +132,7 @@ pub async fn launch(global: &GlobalArgs, store: &Store, args: &LaunchArgs) -> Re
         let log = absolute(&dir)?.join(format!("{worker_id}.log"));
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut cmd = Command::new(&agent);
-        cmd.args(["--table", &table, "--step", &args.step])
-            .args(["--slots", &args.slots.to_string()])
-            .args([
-                "--idle-timeout",
-                &humantime::format_duration(args.idle_timeout).to_string(),
-            ])
-            .args([
-                "--grace",
-                &humantime::format_duration(args.grace).to_string(),
-            ])
-            .args(["--worker-id", &worker_id])
-            .arg("--work-dir")
-            .arg(absolute(&state)?.join("work"))
-            .arg("--log-dir")
-            .arg(absolute(&state)?.join("logs"));
-        if let Some(url) = &global.endpoint_url {
-            cmd.args(["--endpoint-url", url]);
-        }
-        if let Some(region) = &global.region {
-            cmd.args(["--region", region]);
-        }
+        let mut cmd = agent_command(&agent, &table, &state, &worker_id, global, args)?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -174,6 +164,43 @@ pub async fn launch(global: &GlobalArgs, store: &Store, args: &LaunchArgs) -> Re
         dir.display()
     );
     Ok(())
+}
+
+/// The command line of one local worker.
+fn agent_command(
+    agent: &Path,
+    table: &str,
+    state: &Path,
+    worker_id: &str,
+    global: &GlobalArgs,
+    args: &LaunchArgs,
+) -> Result<Command> {
+    let mut cmd = Command::new(agent);
+    cmd.args(["--table", table, "--step", &args.step])
+        .args(["--slots", &args.slots.to_string()])
+        .args([
+            "--idle-timeout",
+            &humantime::format_duration(args.idle_timeout).to_string(),
+        ])
+        .args([
+            "--grace",
+            &humantime::format_duration(args.grace).to_string(),
+        ])
+        .args(["--worker-id", worker_id])
+        .arg("--work-dir")
+        .arg(absolute(state)?.join("work"))
+        .arg("--log-dir")
+        .arg(absolute(state)?.join("logs"));
+    for name in &args.pass_env {
+        cmd.args(["--pass-env", name]);
+    }
+    if let Some(url) = &global.endpoint_url {
+        cmd.args(["--endpoint-url", url]);
+    }
+    if let Some(region) = &global.region {
+        cmd.args(["--region", region]);
+    }
+    Ok(cmd)
 }
 
 /// One row of `taskctl fleet`.

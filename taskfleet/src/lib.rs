@@ -12,6 +12,8 @@
 //! - [`schema`]: every attribute, index, key format and expression of the
 //!   DynamoDB table, named once. Terraform and the README follow it.
 //! - [`sheet`]: reading and validating sample sheets (CSV/TSV) into tasks.
+//! - [`envrules`]: what a script's environment holds: the names a column
+//!   may not become, what the agent passes on, the kernel's size limits.
 //! - [`load`]: loading a validated sheet into a store, with progress.
 //! - [`store`]: the stores. [`store::dynamo`] talks to DynamoDB.
 //! - [`connect`]: building a store from AWS configuration.
@@ -21,6 +23,7 @@
 //! - [`time`]: epoch-millisecond timestamps, the unit the table stores.
 
 pub mod connect;
+pub mod envrules;
 pub mod load;
 pub mod model;
 pub mod retry;

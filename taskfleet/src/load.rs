@@ -1,7 +1,8 @@
 //! Loading a sample sheet into a step.
 //!
-//! [`prepare`] validates everything (step name, script, sheet, item sizes)
-//! before anything is written; [`load`] then inserts the tasks in batches of
+//! [`prepare`] validates everything (step name, script, sheet, item sizes,
+//! the kernel's limits on a script's environment) before anything is
+//! written; [`load`] then inserts the tasks in batches of
 //! one shard each, several in flight, shards taken in turn so that batches
 //! in flight update different counter items. An insert never overwrites a
 //! task that exists, and counts what it writes in the same atomic write:
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
-use crate::model::{StepMeta, Task, TaskState};
+use crate::envrules::{self, SizeProblem};
+use crate::model::{NewTask, StepMeta, Task, TaskState};
 use crate::schema::{self, MAX_ITEM_BYTES, RUNTIME_RESERVE_BYTES};
 use crate::sheet::{Sheet, SheetError};
 use crate::store::dynamo::task_item;
@@ -129,6 +131,9 @@ pub fn prepare(request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, LoadE
     {
         return Err(LoadError::Input("--lease must be at least 3s".into()));
     }
+    for row in &sheet.tasks {
+        check_env_size(&sheet, row)?;
+    }
     let digest = hex(&Sha256::digest(request.script.as_bytes()));
     // Measure each task as it will be stored, with room for what attempts
     // add later, so that no write fails half-way through on item size.
@@ -165,6 +170,49 @@ pub fn prepare(request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, LoadE
         request,
         digest,
         sheet,
+    })
+}
+
+/// Refuses a row whose script the kernel would never start: `execve`
+/// fails with E2BIG on a `NAME=value` string over 128 KiB, or on an
+/// environment over its total limit ([`envrules`]).
+fn check_env_size(sheet: &Sheet, row: &NewTask) -> Result<(), SheetError> {
+    let Some(problem) = envrules::size_problem(&row.env) else {
+        return Ok(());
+    };
+    let (column, message) = match problem {
+        SizeProblem::String { name, bytes } => (
+            sheet
+                .env_names
+                .iter()
+                .position(|n| *n == name)
+                .map(|i| sheet.columns[i].clone()),
+            format!(
+                "task '{}': {name}=... takes {bytes} bytes as an environment string; the kernel \
+                 allows at most {} (name, '=', value and a NUL), so the script could never \
+                 start; put large data in a file and its path in the sheet",
+                row.task_id,
+                envrules::MAX_ENV_STRING_BYTES
+            ),
+        ),
+        SizeProblem::Row { bytes } => (
+            None,
+            format!(
+                "task '{}': the row takes {bytes} bytes as environment strings (each NAME=value, \
+                 its NUL and its {}-byte pointer); at most {} are allowed, half of what Linux \
+                 usually allows a program's whole environment, so that the script can always \
+                 start; put large data in files and their paths in the sheet",
+                row.task_id,
+                envrules::ENV_POINTER_BYTES,
+                envrules::MAX_ROW_ENV_BYTES
+            ),
+        ),
+    };
+    Err(SheetError {
+        path: sheet.path.clone(),
+        line: Some(row.line),
+        column,
+        message,
     })
 }
 
@@ -284,4 +332,59 @@ fn hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::sheet::SheetOptions;
+
+    fn prepare_sheet(text: &str) -> Result<PreparedLoad, LoadError> {
+        let sheet = Sheet::parse(
+            Path::new("s.csv"),
+            text.as_bytes(),
+            &SheetOptions::default(),
+        )
+        .unwrap();
+        let request = LoadRequest {
+            step: "qc".into(),
+            script: "true".into(),
+            settings: SettingsChange::default(),
+            replace: false,
+            concurrency: 1,
+        };
+        prepare(request, sheet)
+    }
+
+    #[test]
+    fn a_value_the_kernel_would_refuse_as_environment_is_refused_with_task_column_and_sizes() {
+        let at_limit = "v".repeat(envrules::MAX_ENV_STRING_BYTES - "NOTES=".len() - 1);
+        assert!(prepare_sheet(&format!("sample,notes\nA,{at_limit}\n")).is_ok());
+        let err = prepare_sheet(&format!("sample,notes\nA,x\nB,{at_limit}v\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "s.csv:3: column 'notes': task 'B': NOTES=... takes 131073 bytes as an \
+                 environment string; the kernel allows at most 131072"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_row_over_the_environment_budget_is_refused() {
+        let value = "v".repeat(100_000);
+        let header: Vec<String> = (0..11).map(|i| format!("c{i:02}")).collect();
+        let row: Vec<&str> = (0..11).map(|_| value.as_str()).collect();
+        let text = format!("sample,{}\nA,{}\n", header.join(","), row.join(","));
+        let err = prepare_sheet(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("s.csv:2: task 'A': the row takes 1100160 bytes as environment"),
+            "{err}"
+        );
+        assert!(err.contains("at most 1048576 are allowed"), "{err}");
+    }
 }

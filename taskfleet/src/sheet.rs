@@ -3,12 +3,15 @@
 //! [`Sheet::read`] validates the whole file before anything is written:
 //! the caller gets either a sheet whose every row makes a valid task, or one
 //! [`SheetError`] naming the file, the line and the column. Values are data:
-//! they become environment variables of the task and never script text.
+//! they become environment variables of the task and never script text,
+//! and no column may become a variable that changes how the script runs
+//! ([`crate::envrules`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::envrules;
 use crate::model::NewTask;
 use crate::schema::MAX_TASK_ID_BYTES;
 
@@ -53,27 +56,6 @@ impl Format {
         }
     }
 }
-
-/// Environment variables a column may not become: the agent sets the first
-/// ones itself, and the others would change how the task's shell behaves.
-pub const RESERVED_ENV: [&str; 16] = [
-    "TASK_ID",
-    "STEP",
-    "ATTEMPT",
-    "TASK_WORKDIR",
-    "PATH",
-    "HOME",
-    "SHELL",
-    "IFS",
-    "ENV",
-    "BASH_ENV",
-    "PWD",
-    "OLDPWD",
-    "USER",
-    "LD_PRELOAD",
-    "LD_LIBRARY_PATH",
-    "TMPDIR",
-];
 
 /// What is wrong with a sheet, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,13 +326,11 @@ fn parse_header(
                     .into(),
             ));
         }
-        if RESERVED_ENV.contains(&name.as_str()) {
+        if let Some(why) = envrules::refusal(&name) {
             return Err(err(
                 Some(header_line),
                 Some(col),
-                format!(
-                    "would become the environment variable {name}, which the task's shell or the agent needs; rename the column"
-                ),
+                format!("would become the environment variable {name}, {why}; rename the column"),
             ));
         }
         if let Some(other) = by_env.insert(name.clone(), col) {
@@ -496,6 +476,14 @@ mod tests {
         );
         assert!(message(b"a_b,a-b\n1,2\n").contains("both become the environment variable A_B"));
         assert!(message(b"sample,path\n1,2\n").contains("PATH"));
+        assert_eq!(
+            message(b"sample,shellopts\nA,noexec\n"),
+            "s.csv:1: column 'shellopts': would become the environment variable SHELLOPTS, \
+             which bash reads and which changes how it runs the script; rename the column"
+        );
+        assert!(message(b"sample,ps4\nA,$(id)\n").contains("variable PS4, which bash reads"));
+        assert!(message(b"sample,bash func x\nA,y\n").contains("BASH_FUNC_X"));
+        assert!(message(b"sample,aws_profile\nA,y\n").contains("AWS_PROFILE"));
         assert_eq!(
             message(b"sample,x\nA,\xff\n"),
             "s.csv:2: column 'x': is not valid UTF-8 (bad byte at offset 0); save the sheet as UTF-8"

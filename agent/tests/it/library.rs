@@ -138,7 +138,7 @@ async fn store_with(dir: &tempfile::TempDir, sheet: &str, lease_secs: u64) -> Ha
 }
 
 fn config(dir: &tempfile::TempDir, owner: &str) -> AgentConfig {
-    let mut cfg = AgentConfig::new("qc", owner);
+    let mut cfg = AgentConfig::new("qc", owner, env!("CARGO_BIN_EXE_agent"));
     cfg.work_dir = dir.path().join("work");
     cfg.log_dir = dir.path().join("logs");
     cfg

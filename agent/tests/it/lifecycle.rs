@@ -253,7 +253,8 @@ async fn fifty_megabytes_of_invalid_utf8_output_keep_the_agent_small_and_the_tai
         "{tail:?}"
     );
     assert!(tail.len() <= 4096 + 16, "tail is bounded: {}", tail.len());
-    let log = std::fs::metadata(t.dir.path().join("logs/qc/A.1.log")).unwrap();
+    let log_uri = a.history[0].log_uri.clone().unwrap();
+    let log = std::fs::metadata(log_uri.strip_prefix("file://").unwrap()).unwrap();
     assert!(log.len() > 50_000_000, "the whole output is in the log");
     // The output is streamed to the log, never held: the agent's peak
     // resident memory stays far below the 50 MB it passed on.

@@ -12,4 +12,7 @@ mod lifecycle;
 mod many_agents;
 mod outage;
 mod partition;
+mod script_env;
 mod stopping;
+mod supervision;
+mod task_paths;

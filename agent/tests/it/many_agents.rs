@@ -23,7 +23,7 @@ async fn four_agents_run_each_task_once(t: &TestStore, expected: usize) {
                 &t.locator,
                 t.dir.path(),
                 "align",
-                &["--slots", "2", "--idle-timeout", "3s"],
+                &["--slots", "2", "--idle-timeout", "3s", "--pass-env", "OUT"],
                 &[("OUT", &out_s)],
             )
         })

@@ -175,3 +175,37 @@ pub fn alive(pid: i32) -> bool {
             .unwrap_or_default()
             .contains(") Z ")
 }
+
+/// A process seen in /proc.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: i32,
+    /// Its command name (`/proc/PID/comm`).
+    pub comm: String,
+}
+
+/// The live processes whose environment holds `name=value`.
+pub fn processes_with_env(name: &str, value: &str) -> Vec<Proc> {
+    let wanted = format!("{name}={value}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        panic!("/proc is not readable");
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|&b| b == 0)
+                    .any(|entry| entry == wanted.as_bytes())
+            })
+        })
+        .filter(|&pid| alive(pid))
+        .map(|pid| Proc {
+            pid,
+            comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        })
+        .collect()
+}

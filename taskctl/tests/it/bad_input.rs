@@ -134,14 +134,19 @@ async fn non_utf8_bytes_are_rejected() {
 
 #[tokio::test]
 async fn a_task_over_the_item_size_limit_is_rejected() {
-    let mut sheet = b"sample,notes\nA,short\nB,".to_vec();
-    sheet.extend(std::iter::repeat_n(b'n', 380 * 1024));
+    // Three values of 127 KiB: each fits in an environment string, the
+    // three together do not fit in an item.
+    let mut sheet = b"sample,a,b,c\nA,1,2,3\nB".to_vec();
+    for _ in 0..3 {
+        sheet.push(b',');
+        sheet.extend(std::iter::repeat_n(b'n', 127 * 1024));
+    }
     sheet.push(b'\n');
     rejects(
         "size",
         Some(&sheet),
         &[],
-        "{sheet}:3: task 'B' would take 381 KB; a task may take at most 352 KB at load time",
+        "{sheet}:3: task 'B' would take 382 KB; a task may take at most 352 KB at load time",
     )
     .await;
 }
@@ -166,4 +171,58 @@ async fn an_unsafe_step_name_is_rejected() {
         "{err}"
     );
     assert_eq!(t.dump().await, before);
+}
+
+#[tokio::test]
+async fn a_column_that_would_set_bash_options_is_rejected() {
+    // SHELLOPTS=noexec would turn every script into a no-op recorded done.
+    rejects(
+        "shellopts",
+        Some(b"sample,shellopts\nA,noexec\n"),
+        &[],
+        "{sheet}:1: column 'shellopts': would become the environment variable SHELLOPTS, \
+         which bash reads",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_column_that_would_run_code_through_the_xtrace_prompt_is_rejected() {
+    // SHELLOPTS=xtrace with PS4='$(cmd)' runs cmd before every line.
+    rejects(
+        "ps4",
+        Some(b"sample,ps4,shellopts\nA,$(touch /tmp/taskfleet-ps4-ran),xtrace\n"),
+        &[],
+        "{sheet}:1: column 'ps4': would become the environment variable PS4, which bash reads",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_column_named_like_an_aws_credential_is_rejected() {
+    rejects(
+        "awscol",
+        Some(b"sample,aws secret access key\nA,x\n"),
+        &[],
+        "{sheet}:1: column 'aws secret access key': would become the environment variable \
+         AWS_SECRET_ACCESS_KEY",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_value_over_the_kernels_limit_for_one_environment_string_is_rejected() {
+    // 130 KiB: under the item size limit, over the 128 KiB the kernel
+    // allows one NAME=value string, so execve would fail on every attempt.
+    let mut sheet = b"sample,notes\nA,short\nB,".to_vec();
+    sheet.extend(std::iter::repeat_n(b'n', 130 * 1024));
+    sheet.push(b'\n');
+    rejects(
+        "argmax",
+        Some(&sheet),
+        &[],
+        "{sheet}:3: column 'notes': task 'B': NOTES=... takes 133127 bytes as an environment \
+         string; the kernel allows at most 131072",
+    )
+    .await;
 }

@@ -89,3 +89,61 @@ fn launched_local_workers_show_in_the_fleet_and_stop_releases_their_tasks() {
     assert!(after.contains("no local workers"), "{after}");
     assert!(db.parent().unwrap().join("workers").is_dir());
 }
+
+#[test]
+fn local_workers_give_their_scripts_the_variables_passed_through_and_not_the_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = format!("sqlite://{}", dir.path().join("state/tasks.db").display());
+    let out = dir.path().join("seen.txt");
+    let sheet = dir.path().join("s.csv");
+    std::fs::write(&sheet, format!("sample,out\nA,{}\n", out.display())).unwrap();
+    let env = [("RESULTS", "/data/results")];
+    let run = |args: &[&str]| {
+        let mut all = vec!["--table", table.as_str()];
+        all.extend_from_slice(args);
+        taskctl_with(&all, &env)
+    };
+    run(&["init"]).ok();
+    let script = r#"printf '%s|%s' "${RESULTS-unset}" "${AWS_SECRET_ACCESS_KEY-unset}" > "$OUT""#;
+    run(&[
+        "load",
+        "--step",
+        "qc",
+        "--command",
+        script,
+        sheet.to_str().unwrap(),
+    ])
+    .ok();
+    run(&[
+        "launch",
+        "--local",
+        "--step",
+        "qc",
+        "--idle-timeout",
+        "1s",
+        "--pass-env",
+        "RESULTS",
+    ])
+    .ok();
+    let start = Instant::now();
+    loop {
+        let status = run(&["status", "--json"]);
+        if status.json()[0]["done"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the task did not finish: {}",
+            status.stdout()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "/data/results|unset"
+    );
+
+    // A name taskctl does not have is refused before any worker starts.
+    let err = run(&["launch", "--local", "--step", "qc", "--pass-env", "NOPE"]).fails();
+    assert!(err.contains("--pass-env NOPE: NOPE is not set"), "{err}");
+}
