@@ -280,3 +280,76 @@ async fn settings_given_at_load_are_stored_once_for_the_step() {
         .fails();
     assert!(err.contains("step 'qc' was created with 4 shards"), "{err}");
 }
+
+#[tokio::test]
+async fn a_load_killed_midway_and_run_again_leaves_every_task_once_and_the_count_exact() {
+    let t = TestTable::new("killed-load").await;
+    let n = 20_000;
+    let sheet = t.file("big.csv", testkit::generated_sheet(n));
+    let sheet = sheet.to_str().unwrap();
+    let args = [
+        "--table",
+        t.name.as_str(),
+        "--endpoint-url",
+        &crate::support::endpoint(),
+        "load",
+        "--step",
+        "qc",
+        "--command",
+        "true",
+        sheet,
+    ];
+    let mut loader = std::process::Command::new(env!("CARGO_BIN_EXE_taskctl"))
+        .env_clear()
+        .envs(testkit::child_env())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // SIGKILL it part-way, when some batches are written and others are in
+    // flight.
+    let started = std::time::Instant::now();
+    loop {
+        let total = match t.store.status(Some("qc")).await {
+            Ok(s) => s[0].total,
+            Err(_) => 0,
+        };
+        if total >= 2_000 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the load did not get going"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    loader.kill().unwrap();
+    loader.wait().unwrap();
+    // Requests already sent are still carried out by the service: let them
+    // land before comparing.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let partial = t.store.status(Some("qc")).await.unwrap()[0].total;
+    assert!(partial < n as u64, "killed too late to test anything");
+    assert_eq!(
+        partial,
+        t.task_count("qc").await as u64,
+        "loaded must count exactly the tasks written, after a SIGKILL"
+    );
+
+    let again = load_samples_with(&t, sheet);
+    assert_eq!(
+        again["loaded"].as_u64().unwrap() + partial,
+        n as u64,
+        "{again}"
+    );
+    assert_eq!(t.task_count("qc").await, n);
+    let s = &t.store.status(Some("qc")).await.unwrap()[0];
+    assert_eq!((s.total, s.pending), (n as u64, n as u64));
+}
+
+fn load_samples_with(t: &TestTable, sheet: &str) -> serde_json::Value {
+    let run = t.taskctl(&["load", "--step", "qc", "--command", "true", "--json", sheet]);
+    run.ok();
+    run.json()
+}

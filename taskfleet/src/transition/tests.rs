@@ -1,0 +1,205 @@
+//! Each transition on its own, through the reference semantics both
+//! stores follow.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+fn t(ms: i64) -> Timestamp {
+    Timestamp::from_millis(ms)
+}
+
+fn pending() -> Task {
+    crate::store::new_pending_task(
+        "align",
+        "true",
+        "d",
+        &crate::model::NewTask {
+            task_id: "A".into(),
+            line: 2,
+            env: BTreeMap::new(),
+        },
+        t(1_000),
+    )
+}
+
+fn record(attempt: u32, class: Option<FailureClass>, at: i64) -> AttemptRecord {
+    AttemptRecord {
+        attempt,
+        owner: "w".into(),
+        started_at: t(at),
+        finished_at: t(at),
+        outcome: TaskState::Pending,
+        exit_code: class.map(|_| 1),
+        signal: None,
+        failure_class: class,
+        log_uri: None,
+        provenance: None,
+    }
+}
+
+fn claimed(task: &Task, owner: &str, now: i64) -> Task {
+    claim(owner, t(now), Duration::from_secs(10))
+        .apply(Some(task))
+        .expect("claimable")
+}
+
+#[test]
+fn a_claim_takes_a_ready_pending_task_and_raises_the_attempt() {
+    let task = pending();
+    let c = claimed(&task, "w1", 2_000);
+    assert_eq!(
+        (c.state, c.attempt, c.owner.as_deref()),
+        (TaskState::Running, 1, Some("w1"))
+    );
+    assert_eq!(c.lease_expires_at, Some(t(12_000)));
+    // Not twice, and not before its ready time.
+    assert!(
+        claim("w2", t(2_000), Duration::from_secs(10))
+            .apply(Some(&c))
+            .is_none()
+    );
+    let mut later = task.clone();
+    later.ready_at = Some(t(5_000));
+    assert!(
+        claim("w2", t(4_999), Duration::from_secs(10))
+            .apply(Some(&later))
+            .is_none()
+    );
+    assert!(
+        claim("w2", t(5_000), Duration::from_secs(10))
+            .apply(Some(&later))
+            .is_some()
+    );
+}
+
+#[test]
+fn a_retry_keeps_its_ready_time_in_ready_at() {
+    let c = claimed(&pending(), "w1", 2_000);
+    let f = Finish {
+        next: TaskState::Pending,
+        counts_as_failure: true,
+        ready_at: t(9_000),
+        record: record(1, Some(FailureClass::Exit), 3_000),
+        output_tail: Some("x".into()),
+    };
+    let tr = finish(&c, &f);
+    let after = tr.apply(Some(&c)).unwrap();
+    assert_eq!(
+        (after.ready_at, after.updated_at),
+        (Some(t(9_000)), t(3_000))
+    );
+    assert_eq!((tr.to, tr.state_at), (TaskState::Pending, t(9_000)));
+    assert_eq!(after.failed_attempts, 1);
+    assert!(tr.counters.is_empty());
+}
+
+#[test]
+fn writes_after_a_claim_are_fenced_on_state_owner_and_attempt() {
+    let c = claimed(&pending(), "w1", 2_000);
+    let mut other = c.clone();
+    other.owner = Some("w2".into());
+    assert!(
+        heartbeat(&other, t(20_000), t(3_000))
+            .apply(Some(&c))
+            .is_none()
+    );
+    let mut older = c.clone();
+    older.attempt = 0;
+    assert!(
+        heartbeat(&older, t(20_000), t(3_000))
+            .apply(Some(&c))
+            .is_none()
+    );
+    assert!(heartbeat(&c, t(20_000), t(3_000)).apply(Some(&c)).is_some());
+}
+
+#[test]
+fn a_reclaim_needs_the_lease_still_expired_even_on_the_last_attempt() {
+    let c = claimed(&pending(), "w1", 2_000); // lease until 12 s
+    let now = 12_000 + CLOCK_SKEW_MARGIN.as_millis() as i64 + 1;
+    for max in [1, 3] {
+        let tr = reclaim(&c, "w2", t(now), Duration::from_secs(10), max);
+        assert!(tr.apply(Some(&c)).is_some(), "{}", tr.name);
+        // A heartbeat lands between the read and the write.
+        let renewed = heartbeat(&c, t(now + 10_000), t(now))
+            .apply(Some(&c))
+            .unwrap();
+        assert!(
+            tr.apply(Some(&renewed)).is_none(),
+            "{} overruled a heartbeat",
+            tr.name
+        );
+    }
+    let last = reclaim(&c, "w2", t(now), Duration::from_secs(10), 1);
+    let failed = last.apply(Some(&c)).unwrap();
+    assert_eq!(
+        (failed.state, failed.failure_class, failed.failed_attempts),
+        (TaskState::Failed, Some(FailureClass::Lost), 1)
+    );
+    assert_eq!(last.counters, vec![(attr::FAILED, 1)]);
+}
+
+#[test]
+fn replace_keeps_the_attempt_and_history_and_resets_the_budget() {
+    let c = claimed(&pending(), "w1", 2_000);
+    let f = Finish {
+        next: TaskState::Failed,
+        counts_as_failure: true,
+        ready_at: t(3_000),
+        record: record(1, Some(FailureClass::Exit), 3_000),
+        output_tail: None,
+    };
+    let failed = finish(&c, &f).apply(Some(&c)).unwrap();
+    let mut new = pending();
+    new.script = "echo v2".into();
+    let tr = replace(&failed, &new, t(4_000));
+    let r = tr.apply(Some(&failed)).unwrap();
+    assert_eq!(
+        (
+            r.state,
+            r.attempt,
+            r.failed_attempts,
+            r.history.len(),
+            r.script.as_str()
+        ),
+        (TaskState::Pending, 1, 0, 1, "echo v2")
+    );
+    assert_eq!(tr.counters, vec![(attr::FAILED, -1)]);
+    // The next claim is attempt 2, never 1 again.
+    assert_eq!(claimed(&r, "w2", 5_000).attempt, 2);
+}
+
+#[test]
+fn inserts_never_overwrite_and_count_as_loaded() {
+    let task = pending();
+    let tr = insert(&task);
+    assert!(tr.apply(None).is_some());
+    assert!(tr.apply(Some(&task)).is_none());
+    assert_eq!(tr.counters, vec![(attr::LOADED, 1)]);
+}
+
+#[test]
+fn a_finish_is_trimmed_to_fit_the_item_limit() {
+    let mut c = claimed(&pending(), "w1", 2_000);
+    c.env.insert("BIG".into(), "x".repeat(300 * 1024));
+    c.history = (0..9)
+        .map(|i| AttemptRecord {
+            provenance: Some("p".repeat(4096)),
+            ..record(i, Some(FailureClass::Exit), 1_000)
+        })
+        .collect();
+    let f = Finish {
+        next: TaskState::Done,
+        counts_as_failure: false,
+        ready_at: t(3_000),
+        record: record(1, None, 3_000),
+        output_tail: Some("y".repeat(200 * 1024)),
+    };
+    let tr = finish(&c, &f);
+    let after = tr.apply(Some(&c)).unwrap();
+    assert!(schema::task_size(&after) <= schema::MAX_WRITE_BYTES);
+    assert!(after.output_tail.as_deref().unwrap().ends_with('y'));
+    assert_eq!(after.state, TaskState::Done);
+    assert_eq!(tr.guard, fence(&c));
+}
