@@ -225,6 +225,9 @@ pub fn lost_record(task: &Task, now: Timestamp, outcome: TaskState) -> AttemptRe
     }
 }
 
+/// Room a lost attempt's record takes in the history, at most.
+const LOST_RECORD_ROOM: usize = 2 * 1024;
+
 /// Reclaim of `old`, a running task whose owner let its lease expire (as
 /// read at `now`). The dead attempt is recorded as `lost` and counts as a
 /// failed attempt. With attempts left the task is claimed for `owner`;
@@ -243,9 +246,17 @@ pub fn reclaim(
         Cond::Attempt(old.attempt),
         Cond::LeaseExpiredBefore(reclaim_cutoff(now)),
     ];
+    // The lost record grows the item: make room for it in the history
+    // (never a reason for the write to fail).
+    let mut base = old.clone();
+    while !base.history.is_empty()
+        && schema::task_size(&base) + LOST_RECORD_ROOM > schema::MAX_WRITE_BYTES
+    {
+        base.history.remove(0);
+    }
     if old.failed_attempts + 1 >= max_attempts {
         let record = lost_record(old, now, TaskState::Failed);
-        let mut changes = end_changes(old, &record, None);
+        let mut changes = end_changes(&base, &record, None);
         changes.push(Change::Set(attr::STATE, json(&TaskState::Failed)));
         changes.push(Change::Set(attr::FINISHED_AT, ms(now)));
         changes.push(Change::Add(attr::FAILED_ATTEMPTS, 1));
@@ -260,7 +271,7 @@ pub fn reclaim(
     }
     let until = now.plus(lease);
     let mut changes = claim_changes(owner, now, until);
-    let mut history = old.history.clone();
+    let mut history = base.history.clone();
     history.push(lost_record(old, now, TaskState::Pending));
     trim_history(&mut history);
     changes.push(Change::Set(attr::HISTORY, json(&history)));

@@ -203,3 +203,33 @@ fn a_finish_is_trimmed_to_fit_the_item_limit() {
     assert_eq!(after.state, TaskState::Done);
     assert_eq!(tr.guard, fence(&c));
 }
+
+#[test]
+fn a_reclaim_of_a_task_at_the_item_limit_stays_within_it() {
+    let mut c = claimed(&pending(), "w1", 2_000);
+    c.history = (0..10)
+        .map(|i| AttemptRecord {
+            provenance: Some("p".repeat(6 * 1024)),
+            ..record(i, Some(FailureClass::Exit), 1_000)
+        })
+        .collect();
+    // Filled up to 100 bytes short of the limit.
+    c.env.insert("BIG".into(), String::new());
+    let room = schema::MAX_WRITE_BYTES - 100 - schema::task_size(&c);
+    c.env.insert("BIG".into(), "x".repeat(room));
+    assert_eq!(schema::task_size(&c), schema::MAX_WRITE_BYTES - 100);
+    let now = t(12_000 + CLOCK_SKEW_MARGIN.as_millis() as i64 + 1);
+    for max in [1, 3] {
+        let after = reclaim(&c, "w2", now, Duration::from_secs(10), max)
+            .apply(Some(&c))
+            .unwrap();
+        assert!(
+            schema::task_size(&after) <= schema::MAX_WRITE_BYTES,
+            "max {max}"
+        );
+        assert_eq!(
+            after.history.last().unwrap().failure_class,
+            Some(FailureClass::Lost)
+        );
+    }
+}
