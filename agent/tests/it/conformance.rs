@@ -6,30 +6,9 @@ use std::time::Duration;
 use taskfleet::model::{AttemptRecord, FailureClass, TaskState};
 use taskfleet::store::{Candidate, Claim, Fence, Finish, SettingsChange, Store, TaskStore};
 use taskfleet::time::Timestamp;
-use testkit::{Kind, TestStore, generated_sheet, load_text};
+use testkit::{TestStore, generated_sheet, load_text};
 
-/// Generates one test per store for each contract case.
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        $(
-            mod $case {
-                use super::*;
-
-                #[tokio::test]
-                async fn dynamodb() {
-                    super::$case(TestStore::new(Kind::Dynamo, stringify!($case)).await).await;
-                }
-
-                #[tokio::test]
-                async fn sqlite() {
-                    super::$case(TestStore::new(Kind::Sqlite, stringify!($case)).await).await;
-                }
-            }
-        )*
-    };
-}
-
-conformance!(
+per_store!(
     loading_twice_adds_nothing,
     racing_claims_have_exactly_one_winner,
     an_expired_lease_is_reclaimed_and_the_old_owner_is_fenced_out,

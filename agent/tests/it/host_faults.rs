@@ -8,32 +8,11 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use taskfleet::model::{FailureClass, TaskState};
 use taskfleet::store::{SettingsChange, TaskStore};
-use testkit::{Kind, TestStore, load_text};
+use testkit::{TestStore, load_text};
 
 use crate::support::{Agent, eventually};
 
-/// Generates one test per store.
-macro_rules! both_stores {
-    ($($case:ident),* $(,)?) => {
-        $(
-            mod $case {
-                use super::*;
-
-                #[tokio::test]
-                async fn dynamodb() {
-                    super::$case(TestStore::new(Kind::Dynamo, stringify!($case)).await).await;
-                }
-
-                #[tokio::test]
-                async fn sqlite() {
-                    super::$case(TestStore::new(Kind::Sqlite, stringify!($case)).await).await;
-                }
-            }
-        )*
-    };
-}
-
-both_stores!(
+per_store!(
     a_host_that_cannot_write_its_logs_releases_the_task_and_stops_with_exit_5,
     a_script_signalled_while_its_agent_stops_is_released_not_failed,
     an_idle_agent_waits_for_a_retry_whose_delay_outlasts_its_idle_timeout,

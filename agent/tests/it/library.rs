@@ -137,6 +137,24 @@ async fn store_with(dir: &tempfile::TempDir, sheet: &str, lease_secs: u64) -> Ha
     }
 }
 
+/// Claims task A of step qc for `owner`.
+async fn claim_a(store: &Hang, owner: &str) -> (StepMeta, Task) {
+    let meta = store.step("qc").await.unwrap().unwrap();
+    let candidate = Candidate {
+        task_id: "A".into(),
+        state: TaskState::Pending,
+        attempt: 0,
+    };
+    match store
+        .claim(&meta, &candidate, owner, Timestamp::now())
+        .await
+        .unwrap()
+    {
+        Claim::Claimed(task) => (meta, *task),
+        other => panic!("A is not claimable: {other:?}"),
+    }
+}
+
 fn config(dir: &tempfile::TempDir, owner: &str) -> AgentConfig {
     let mut cfg = AgentConfig::new("qc", owner, env!("CARGO_BIN_EXE_agent"));
     cfg.work_dir = dir.path().join("work");
@@ -148,19 +166,7 @@ fn config(dir: &tempfile::TempDir, owner: &str) -> AgentConfig {
 async fn a_renewal_that_never_answers_kills_the_script_before_its_lease_expires() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with(&dir, "sample\nA\n", 6).await;
-    let meta = store.step("qc").await.unwrap().unwrap();
-    let candidate = Candidate {
-        task_id: "A".into(),
-        state: TaskState::Pending,
-        attempt: 0,
-    };
-    let Claim::Claimed(task) = store
-        .claim(&meta, &candidate, "h/w", Timestamp::now())
-        .await
-        .unwrap()
-    else {
-        panic!("claimable")
-    };
+    let (meta, task) = claim_a(&store, "h/w").await;
     store.renewals.store(true, Ordering::SeqCst);
     let started = Instant::now();
     let end = tokio::time::timeout(
@@ -171,7 +177,7 @@ async fn a_renewal_that_never_answers_kills_the_script_before_its_lease_expires(
             &config(&dir, "h/w"),
             &Shutdown::new(),
             &Stats::default(),
-            *task,
+            task,
         ),
     )
     .await
@@ -193,19 +199,7 @@ async fn an_idle_agent_exits_after_its_idle_timeout_and_not_before() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(store_with(&dir, "sample\nA\n", 60).await);
     // The step's one task is done: nothing is left.
-    let meta = store.step("qc").await.unwrap().unwrap();
-    let candidate = Candidate {
-        task_id: "A".into(),
-        state: TaskState::Pending,
-        attempt: 0,
-    };
-    let Claim::Claimed(task) = store
-        .claim(&meta, &candidate, "x/w", Timestamp::now())
-        .await
-        .unwrap()
-    else {
-        panic!("claimable")
-    };
+    let (meta, task) = claim_a(&store, "x/w").await;
     let now = Timestamp::now();
     let done = Finish {
         next: TaskState::Done,
@@ -247,20 +241,8 @@ async fn an_idle_agent_exits_after_its_idle_timeout_and_not_before() {
 async fn an_idle_agent_stays_while_a_task_of_its_step_runs_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(store_with(&dir, "sample\nA\n", 3600).await);
-    let meta = store.step("qc").await.unwrap().unwrap();
-    let candidate = Candidate {
-        task_id: "A".into(),
-        state: TaskState::Pending,
-        attempt: 0,
-    };
     // Another worker holds the task with a long lease.
-    assert!(matches!(
-        store
-            .claim(&meta, &candidate, "other/w", Timestamp::now())
-            .await
-            .unwrap(),
-        Claim::Claimed(_)
-    ));
+    claim_a(&store, "other/w").await;
     let mut cfg = config(&dir, "h/w");
     cfg.idle_timeout = Some(Duration::from_secs(5));
     let run = agent::run(store, cfg, Shutdown::new(), Arc::new(Stats::default()));

@@ -1,6 +1,26 @@
 //! Integration tests of the agent against DynamoDB Local: the real binary
 //! as separate processes, and the store's claim and fence directly.
 
+/// Generates, for each case (an `async fn(TestStore)`), one test per
+/// store: `case::dynamodb` and `case::sqlite`.
+macro_rules! per_store {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[tokio::test]
+                async fn dynamodb() {
+                    super::$case(testkit::TestStore::new(testkit::Kind::Dynamo, stringify!($case)).await).await;
+                }
+
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$case(testkit::TestStore::new(testkit::Kind::Sqlite, stringify!($case)).await).await;
+                }
+            }
+        )*
+    };
+}
+
 mod support;
 
 mod chaos;
