@@ -40,6 +40,9 @@ pub struct AgentConfig {
     /// Attempt directories and logs older than this are removed when the
     /// agent starts.
     pub keep_attempts: Duration,
+    /// The host as attempts' provenance names it (on EC2: instance id,
+    /// type, AMI, lifecycle, region); the owner when `None`.
+    pub host: Option<String>,
     /// The agent binary, re-executed as each script's supervising parent
     /// ([`crate::supervisor`]).
     pub supervisor_exe: PathBuf,
@@ -73,6 +76,7 @@ impl AgentConfig {
             retry_delay: Duration::from_secs(2),
             store_error_budget: 8,
             keep_attempts: crate::cleanup::DEFAULT_KEEP,
+            host: None,
             supervisor_exe: supervisor_exe.into(),
             inherited_env: Vec::new(),
         }

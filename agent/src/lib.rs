@@ -21,6 +21,8 @@
 //! # Layout
 //!
 //! - [`cleanup`]: removing old attempt directories and logs.
+//! - [`ec2`]: the agent on EC2: its identity from instance metadata, spot
+//!   interruptions and rebalance recommendations.
 //! - [`config`]: the agent's settings, plain data.
 //! - [`shutdown`]: the two-stage stop signal, passed in, never global.
 //! - [`worker`]: the claim loop: slots, candidates, idle timeout, fatal
@@ -38,6 +40,7 @@
 
 pub mod cleanup;
 pub mod config;
+pub mod ec2;
 pub mod lease;
 pub mod process;
 pub mod runner;

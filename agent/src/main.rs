@@ -71,6 +71,21 @@ struct Args {
     /// agent starts.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "7d", value_name = "AGE")]
     keep_attempts: Duration,
+    /// Running on EC2: read the instance's identity from the instance
+    /// metadata service (IMDSv2), name this agent after the instance, and
+    /// watch for spot interruption notices (tasks are released as class
+    /// `spot`, without using an attempt) and rebalance recommendations
+    /// (claim nothing more).
+    #[arg(long)]
+    on_ec2: bool,
+    /// The instance metadata endpoint [default: the SDK's:
+    /// AWS_EC2_METADATA_SERVICE_ENDPOINT, else the link-local address].
+    #[arg(long, value_name = "URL")]
+    imds_endpoint: Option<String>,
+    /// With --on-ec2: how often to look for a spot interruption notice
+    /// (EC2 gives two minutes' warning).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s", value_name = "DURATION")]
+    spot_poll: Duration,
     /// This worker's id in the table [default: PID and a random suffix].
     #[arg(long)]
     worker_id: Option<String>,
@@ -161,10 +176,18 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".to_owned());
+    // On EC2 the instance names the agent; elsewhere the host name.
+    let on_ec2 = match ec2_identity(&args).await {
+        Ok(found) => found,
+        Err(code) => return code,
+    };
+    let host = match &on_ec2 {
+        Some((_, instance)) => instance.id.clone(),
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".to_owned()),
+    };
     let worker = args
         .worker_id
         .clone()
@@ -178,6 +201,7 @@ async fn run(args: Args) -> ExitCode {
     cfg.poll_max = args.poll_max.max(cfg.poll_min);
     cfg.retry_delay = args.retry_delay;
     cfg.keep_attempts = args.keep_attempts;
+    cfg.host = on_ec2.as_ref().map(|(_, instance)| instance.describe());
     if let Some(dir) = args.work_dir.clone() {
         cfg.work_dir = dir;
     }
@@ -187,6 +211,14 @@ async fn run(args: Args) -> ExitCode {
 
     let shutdown = Shutdown::new();
     tokio::spawn(forward_signals(shutdown.clone()));
+    if let Some((metadata, instance)) = on_ec2 {
+        tracing::info!(instance = %instance.describe(), "running on EC2");
+        tokio::spawn(agent::ec2::watch(
+            metadata,
+            shutdown.clone(),
+            args.spot_poll,
+        ));
+    }
     let stats = Arc::new(agent::Stats::default());
     let outcome = agent::run(store, cfg, shutdown, stats.clone()).await;
     if let Some(path) = &args.stats_file
@@ -205,6 +237,29 @@ async fn run(args: Args) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// With `--on-ec2`: the metadata service and what it says of this
+/// instance. Metadata that cannot be read is this host's trouble (exit 5).
+async fn ec2_identity(
+    args: &Args,
+) -> Result<Option<(agent::ec2::Metadata, agent::ec2::Instance)>, ExitCode> {
+    if !args.on_ec2 {
+        return Ok(None);
+    }
+    let metadata = agent::ec2::Metadata::new(args.imds_endpoint.as_deref()).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(3)
+    })?;
+    match metadata.instance().await {
+        Ok(instance) => Ok(Some((metadata, instance))),
+        Err(e) => {
+            eprintln!(
+                "error: {e}; this host's metadata is unreadable, so the agent does not start (replace the host)"
+            );
+            Err(ExitCode::from(5))
         }
     }
 }

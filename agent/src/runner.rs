@@ -69,6 +69,8 @@ enum Ended {
     Exited(ExitStatus),
     TimedOut(ExitStatus),
     Interrupted,
+    /// Interrupted because EC2 is taking the spot instance back.
+    Reclaimed,
     LeaseLost,
     LaunchFailed(String),
     HostTrouble(String),
@@ -94,8 +96,11 @@ pub async fn run_attempt<S: TaskStore>(
         let started = Timestamp::now();
         let log_path = log_path(cfg, &task);
         tracing::info!(log = %log_path.display(), "task started");
-        let (ended, mut lease) =
+        let (mut ended, mut lease) =
             execute(store, meta, cfg, shutdown, counters, &task, &log_path).await;
+        if matches!(ended, Ended::Interrupted) && shutdown.is_spot() {
+            ended = Ended::Reclaimed;
+        }
         let end = conclude(
             (store, meta, cfg, counters),
             &task,
@@ -286,6 +291,7 @@ async fn conclude<S: TaskStore>(
         ),
         Ended::TimedOut(status) => (status.code(), status.signal(), Some(FailureClass::Timeout)),
         Ended::Interrupted => (None, None, Some(FailureClass::Interrupted)),
+        Ended::Reclaimed => (None, None, Some(FailureClass::Spot)),
         Ended::LaunchFailed(why) => {
             tracing::error!(error = %why, "could not run the script");
             append_note(log_path, why);
@@ -298,11 +304,13 @@ async fn conclude<S: TaskStore>(
     };
     let counts_as_failure = !matches!(
         class,
-        None | Some(FailureClass::Interrupted | FailureClass::Host)
+        None | Some(FailureClass::Interrupted | FailureClass::Host | FailureClass::Spot)
     );
     let next = match class {
         None => TaskState::Done,
-        Some(FailureClass::Interrupted | FailureClass::Host) => TaskState::Pending,
+        Some(FailureClass::Interrupted | FailureClass::Host | FailureClass::Spot) => {
+            TaskState::Pending
+        }
         Some(_) if task.failed_attempts + 1 >= meta.settings.max_attempts => TaskState::Failed,
         Some(_) => TaskState::Pending,
     };
@@ -337,7 +345,7 @@ async fn conclude<S: TaskStore>(
             provenance: Some(format!(
                 "agent {} on {}; script sha256:{}",
                 env!("CARGO_PKG_VERSION"),
-                cfg.owner,
+                cfg.host.as_deref().unwrap_or(&cfg.owner),
                 task.script_digest
             )),
         },
@@ -346,7 +354,7 @@ async fn conclude<S: TaskStore>(
     match write_end((store, meta, counters), task, &finish, lease).await {
         Ok(Fence::Held) => match ended {
             Ended::HostTrouble(why) => AttemptEnd::HostTrouble(why),
-            Ended::Interrupted => AttemptEnd::Released,
+            Ended::Interrupted | Ended::Reclaimed => AttemptEnd::Released,
             _ => AttemptEnd::Finished(next),
         },
         Ok(Fence::Lost) => {

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Shutdown {
     stop: CancellationToken,
     now: CancellationToken,
+    spot: CancellationToken,
 }
 
 impl Shutdown {
@@ -29,6 +30,18 @@ impl Shutdown {
     pub fn now(&self) {
         self.stop.cancel();
         self.now.cancel();
+    }
+
+    /// EC2 is taking the (spot) instance back: stop now; running tasks are
+    /// released as class `spot`.
+    pub fn spot_interruption(&self) {
+        self.spot.cancel();
+        self.now();
+    }
+
+    /// Whether the stop is a spot interruption.
+    pub fn is_spot(&self) -> bool {
+        self.spot.is_cancelled()
     }
 
     /// Whether a stop was asked for.

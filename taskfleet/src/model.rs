@@ -73,6 +73,9 @@ pub enum FailureClass {
     Interrupted,
     /// The script could not be started at all.
     Launch,
+    /// The worker's spot instance was being reclaimed by EC2; the task was
+    /// released. Not the task's fault: does not use up an attempt.
+    Spot,
     /// The worker's host could not prepare the attempt (disk full, a
     /// directory it cannot write). Not the task's fault: the task is
     /// released without using an attempt, and the worker stops.
@@ -90,6 +93,7 @@ impl FailureClass {
             FailureClass::Interrupted => "interrupted",
             FailureClass::Launch => "launch",
             FailureClass::Host => "host",
+            FailureClass::Spot => "spot",
         }
     }
 }

@@ -15,10 +15,12 @@
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
 mod emulator;
+mod imds;
 mod proxy;
 mod runlog;
 
 pub use emulator::DynamoLocal;
+pub use imds::{Imds, InstanceInfo};
 pub use proxy::Proxy;
 pub use runlog::{Run, RunLog, Runs};
 

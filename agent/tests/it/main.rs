@@ -26,6 +26,7 @@ mod support;
 mod chaos;
 mod concurrent_loads;
 mod conformance;
+mod ec2;
 mod host_faults;
 mod library;
 mod lifecycle;

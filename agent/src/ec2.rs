@@ -1,0 +1,133 @@
+//! The agent on EC2: who it is, from the instance metadata service
+//! (IMDSv2, session tokens with a TTL, refreshed by the SDK's client), and
+//! what EC2 tells the instance while it runs.
+//!
+//! - The instance id names the agent in the table (owner `INSTANCE/WORKER`)
+//!   and, with type, AMI and lifecycle, each attempt's provenance.
+//! - A spot interruption notice (`spot/instance-action`) stops the agent at
+//!   once: its scripts are stopped and their tasks released as class
+//!   `spot`, without using an attempt.
+//! - A rebalance recommendation makes it stop claiming; running tasks go on
+//!   within the grace period.
+//!
+//! Metadata that cannot be read is the host's trouble, never a task's: the
+//! agent does not start (exit code 5).
+
+use std::time::Duration;
+
+use aws_config::imds::client::Client;
+use aws_config::imds::client::error::ImdsError;
+
+use crate::shutdown::Shutdown;
+
+/// What the agent knows of its instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// `i-...`.
+    pub id: String,
+    /// The region it runs in.
+    pub region: String,
+    /// Its instance type.
+    pub instance_type: String,
+    /// The AMI it booted from.
+    pub ami: String,
+    /// Spot (`true`) or on-demand.
+    pub spot: bool,
+}
+
+impl Instance {
+    /// One line for an attempt's provenance.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({}, {}, {}, {})",
+            self.id,
+            self.instance_type,
+            self.ami,
+            if self.spot { "spot" } else { "on-demand" },
+            self.region
+        )
+    }
+}
+
+/// The instance metadata service.
+#[derive(Debug, Clone)]
+pub struct Metadata {
+    client: Client,
+}
+
+impl Metadata {
+    /// A client of the metadata service at `endpoint`, or where the SDK's
+    /// configuration says (`AWS_EC2_METADATA_SERVICE_ENDPOINT`, else the
+    /// link-local address).
+    pub fn new(endpoint: Option<&str>) -> Result<Self, String> {
+        let mut builder = Client::builder().token_ttl(Duration::from_secs(6 * 3600));
+        if let Some(url) = endpoint {
+            builder = builder
+                .endpoint(url)
+                .map_err(|e| format!("--imds-endpoint {url}: {e}"))?;
+        }
+        Ok(Self {
+            client: builder.build(),
+        })
+    }
+
+    async fn read(&self, path: &str) -> Result<String, String> {
+        self.client
+            .get(format!("/latest/meta-data/{path}"))
+            .await
+            .map(String::from)
+            .map_err(|e| format!("cannot read {path} from the instance metadata service: {e}"))
+    }
+
+    /// A path that answers 404 until EC2 has something to say.
+    async fn notice(&self, path: &str) -> Result<Option<String>, String> {
+        match self.client.get(format!("/latest/meta-data/{path}")).await {
+            Ok(text) => Ok(Some(String::from(text))),
+            Err(ImdsError::ErrorResponse(r)) if r.response().status().as_u16() == 404 => Ok(None),
+            Err(e) => Err(format!("cannot read {path}: {e}")),
+        }
+    }
+
+    /// Who this instance is.
+    pub async fn instance(&self) -> Result<Instance, String> {
+        Ok(Instance {
+            id: self.read("instance-id").await?,
+            region: self.read("placement/region").await?,
+            instance_type: self.read("instance-type").await?,
+            ami: self.read("ami-id").await?,
+            spot: self.read("instance-life-cycle").await? == "spot",
+        })
+    }
+}
+
+/// Polls for a spot interruption notice and a rebalance recommendation
+/// every `every` until the agent stops. A notice stops the agent now, its
+/// tasks released as class `spot`; a recommendation stops claiming.
+/// Errors reading the notices are logged and polled again: the notice
+/// comes two minutes ahead, there is time for a few tries.
+pub async fn watch(metadata: Metadata, shutdown: Shutdown, every: Duration) {
+    let mut rebalancing = false;
+    loop {
+        tokio::select! {
+            // The agent is stopping now anyway.
+            () = shutdown.immediate() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match metadata.notice("spot/instance-action").await {
+            Ok(Some(notice)) => {
+                tracing::warn!(%notice, "spot interruption notice; releasing tasks and stopping");
+                shutdown.spot_interruption();
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the spot interruption notice"),
+        }
+        if !rebalancing
+            && let Ok(Some(notice)) = metadata.notice("events/recommendations/rebalance").await
+        {
+            tracing::warn!(%notice, "rebalance recommendation; claiming nothing more");
+            rebalancing = true;
+            shutdown.stop();
+        }
+    }
+}
