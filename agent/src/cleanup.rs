@@ -25,8 +25,11 @@ pub fn sweep(cfg: &AgentConfig) {
                 removed += 1;
             }
         }
-        // Empty now: gone too (fails harmlessly when it is not).
-        let _ = std::fs::remove_dir(&task_dir);
+        // Empty and old: gone too. A fresh one may be a directory another
+        // agent on this host is preparing an attempt in right now.
+        if older(&task_dir, cutoff) {
+            let _ = std::fs::remove_dir(&task_dir);
+        }
     }
     let logs = cfg.log_dir.join(&cfg.step);
     removed += sweep_files(&logs, cutoff);
@@ -40,7 +43,9 @@ fn sweep_files(dir: &Path, cutoff: SystemTime) -> usize {
     for entry in entries(dir) {
         if entry.is_dir() {
             removed += sweep_files(&entry, cutoff);
-            let _ = std::fs::remove_dir(&entry);
+            if older(&entry, cutoff) {
+                let _ = std::fs::remove_dir(&entry);
+            }
         } else if older(&entry, cutoff) && std::fs::remove_file(&entry).is_ok() {
             removed += 1;
         }
@@ -66,6 +71,19 @@ pub const DEFAULT_KEEP: Duration = Duration::from_secs(7 * 86_400);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fresh_empty_task_directory_is_left_for_the_agent_preparing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = AgentConfig::new("align", "w", "agent");
+        cfg.work_dir = dir.path().join("work");
+        cfg.log_dir = dir.path().join("logs");
+        cfg.keep_attempts = Duration::from_secs(3600);
+        let fresh = cfg.work_dir.join("align/B");
+        std::fs::create_dir_all(&fresh).unwrap();
+        sweep(&cfg);
+        assert!(fresh.exists());
+    }
 
     #[test]
     fn only_old_attempts_of_the_step_are_removed() {
