@@ -101,9 +101,7 @@ fn apply_text(outcome: &ApplyOutcome, r: &template::Rendered, dry_run: bool) -> 
 /// The DynamoDB table `global` names; EC2 workers cannot use a file.
 fn dynamo_table(global: &GlobalArgs) -> Result<Option<String>> {
     match Locator::parse(&global.table).map_err(anyhow::Error::msg)? {
-        Locator::Dynamo(_) => Ok(Some(
-            table_name(&global.table).map_err(anyhow::Error::msg)?,
-        )),
+        Locator::Dynamo(_) => Ok(Some(table_name(&global.table).map_err(anyhow::Error::msg)?)),
         Locator::Sqlite(_) => Ok(None),
     }
 }

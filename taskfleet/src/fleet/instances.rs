@@ -99,7 +99,9 @@ pub async fn list(
             })
         })
         .collect();
-    out.sort_by(|a, b| (&a.step, a.launched_at, &a.instance_id).cmp(&(&b.step, b.launched_at, &b.instance_id)));
+    out.sort_by(|a, b| {
+        (&a.step, a.launched_at, &a.instance_id).cmp(&(&b.step, b.launched_at, &b.instance_id))
+    });
     Ok(out)
 }
 

@@ -134,10 +134,7 @@ impl LaunchRequest {
     /// The idempotency token: the same table, step and launch id give the
     /// same token (EC2 allows 64 ASCII characters).
     pub fn client_token(&self) -> String {
-        let digest = Sha256::digest(format!(
-            "{}\n{}\n{}",
-            self.table, self.step, self.launch_id
-        ));
+        let digest = Sha256::digest(format!("{}\n{}\n{}", self.table, self.step, self.launch_id));
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("taskfleet-{}", &hex[..48])
     }
@@ -240,7 +237,13 @@ mod tests {
         assert_eq!(p.count, 3);
         assert!(p.reasons[0].contains("3 claimable tasks"), "{p:?}");
         assert_eq!(plan(&bounds(5, 3, 2)).count, 2, "rounded up");
-        assert_eq!(plan(&bounds(2, 100, 4)), Plan { count: 2, reasons: vec![] });
+        assert_eq!(
+            plan(&bounds(2, 100, 4)),
+            Plan {
+                count: 2,
+                reasons: vec![]
+            }
+        );
         assert_eq!(plan(&bounds(5, 0, 1)).count, 0);
     }
 

@@ -204,10 +204,9 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    let message = err.message().map_or_else(
-        || DisplayErrorContext(err).to_string(),
-        ToOwned::to_owned,
-    );
+    let message = err
+        .message()
+        .map_or_else(|| DisplayErrorContext(err).to_string(), ToOwned::to_owned);
     match error_code(err) {
         Some("UnauthorizedOperation" | "AuthFailure") => {
             FleetError::Unauthorized { operation, message }

@@ -539,7 +539,8 @@ pub async fn describe(client: &Client, name: &str) -> Result<Option<TemplateVers
                 latest_version: t.latest_version_number().unwrap_or(1),
             })),
         Err(e)
-            if error_code(&e).is_some_and(|c| c.starts_with("InvalidLaunchTemplateName.NotFound")) =>
+            if error_code(&e)
+                .is_some_and(|c| c.starts_with("InvalidLaunchTemplateName.NotFound")) =>
         {
             Ok(None)
         }
@@ -565,7 +566,11 @@ mod tests {
     fn variables_are_filled_given_ones_first_and_every_unset_one_is_named_once() {
         let mut unset = Vec::new();
         assert_eq!(
-            substitute("${AMI}/${SG}-${SG}/${NOPE}/${X", &vars(&[("SG", "sg-1")]), &mut unset),
+            substitute(
+                "${AMI}/${SG}-${SG}/${NOPE}/${X",
+                &vars(&[("SG", "sg-1")]),
+                &mut unset
+            ),
             "ami-env/sg-1-sg-1//${X"
         );
         assert_eq!(unset, ["NOPE"]);
