@@ -181,6 +181,8 @@ fn parse_var(text: &str) -> Result<(String, String), String> {
 
 /// `taskctl launch`.
 #[derive(Debug, Args)]
+// Flags of a command line are bools by nature; they are not a state machine.
+#[allow(clippy::struct_excessive_bools)]
 pub struct LaunchArgs {
     /// The step whose tasks the workers run.
     #[arg(long)]

@@ -205,6 +205,18 @@ pub async fn launch(global: &GlobalArgs, store: &Store, args: &LaunchArgs) -> Re
         println!("{}", serde_json::to_string_pretty(&record)?);
         return Ok(());
     }
+    print_launch(args, &request, &plan, &instances);
+    Ok(())
+}
+
+/// The human report of a launch.
+fn print_launch(
+    args: &LaunchArgs,
+    request: &LaunchRequest,
+    plan: &launch::Plan,
+    instances: &[String],
+) {
+    let requested = args.count;
     let why = if plan.reasons.is_empty() {
         String::new()
     } else {
@@ -240,11 +252,10 @@ pub async fn launch(global: &GlobalArgs, store: &Store, args: &LaunchArgs) -> Re
         );
     } else {
         println!("launched {what}, launch id {}{why}:", request.launch_id);
-        for id in &instances {
+        for id in instances {
             println!("{id}");
         }
     }
-    Ok(())
 }
 
 /// One EC2 row of `taskctl fleet`.

@@ -294,8 +294,15 @@ pub fn stop(global: &GlobalArgs, args: &StopArgs) -> Result<()> {
             );
         }
     }
+    if alive.is_empty() {
+        for (path, _) in &mine {
+            let _ = std::fs::remove_file(path);
+        }
+        println!("step '{}' has no local workers running", args.step);
+        return Ok(());
+    }
     println!(
-        "asked {} worker{} of step '{}' to stop",
+        "asked {} local worker{} of step '{}' to stop",
         alive.len(),
         if alive.len() == 1 { "" } else { "s" },
         args.step
@@ -311,7 +318,7 @@ pub fn stop(global: &GlobalArgs, args: &StopArgs) -> Result<()> {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        println!("all workers of step '{}' have stopped", args.step);
+        println!("all local workers of step '{}' have stopped", args.step);
     }
     for (path, w) in &mine {
         if !w.alive() {

@@ -1,7 +1,7 @@
 //! The EC2 fleet end to end: `template apply`, `launch`, `fleet` and `stop`
 //! driving the real binary against moto (EC2) and DynamoDB Local (tasks).
 //!
-//! moto launches only `MinCount` instances and ignores ClientToken, spot
+//! moto launches only `MinCount` instances and ignores `ClientToken`, spot
 //! and metadata options: these tests check what taskctl sends and what
 //! moto keeps (templates, versions, user-data, tags, instance states),
 //! not EC2's own handling of those options.
@@ -180,7 +180,9 @@ impl Fleet {
             .instances(step)
             .await
             .iter()
-            .filter(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) == Some("running"))
+            .filter(|i| {
+                i.state().and_then(|s| s.name()).map(AsRef::<str>::as_ref) == Some("running")
+            })
             .map(|i| i.instance_id().unwrap().to_owned())
             .collect();
         ids.sort();
@@ -307,7 +309,7 @@ async fn template_apply_creates_once_adds_a_version_only_when_the_file_changes_a
             .launch_template_data()
             .unwrap()
             .instance_type()
-            .map(|t| t.as_str()),
+            .map(AsRef::<str>::as_ref),
         Some("c6i.xlarge")
     );
 }
@@ -364,15 +366,15 @@ async fn the_shipped_example_applies_with_its_variables_and_an_unset_one_is_name
         .unwrap();
     assert_eq!(data.user_data(), Some(bootstrap_base64().as_str()));
     let md = data.metadata_options().unwrap();
-    assert_eq!(md.http_tokens().map(|t| t.as_str()), Some("required"));
+    assert_eq!(md.http_tokens().map(AsRef::<str>::as_ref), Some("required"));
     assert_eq!(md.http_put_response_hop_limit(), Some(1));
     assert_eq!(
-        md.instance_metadata_tags().map(|t| t.as_str()),
+        md.instance_metadata_tags().map(AsRef::<str>::as_ref),
         Some("enabled")
     );
     assert_eq!(
         data.instance_initiated_shutdown_behavior()
-            .map(|b| b.as_str()),
+            .map(AsRef::<str>::as_ref),
         Some("terminate")
     );
 }
@@ -394,6 +396,9 @@ async fn a_template_that_lets_instances_outlive_a_shutdown_is_refused() {
 }
 
 #[tokio::test]
+// One scenario end to end: the instances launched are the ones listed and
+// then terminated.
+#[allow(clippy::too_many_lines)]
 async fn launch_is_capped_by_claimable_tasks_and_max_instances_and_fleet_and_stop_now_see_the_instances()
  {
     let f = Fleet::new("launch").await;
@@ -563,7 +568,7 @@ async fn launch_is_capped_by_claimable_tasks_and_max_instances_and_fleet_and_sto
     );
     for i in f.instances("align").await {
         assert_eq!(
-            i.state().and_then(|s| s.name()).map(|n| n.as_str()),
+            i.state().and_then(|s| s.name()).map(AsRef::<str>::as_ref),
             Some("terminated"),
             "{i:?}"
         );

@@ -2,7 +2,7 @@
 //! them.
 //!
 //! Guarantees: only instances tagged with the table (and the step, when
-//! one is given) are listed or terminated; DescribeInstances is filtered
+//! one is given) are listed or terminated; `DescribeInstances` is filtered
 //! by tag and state on EC2's side and read page by page.
 
 use aws_sdk_ec2::Client;
@@ -80,8 +80,8 @@ pub async fn list(
         .map_err(|e| classify("DescribeInstances", &e))?;
     let mut out: Vec<FleetInstance> = pages
         .iter()
-        .flat_map(|p| p.reservations())
-        .flat_map(|r| r.instances())
+        .flat_map(aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput::reservations)
+        .flat_map(aws_sdk_ec2::types::Reservation::instances)
         .filter_map(|i| {
             Some(FleetInstance {
                 instance_id: i.instance_id()?.to_owned(),

@@ -1,5 +1,5 @@
 //! Launching workers: how many a launch may start, and starting them with
-//! one RunInstances from the step's launch template.
+//! one `RunInstances` from the step's launch template.
 //!
 //! Guarantees:
 //!
@@ -9,7 +9,7 @@
 //!   running instances; it says which limit decided.
 //! - [`run_instances`] asks for exactly the planned number (`MinCount` =
 //!   `MaxCount`): EC2 starts all of them or none.
-//! - The ClientToken is derived from the table, step and launch id, so
+//! - The `ClientToken` is derived from the table, step and launch id, so
 //!   sending the same launch again (the SDK's own retries, or the command
 //!   run again with the same `--launch-id`) returns the instances of the
 //!   first send instead of starting more.
@@ -92,7 +92,7 @@ pub struct Spot {
     pub max_price: Option<String>,
 }
 
-/// One RunInstances.
+/// One `RunInstances`.
 #[derive(Debug, Clone, Serialize)]
 pub struct LaunchRequest {
     /// The task table's name.
@@ -135,7 +135,7 @@ impl LaunchRequest {
     /// same token (EC2 allows 64 ASCII characters).
     pub fn client_token(&self) -> String {
         let digest = Sha256::digest(format!("{}\n{}\n{}", self.table, self.step, self.launch_id));
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = super::hex(&digest);
         format!("taskfleet-{}", &hex[..48])
     }
 }

@@ -11,7 +11,7 @@
 //! Guarantees:
 //!
 //! - A file is refused, naming the field, unless the instances it starts
-//!   require IMDSv2 tokens with a hop limit of 1, expose their tags in
+//!   require `IMDSv2` tokens with a hop limit of 1, expose their tags in
 //!   instance metadata (the bootstrap reads its step from them) and
 //!   terminate when they shut down (an idle worker ends its own bill).
 //! - Unknown fields are refused, so a misspelt field is not silently
@@ -187,6 +187,14 @@ pub fn render(
     naming: &TemplateNaming,
     vars: &Variables,
 ) -> Result<Rendered, FleetError> {
+    if !crate::schema::is_valid_step_name(step) {
+        return Err(FleetError::TemplateFile {
+            path: dirs.templates.display().to_string(),
+            message: format!(
+                "'{step}' is not a step name (a letter, then letters, digits, '-', '_'); name the file STEP.json"
+            ),
+        });
+    }
     let path = dirs.file(step);
     let shown = path.display().to_string();
     let bad = |message: String| FleetError::TemplateFile {
@@ -222,11 +230,7 @@ pub fn render(
     hasher.update(value.to_string().as_bytes());
     hasher.update([0]);
     hasher.update(user_data.as_bytes());
-    let digest = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = super::hex(&hasher.finalize());
     Ok(Rendered {
         step: step.to_owned(),
         name: naming.name(step)?,
@@ -492,7 +496,7 @@ pub async fn apply(
             .map_err(|e| classify("CreateLaunchTemplateVersion", &e))?;
         let version = created
             .launch_template_version()
-            .and_then(|v| v.version_number())
+            .and_then(aws_sdk_ec2::types::LaunchTemplateVersion::version_number)
             .ok_or_else(|| FleetError::Ec2 {
                 operation: "CreateLaunchTemplateVersion",
                 message: "the answer carries no version number".to_owned(),
