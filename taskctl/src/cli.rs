@@ -50,6 +50,22 @@ pub struct GlobalArgs {
     /// AWS region; defaults to the standard chain (AWS_REGION, profile).
     #[arg(long, global = true)]
     pub region: Option<String>,
+    /// EC2 endpoint (for launch templates and the fleet). Without it the
+    /// SDK's own rules apply (AWS_ENDPOINT_URL_EC2, AWS_ENDPOINT_URL, then
+    /// the region's endpoint).
+    #[arg(long, global = true, value_name = "URL")]
+    pub ec2_endpoint_url: Option<String>,
+    /// How a step's launch template is named: a pattern holding {step}
+    /// once, e.g. 'taskfleet-{step}'. Used wherever a template is made or
+    /// looked up.
+    #[arg(
+        long,
+        global = true,
+        env = "TASKFLEET_TEMPLATE_NAME",
+        value_name = "PATTERN",
+        default_value = taskfleet::fleet::DEFAULT_TEMPLATE_NAME
+    )]
+    pub template_name: String,
     /// Format of log lines on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -90,11 +106,20 @@ pub enum Command {
     /// One task's whole record: state, attempts, environment, script,
     /// output tail and history.
     Show(ShowArgs),
-    /// Start workers for a step. With --local: N agent processes on this
-    /// machine, detached, each logging to .taskfleet/workers/.
+    /// Start workers for a step: EC2 instances from the step's launch
+    /// template, or with --local, agent processes on this machine.
+    ///
+    /// On EC2 the count is capped at what the step can use (claimable tasks
+    /// divided by --slots) and at --max-instances; --dry-run says what
+    /// would be launched and why.
     Launch(LaunchArgs),
-    /// The local workers of each step: pid, state, task being run, uptime.
+    /// The workers of each step: EC2 instances (id, type, spot or
+    /// on-demand, state, age, tasks) and local workers (pid, state, tasks,
+    /// uptime).
     Fleet(FleetArgs),
+    /// Launch templates: one per step, from launch-templates/STEP.json.
+    #[command(subcommand)]
+    Template(TemplateCommand),
     /// Recompute a step's counters from its tasks and correct those that are
     /// wrong, saying what was corrected.
     ///
@@ -103,26 +128,109 @@ pub enum Command {
     /// `status` reports that counts drift. It reads the step's state index
     /// (never the whole table); run it while few tasks are moving.
     Recount(RecountArgs),
-    /// Stop the local workers of a step gracefully (SIGTERM: running tasks
-    /// finish within the agents' grace period or are released).
+    /// Stop the workers of a step. Local workers stop gracefully (SIGTERM:
+    /// running tasks finish within the agents' grace period or are
+    /// released). EC2 instances are terminated with --now; there is no
+    /// graceful stop for them yet.
     Stop(StopArgs),
+}
+
+/// `taskctl template ...`.
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Create each step's launch template from launch-templates/STEP.json,
+    /// or add a version and make it the default when the file changed.
+    ///
+    /// Strings in the file may hold ${NAME} variables, filled from --var
+    /// NAME=VALUE, else from the environment; an unset one is an error.
+    /// The user-data is read from the file UserDataFile names in
+    /// --userdata-dir.
+    Apply(TemplateApplyArgs),
+}
+
+/// `taskctl template apply`.
+#[derive(Debug, Args)]
+pub struct TemplateApplyArgs {
+    /// Only this step [default: every STEP.json in --templates-dir].
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Say what would change without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// A value for ${NAME} in the template files (repeatable); beats the
+    /// environment.
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+    /// Where the STEP.json files are.
+    #[arg(long, value_name = "DIR", default_value = "launch-templates")]
+    pub templates_dir: PathBuf,
+    /// Where the user-data scripts are.
+    #[arg(long, value_name = "DIR", default_value = "userdata")]
+    pub userdata_dir: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_var(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("'{text}' is not NAME=VALUE")),
+    }
 }
 
 /// `taskctl launch`.
 #[derive(Debug, Args)]
+// Flags of a command line are bools by nature; they are not a state machine.
+#[allow(clippy::struct_excessive_bools)]
 pub struct LaunchArgs {
     /// The step whose tasks the workers run.
     #[arg(long)]
     pub step: String,
-    /// How many workers.
+    /// How many workers (on EC2: at most this many).
     #[arg(long, default_value_t = 1)]
     pub count: usize,
-    /// Run the workers as processes on this machine (EC2 launch comes later).
+    /// Run the workers as processes on this machine instead of on EC2.
     #[arg(long)]
     pub local: bool,
     /// Tasks each worker runs at once.
     #[arg(long, default_value_t = 1)]
     pub slots: usize,
+    /// EC2: the launch template version: a number, $Latest or $Default
+    /// [default: $Latest].
+    #[arg(long, value_name = "VERSION", default_value = "$Latest")]
+    pub template_version: String,
+    /// EC2: spot instances instead of on-demand.
+    #[arg(long)]
+    pub spot: bool,
+    /// EC2: with --spot, the highest hourly price to pay [default: the
+    /// on-demand price].
+    #[arg(long, requires = "spot", value_name = "USD")]
+    pub max_price: Option<String>,
+    /// EC2: instead of the template's instance type.
+    #[arg(long, value_name = "TYPE")]
+    pub instance_type: Option<String>,
+    /// EC2: the subnet to start the instances in.
+    #[arg(long, value_name = "SUBNET_ID")]
+    pub subnet: Option<String>,
+    /// EC2: instead of the template's security groups (repeatable).
+    #[arg(long, value_name = "SG_ID")]
+    pub security_group: Vec<String>,
+    /// EC2: at most this many instances of the step pending or running,
+    /// counting those already there.
+    #[arg(long, value_name = "N")]
+    pub max_instances: Option<u32>,
+    /// EC2: names this launch on the instances' tags, and makes the launch
+    /// idempotent: running it again with the same id starts nothing new
+    /// [default: a fresh id].
+    #[arg(long, value_name = "ID")]
+    pub launch_id: Option<String>,
+    /// EC2: say what would be launched and why, and launch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// EC2: print the launch as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Workers exit after this long with nothing left to do.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", value_name = "DURATION")]
     pub idle_timeout: Duration,
@@ -157,6 +265,10 @@ pub struct StopArgs {
     /// Return without waiting for the workers to exit.
     #[arg(long)]
     pub no_wait: bool,
+    /// Terminate the step's EC2 instances at once; the tasks they were
+    /// running are reclaimed by other workers once their leases run out.
+    #[arg(long)]
+    pub now: bool,
 }
 
 /// `taskctl load`.

@@ -14,7 +14,10 @@ use taskfleet::sheet::{Format, Sheet, SheetOptions};
 use taskfleet::store::dynamo::InitOutcome;
 use taskfleet::store::{SettingsChange, Store, TaskStore};
 
-use crate::cli::{Cli, Command, LoadArgs, RecountArgs, SheetFormat, ShowArgs, StatusArgs};
+use crate::cli::{
+    Cli, Command, FleetArgs, LoadArgs, RecountArgs, SheetFormat, ShowArgs, StatusArgs,
+    TemplateCommand,
+};
 use crate::connect;
 
 /// Runs the command `cli` names.
@@ -27,14 +30,77 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Recount(args) => recount(&cli.global, &args).await,
         Command::Launch(args) => {
             let store = connect::open(&cli.global).await?;
-            crate::local::launch(&cli.global, &store, &args).await
+            if args.local {
+                crate::local::launch(&cli.global, &store, &args).await
+            } else {
+                crate::ec2::launch(&cli.global, &store, &args).await
+            }
         }
-        Command::Fleet(args) => {
-            let store = connect::open(&cli.global).await?;
-            crate::local::fleet(&cli.global, &store, &args).await
+        Command::Fleet(args) => fleet(&cli.global, &args).await,
+        Command::Template(TemplateCommand::Apply(args)) => {
+            crate::ec2::template_apply(&cli.global, &args).await
         }
-        Command::Stop(args) => crate::local::stop(&cli.global, &args),
+        Command::Stop(args) => {
+            crate::ec2::stop(&cli.global, &args).await?;
+            crate::local::stop(&cli.global, &args)
+        }
     }
+}
+
+/// `taskctl fleet`: EC2 instances (for a DynamoDB table), then local
+/// workers.
+async fn fleet(global: &crate::cli::GlobalArgs, args: &FleetArgs) -> Result<()> {
+    let store = connect::open(global).await?;
+    let step = args.step.as_deref();
+    // The EC2 listing is one part of the picture: without EC2 access the
+    // local workers are still worth showing.
+    let ec2 = match crate::ec2::fleet_rows(global, &store, step).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("warning: cannot list the EC2 instances: {e:#}");
+            None
+        }
+    };
+    let local = crate::local::fleet_rows(global, &store, step).await?;
+    if args.json {
+        let mut all: Vec<serde_json::Value> = Vec::new();
+        for row in ec2.iter().flatten() {
+            all.push(serde_json::to_value(row)?);
+        }
+        for row in &local {
+            all.push(serde_json::to_value(row)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    let Some(ec2) = ec2 else {
+        if local.is_empty() {
+            println!(
+                "no local workers; start some with `taskctl launch --local --step STEP --count N`"
+            );
+        } else {
+            crate::local::print_rows(&local);
+        }
+        return Ok(());
+    };
+    if ec2.is_empty() && local.is_empty() {
+        println!(
+            "no EC2 instances and no local workers; start some with `taskctl launch --step STEP --count N` (add --local for this machine)"
+        );
+        return Ok(());
+    }
+    if !ec2.is_empty() {
+        crate::ec2::print_instances(&ec2);
+    }
+    if local.is_empty() {
+        println!("no local workers");
+    } else {
+        if !ec2.is_empty() {
+            println!();
+        }
+        crate::local::print_rows(&local);
+    }
+    Ok(())
 }
 
 async fn init(global: &crate::cli::GlobalArgs) -> Result<()> {

@@ -2,7 +2,7 @@
 //! [`AwsOptions`], handed to [`taskfleet::connect`].
 
 use anyhow::Result;
-use taskfleet::connect::AwsOptions;
+use taskfleet::connect::{AwsOptions, Ec2Options};
 use taskfleet::store::Store;
 
 use crate::cli::GlobalArgs;
@@ -29,4 +29,14 @@ pub async fn open(global: &GlobalArgs) -> Result<Store> {
 pub async fn open_for_init(global: &GlobalArgs) -> Result<(Store, bool)> {
     let (options, env_endpoint) = options(global);
     Ok(taskfleet::connect::open_for_init(&options, env_endpoint).await?)
+}
+
+/// An EC2 client for `global` (an explicit `--ec2-endpoint-url` or
+/// `--region` beats the environment).
+pub async fn ec2(global: &GlobalArgs) -> Result<aws_sdk_ec2::Client> {
+    let options = Ec2Options {
+        endpoint_url: global.ec2_endpoint_url.clone(),
+        region: global.region.clone(),
+    };
+    Ok(taskfleet::connect::ec2(&options).await?)
 }

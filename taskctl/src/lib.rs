@@ -7,6 +7,8 @@
 //! - [`connect`]: AWS configuration, read once here and passed inward.
 //! - [`commands`]: one function per subcommand; each prints its own output.
 //! - [`local`]: local workers (`launch --local`, `fleet`, `stop`).
+//! - [`ec2`]: the EC2 fleet (`template apply`, `launch`, the EC2 half of
+//!   `fleet` and `stop`).
 //!
 //! `main` parses arguments, sets up logging, runs one command, and turns an
 //! error into one `error: ...` line and an exit code.
@@ -14,6 +16,7 @@
 pub mod cli;
 pub mod commands;
 pub mod connect;
+pub mod ec2;
 pub mod local;
 
 use std::process::ExitCode;

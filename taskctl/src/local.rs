@@ -20,7 +20,7 @@ use taskfleet::connect::Locator;
 use taskfleet::store::{Store, TaskStore};
 use taskfleet::time::Timestamp;
 
-use crate::cli::{FleetArgs, GlobalArgs, LaunchArgs, StopArgs};
+use crate::cli::{GlobalArgs, LaunchArgs, StopArgs};
 
 /// What `launch` records about a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,11 +86,6 @@ pub fn workers(global: &GlobalArgs) -> Result<Vec<(PathBuf, Worker)>> {
 
 /// `taskctl launch --local`.
 pub async fn launch(global: &GlobalArgs, store: &Store, args: &LaunchArgs) -> Result<()> {
-    if !args.local {
-        bail!(
-            "launching EC2 instances is not available yet; use --local to run workers on this machine"
-        );
-    }
     if store.step(&args.step).await?.is_none() {
         bail!(
             "step '{}' does not exist in {}; load it first with `taskctl load --step {} ...`",
@@ -203,9 +198,10 @@ fn agent_command(
     Ok(cmd)
 }
 
-/// One row of `taskctl fleet`.
+/// One local worker row of `taskctl fleet`.
 #[derive(Debug, Serialize)]
-struct FleetRow {
+pub struct FleetRow {
+    kind: &'static str,
     pid: u32,
     step: String,
     worker_id: String,
@@ -215,15 +211,20 @@ struct FleetRow {
     log: PathBuf,
 }
 
-/// `taskctl fleet`.
-pub async fn fleet(global: &GlobalArgs, store: &Store, args: &FleetArgs) -> Result<()> {
+/// The local workers (of `step` only, if given), with the tasks each runs.
+pub async fn fleet_rows(
+    global: &GlobalArgs,
+    store: &Store,
+    step: Option<&str>,
+) -> Result<Vec<FleetRow>> {
     let all: Vec<Worker> = workers(global)?
         .into_iter()
         .map(|(_, w)| w)
-        .filter(|w| args.step.as_ref().is_none_or(|s| &w.step == s))
+        .filter(|w| step.is_none_or(|s| w.step == s))
         .collect();
     let mut running_by_owner: Vec<(String, String)> = Vec::new();
     let mut steps: Vec<&str> = all.iter().map(|w| w.step.as_str()).collect();
+    steps.sort_unstable();
     steps.dedup();
     for step in steps {
         if let Some(meta) = store.step(step).await? {
@@ -231,12 +232,13 @@ pub async fn fleet(global: &GlobalArgs, store: &Store, args: &FleetArgs) -> Resu
         }
     }
     let now = Timestamp::now();
-    let rows: Vec<FleetRow> = all
+    Ok(all
         .iter()
         .map(|w| {
             let alive = w.alive();
             let suffix = format!("/{}", w.worker_id);
             FleetRow {
+                kind: "local",
                 pid: w.pid,
                 step: w.step.clone(),
                 worker_id: w.worker_id.clone(),
@@ -254,17 +256,11 @@ pub async fn fleet(global: &GlobalArgs, store: &Store, args: &FleetArgs) -> Resu
                 log: w.log.clone(),
             }
         })
-        .collect();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    if rows.is_empty() {
-        println!(
-            "no local workers; start some with `taskctl launch --local --step STEP --count N`"
-        );
-        return Ok(());
-    }
+        .collect())
+}
+
+/// The local workers' table of `taskctl fleet`.
+pub fn print_rows(rows: &[FleetRow]) {
     println!(
         "{:>8}  {:<16}  {:<8}  {:>8}  TASKS",
         "PID", "STEP", "STATE", "UPTIME"
@@ -280,7 +276,6 @@ pub async fn fleet(global: &GlobalArgs, store: &Store, args: &FleetArgs) -> Resu
             r.pid, r.step, r.state, r.uptime_seconds, tasks
         );
     }
-    Ok(())
 }
 
 /// `taskctl stop`.
@@ -299,8 +294,15 @@ pub fn stop(global: &GlobalArgs, args: &StopArgs) -> Result<()> {
             );
         }
     }
+    if alive.is_empty() {
+        for (path, _) in &mine {
+            let _ = std::fs::remove_file(path);
+        }
+        println!("step '{}' has no local workers running", args.step);
+        return Ok(());
+    }
     println!(
-        "asked {} worker{} of step '{}' to stop",
+        "asked {} local worker{} of step '{}' to stop",
         alive.len(),
         if alive.len() == 1 { "" } else { "s" },
         args.step
@@ -316,7 +318,7 @@ pub fn stop(global: &GlobalArgs, args: &StopArgs) -> Result<()> {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        println!("all workers of step '{}' have stopped", args.step);
+        println!("all local workers of step '{}' have stopped", args.step);
     }
     for (path, w) in &mine {
         if !w.alive() {

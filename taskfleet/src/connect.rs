@@ -11,6 +11,11 @@
 //!
 //! The binaries read flags and environment at their edge into
 //! [`AwsOptions`] and pass them here.
+//!
+//! EC2 clients (for launch templates and the fleet) are built here too,
+//! by [`ec2`], under the same rule: an explicit endpoint or region beats
+//! the environment's (`AWS_ENDPOINT_URL_EC2`, `AWS_ENDPOINT_URL`,
+//! `AWS_REGION`, the profile).
 
 use std::time::Duration;
 
@@ -116,19 +121,7 @@ pub async fn dynamo(
     endpoint_env: Option<String>,
 ) -> Result<DynamoStore, ConnectError> {
     let table = table_name(&options.table).map_err(ConnectError::Table)?;
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
-        TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .operation_attempt_timeout(Duration::from_secs(30))
-            .build(),
-    );
-    if let Some(region) = &options.region {
-        loader = loader.region(aws_config::Region::new(region.clone()));
-    }
-    if let Some(url) = &options.endpoint_url {
-        loader = loader.endpoint_url(url);
-    }
-    let config = loader.load().await;
+    let config = sdk_config(options.region.as_deref(), options.endpoint_url.as_deref()).await;
     let Some(region) = config.region() else {
         return Err(ConnectError::Store(StoreError::NoRegion));
     };
@@ -142,6 +135,45 @@ pub async fn dynamo(
         table,
         endpoint,
     ))
+}
+
+/// How to reach EC2: the flags that beat the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Ec2Options {
+    /// An explicit EC2 endpoint (an emulator, a VPC endpoint...); without
+    /// it the SDK's rules apply (`AWS_ENDPOINT_URL_EC2`, `AWS_ENDPOINT_URL`,
+    /// then the region's endpoint).
+    pub endpoint_url: Option<String>,
+    /// An explicit region.
+    pub region: Option<String>,
+}
+
+/// An EC2 client for `options`, configured like the DynamoDB one (the
+/// same timeouts, credentials chain and precedence of explicit settings).
+pub async fn ec2(options: &Ec2Options) -> Result<aws_sdk_ec2::Client, ConnectError> {
+    let config = sdk_config(options.region.as_deref(), options.endpoint_url.as_deref()).await;
+    if config.region().is_none() {
+        return Err(ConnectError::Store(StoreError::NoRegion));
+    }
+    Ok(aws_sdk_ec2::Client::new(&config))
+}
+
+/// The SDK configuration every client starts from: the standard chain, a
+/// short connect timeout, and explicit region and endpoint on top.
+async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(30))
+            .build(),
+    );
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_owned()));
+    }
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
 }
 
 /// Why a store could not be opened.

@@ -16,7 +16,10 @@
 //!   may not become, what the agent passes on, the kernel's size limits.
 //! - [`load`]: loading a validated sheet into a store, with progress.
 //! - [`store`]: the stores. [`store::dynamo`] talks to DynamoDB.
-//! - [`connect`]: building a store from AWS configuration.
+//! - [`connect`]: building a store (and an EC2 client) from AWS
+//!   configuration.
+//! - [`fleet`]: the EC2 fleet: launch templates per step, launching
+//!   workers, listing and terminating a step's instances.
 //! - [`retry`]: the jittered exponential backoff used around batch writes.
 //! - [`transition`]: every change of a task's state (guard, changes,
 //!   counters), defined once; both stores render it.
@@ -24,6 +27,7 @@
 
 pub mod connect;
 pub mod envrules;
+pub mod fleet;
 pub mod load;
 pub mod model;
 pub mod retry;

@@ -2,8 +2,9 @@
 //! DynamoDB Local that `scripts/test` starts, a client that counts its
 //! requests, and whole-table dumps for "nothing changed" checks.
 //!
-//! Tests find DynamoDB Local through `TASKFLEET_TEST_DYNAMODB`. Without it
-//! they fail with a message saying how to run them; they never skip.
+//! Tests find DynamoDB Local through `TASKFLEET_TEST_DYNAMODB`, and moto
+//! (EC2) through `TASKFLEET_TEST_MOTO`. Without them they fail with a
+//! message saying how to run them; they never skip.
 //!
 //! For fault tests:
 //! - [`DynamoLocal`]: a private emulator a test may freeze, so that the
@@ -51,6 +52,18 @@ pub fn endpoint() -> String {
         panic!(
             "TASKFLEET_TEST_DYNAMODB is not set: these tests need DynamoDB Local. \
              Run them with `bash scripts/test`, which installs and starts it."
+        )
+    })
+}
+
+/// The moto endpoint (EC2 and S3), or a panic that says how to get one.
+#[track_caller]
+pub fn moto_endpoint() -> String {
+    std::env::var("TASKFLEET_TEST_MOTO").unwrap_or_else(|_| {
+        panic!(
+            "TASKFLEET_TEST_MOTO is not set: these tests need moto (EC2). \
+             Run them with `bash scripts/test`, which installs and starts it \
+             (scripts/with-dynamodb-local starts it from scripts/install-moto's venv)."
         )
     })
 }

@@ -74,7 +74,7 @@ fn launched_local_workers_show_in_the_fleet_and_stop_releases_their_tasks() {
     assert!(
         stopped
             .stdout()
-            .contains("all workers of step 'qc' have stopped"),
+            .contains("all local workers of step 'qc' have stopped"),
         "{}",
         stopped.stdout()
     );

@@ -5,11 +5,15 @@
 //! `scripts/test` starts inside a private network namespace, and find it
 //! through `TASKFLEET_TEST_DYNAMODB`. Without it they fail with a message
 //! saying how to run them; they never skip. Each test uses its own table.
+//! The EC2 fleet's tests (`fleet`) use moto, found through
+//! `TASKFLEET_TEST_MOTO` the same way, with launch template names of their
+//! own; the refusals moto cannot produce are scripted in `mocks`.
 
 mod support;
 
 mod bad_input;
 mod errors;
+mod fleet;
 mod init;
 mod load;
 mod local;

@@ -269,3 +269,152 @@ async fn a_batch_still_throttled_after_the_retry_budget_is_reported_not_lost() {
     );
     assert_eq!(rule.num_calls(), 4);
 }
+
+// --- EC2: refusals moto cannot produce, and what a launch sends -----------
+
+mod ec2 {
+    use std::sync::{Arc, Mutex};
+
+    use aws_sdk_ec2::Client;
+    use aws_sdk_ec2::operation::run_instances::{RunInstancesError, RunInstancesOutput};
+    use aws_sdk_ec2::types::{Instance, MarketType};
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use aws_smithy_types::error::ErrorMetadata;
+    use taskfleet::fleet::FleetError;
+    use taskfleet::fleet::launch::{LaunchRequest, Spot, run_instances};
+
+    fn request() -> LaunchRequest {
+        LaunchRequest {
+            table: "cohort".into(),
+            step: "align".into(),
+            template: "taskfleet-align".into(),
+            template_version: "$Latest".into(),
+            count: 3,
+            launch_id: "L1".into(),
+            slots: 2,
+            spot: None,
+            instance_type: Some("c6i.large".into()),
+            subnet: None,
+            security_groups: vec![],
+        }
+    }
+
+    fn refusal(code: &'static str) -> RunInstancesError {
+        RunInstancesError::generic(
+            ErrorMetadata::builder()
+                .code(code)
+                .message("refused by the script")
+                .build(),
+        )
+    }
+
+    async fn launch_refused(code: &'static str) -> FleetError {
+        let rule = mock!(Client::run_instances).then_error(move || refusal(code));
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule], |c| {
+            c.retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled())
+        });
+        run_instances(&client, &request()).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn the_vcpu_limit_and_no_capacity_are_named_with_what_to_do() {
+        let err = launch_refused("VcpuLimitExceeded").await;
+        assert!(matches!(err, FleetError::VcpuLimit { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("launching would exceed the account's vCPU limit for c6i.large"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("Service Quotas"), "{err}");
+
+        let err = launch_refused("InsufficientInstanceCapacity").await;
+        assert!(
+            matches!(err, FleetError::InsufficientCapacity { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("EC2 has no capacity for c6i.large")
+                && err
+                    .to_string()
+                    .contains("another --instance-type or --subnet"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_permission_and_a_missing_template_say_what_to_do() {
+        let err = launch_refused("UnauthorizedOperation").await;
+        assert!(
+            err.to_string()
+                .starts_with("EC2 refused RunInstances for lack of permission")
+                && err.to_string().contains("grant ec2:RunInstances"),
+            "{err}"
+        );
+        let err = launch_refused("InvalidLaunchTemplateName.NotFoundException").await;
+        assert_eq!(
+            err.to_string(),
+            "there is no launch template 'taskfleet-align' for step 'align'; create it with `taskctl template apply --step align`"
+        );
+        let err = launch_refused("IdempotentParameterMismatch").await;
+        assert!(err.to_string().contains("launch id 'L1'"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_launch_asks_for_exactly_its_count_with_its_tags_token_and_spot_price() {
+        let seen = Arc::new(Mutex::new(None));
+        let s = seen.clone();
+        let rule = mock!(Client::run_instances)
+            .match_requests(move |req| {
+                *s.lock().unwrap() = Some(req.clone());
+                true
+            })
+            .then_output(|| {
+                RunInstancesOutput::builder()
+                    .instances(Instance::builder().instance_id("i-1").build())
+                    .build()
+            });
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
+        let mut req = request();
+        req.spot = Some(Spot {
+            max_price: Some("0.12".into()),
+        });
+        req.subnet = Some("subnet-1".into());
+        req.security_groups = vec!["sg-1".into()];
+        assert_eq!(run_instances(&client, &req).await.unwrap(), ["i-1"]);
+
+        let sent = seen.lock().unwrap().clone().unwrap();
+        assert_eq!((sent.min_count(), sent.max_count()), (Some(3), Some(3)));
+        assert_eq!(sent.client_token(), Some(req.client_token().as_str()));
+        let template = sent.launch_template().unwrap();
+        assert_eq!(
+            (template.launch_template_name(), template.version()),
+            (Some("taskfleet-align"), Some("$Latest"))
+        );
+        let market = sent.instance_market_options().unwrap();
+        assert_eq!(market.market_type(), Some(&MarketType::Spot));
+        assert_eq!(
+            market.spot_options().and_then(|o| o.max_price()),
+            Some("0.12")
+        );
+        assert_eq!(sent.subnet_id(), Some("subnet-1"));
+        assert_eq!(sent.security_group_ids(), ["sg-1"]);
+        let tags: Vec<(String, String)> = sent.tag_specifications()[0]
+            .tags()
+            .iter()
+            .map(|t| (t.key().unwrap().to_owned(), t.value().unwrap().to_owned()))
+            .collect();
+        for pair in [
+            ("Name", "align"),
+            ("taskfleet:table", "cohort"),
+            ("taskfleet:step", "align"),
+            ("taskfleet:launch-id", "L1"),
+            ("taskfleet:slots", "2"),
+        ] {
+            assert!(
+                tags.contains(&(pair.0.to_owned(), pair.1.to_owned())),
+                "{pair:?} in {tags:?}"
+            );
+        }
+    }
+}

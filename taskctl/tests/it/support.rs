@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-pub use testkit::{TestTable, endpoint, samples_2504, unique_table};
+pub use testkit::{TestTable, endpoint, moto_endpoint, samples_2504, unique_table};
 
 /// A finished `taskctl` run.
 #[derive(Debug)]
