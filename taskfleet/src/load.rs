@@ -147,7 +147,11 @@ pub fn prepare(request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, LoadE
             row,
             Timestamp::now(),
         );
-        let size = schema::item_size(&task_item(&meta, &task));
+        let size = schema::item_size(&task_item(
+            &meta,
+            &task,
+            crate::transition::insert(&task).state_at,
+        ));
         if size > budget {
             return Err(SheetError {
                 path: sheet.path.clone(),

@@ -169,8 +169,7 @@ pub(super) fn put_in_transaction(table: &str, meta: &StepMeta, t: &Transition) -
     for cond in &t.guard {
         e.condition(cond);
     }
-    let mut item: Item = task_item(meta, task);
-    item.insert(attr::STATE_AT.to_owned(), n(t.state_at.as_millis()));
+    let item: Item = task_item(meta, task, t.state_at);
     Put::builder()
         .table_name(table)
         .set_item(Some(item))

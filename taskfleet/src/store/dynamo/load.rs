@@ -45,7 +45,8 @@ impl DynamoStore {
             let mut bytes = 0;
             let mut end = start;
             while end < tasks.len() && end - start < MAX_TRANSACTION_ITEMS - 1 {
-                let size = schema::item_size(&task_item(meta, &tasks[end]));
+                let t = &tasks[end];
+                let size = schema::item_size(&task_item(meta, t, transition::insert(t).state_at));
                 if end > start && bytes + size > MAX_TRANSACTION_BYTES {
                     break;
                 }

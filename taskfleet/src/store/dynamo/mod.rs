@@ -154,6 +154,23 @@ impl DynamoStore {
         Ok(())
     }
 
+    /// A query of one partition of the `by_state` index: the tasks of
+    /// `step` in `state` in `shard`.
+    pub(super) fn state_partition(
+        &self,
+        step: &str,
+        state: TaskState,
+        shard: u16,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.client
+            .query()
+            .table_name(&self.table)
+            .index_name(schema::BY_STATE_INDEX)
+            .key_condition_expression("#spk = :spk")
+            .expression_attribute_names("#spk", attr::STATE_PK)
+            .expression_attribute_values(":spk", s(&schema::state_pk(step, state, shard)))
+    }
+
     fn step_item(meta: &StepMeta) -> Item {
         let mut item: Item = serde_dynamo::to_item(meta).expect("a step always serialises");
         item.insert(attr::PK.to_owned(), s(STEPS_PK));
@@ -162,25 +179,19 @@ impl DynamoStore {
     }
 }
 
-/// The item that stores `task`: its attributes, keys and index entry.
-pub fn task_item(meta: &StepMeta, task: &Task) -> Item {
+/// The item that stores `task`: its attributes, keys and index entry, with
+/// `state_at` its index time (which a transition decides, see
+/// [`crate::transition::Transition::state_at`]).
+pub fn task_item(meta: &StepMeta, task: &Task, state_at: Timestamp) -> Item {
     let mut item: Item = serde_dynamo::to_item(task).expect("a task always serialises");
     let shard = schema::shard_of(&task.task_id, meta.shards);
     item.insert(attr::PK.to_owned(), s(&schema::task_pk(&meta.step, shard)));
     item.insert(attr::SK.to_owned(), s(&task.task_id));
-    let state_at = match task.state {
-        TaskState::Running => task.lease_expires_at,
-        TaskState::Done | TaskState::Failed => task.finished_at,
-        TaskState::Pending | TaskState::Waiting => task.ready_at.or(Some(task.updated_at)),
-    };
     item.insert(
         attr::STATE_PK.to_owned(),
         s(&schema::state_pk(&meta.step, task.state, shard)),
     );
-    item.insert(
-        attr::STATE_AT.to_owned(),
-        n(state_at.unwrap_or(task.updated_at).as_millis()),
-    );
+    item.insert(attr::STATE_AT.to_owned(), n(state_at.as_millis()));
     item
 }
 

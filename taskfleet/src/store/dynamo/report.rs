@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::errors::{is_condition_failed, is_retryable};
 use super::{DynamoStore, Item, n, s};
 use crate::model::{FailedTask, StepMeta, StepStatus, TaskState};
-use crate::schema::{self, BY_STATE_INDEX, attr};
+use crate::schema::{self, attr};
 use crate::store::{Correction, StoreError};
 use crate::time::Timestamp;
 use crate::transition::counter_of;
@@ -95,13 +95,7 @@ impl DynamoStore {
         shard: u16,
     ) -> Result<u64, StoreError> {
         let pages: Vec<_> = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(BY_STATE_INDEX)
-            .key_condition_expression("#spk = :spk")
-            .expression_attribute_names("#spk", attr::STATE_PK)
-            .expression_attribute_values(":spk", s(&schema::state_pk(step, state, shard)))
+            .state_partition(step, state, shard)
             .select(Select::Count)
             .into_paginator()
             .send()
@@ -122,16 +116,7 @@ impl DynamoStore {
         let limit_i32 = i32::try_from(limit.min(1000)).unwrap_or(1000).max(1);
         let per_shard: Vec<Vec<Item>> = futures::stream::iter(0..meta.shards)
             .map(|shard| async move {
-                self.client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(BY_STATE_INDEX)
-                    .key_condition_expression("#spk = :spk")
-                    .expression_attribute_names("#spk", attr::STATE_PK)
-                    .expression_attribute_values(
-                        ":spk",
-                        s(&schema::state_pk(&meta.step, TaskState::Failed, shard)),
-                    )
+                self.state_partition(&meta.step, TaskState::Failed, shard)
                     .scan_index_forward(false)
                     .limit(limit_i32)
                     .send()
@@ -273,16 +258,7 @@ impl DynamoStore {
         let mut out = Vec::new();
         for shard in 0..meta.shards {
             let items: Vec<Item> = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(BY_STATE_INDEX)
-                .key_condition_expression("#spk = :spk")
-                .expression_attribute_names("#spk", attr::STATE_PK)
-                .expression_attribute_values(
-                    ":spk",
-                    s(&schema::state_pk(&meta.step, TaskState::Running, shard)),
-                )
+                .state_partition(&meta.step, TaskState::Running, shard)
                 .into_paginator()
                 .items()
                 .send()
