@@ -14,6 +14,7 @@ use crate::support::{Agent, eventually};
 
 per_store!(
     a_host_that_cannot_write_its_logs_releases_the_task_and_stops_with_exit_5,
+    a_full_disk_releases_the_task_and_stops_the_agent_with_exit_5,
     a_script_signalled_while_its_agent_stops_is_released_not_failed,
     an_idle_agent_waits_for_a_retry_whose_delay_outlasts_its_idle_timeout,
 );
@@ -134,4 +135,75 @@ async fn an_idle_agent_waits_for_a_retry_whose_delay_outlasts_its_idle_timeout(t
         task.history
     );
     assert!(started.elapsed() >= Duration::from_secs(4));
+}
+
+/// A 64 KiB tmpfs, filled up, unmounted when dropped.
+struct FullDisk {
+    dir: std::path::PathBuf,
+}
+
+impl FullDisk {
+    fn mount(under: &std::path::Path) -> Self {
+        let dir = under.join("full-disk");
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "cannot mount a small tmpfs at {} ({status}): this test needs root, as the test command has",
+            dir.display()
+        );
+        let disk = Self { dir };
+        // Fill it: the next write anywhere on it fails with ENOSPC.
+        let mut filler = std::fs::File::create(disk.dir.join("filler")).unwrap();
+        let block = vec![0u8; 4096];
+        while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+        disk
+    }
+}
+
+impl Drop for FullDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+async fn a_full_disk_releases_the_task_and_stops_the_agent_with_exit_5(t: TestStore) {
+    load_text(&t.store, "qc", "echo hi", "sample\nA\n", settings(1)).await;
+    let disk = FullDisk::mount(t.dir.path());
+    let (work, logs) = (disk.dir.join("work"), disk.dir.join("logs"));
+    let mut agent = Agent::spawn_on(
+        &t.locator,
+        t.dir.path(),
+        "qc",
+        &[
+            "--work-dir",
+            &work.display().to_string(),
+            "--log-dir",
+            &logs.display().to_string(),
+            "--idle-timeout",
+            "5s",
+        ],
+        &[],
+    );
+    let status = agent.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(5), "{}", agent.stderr());
+    let task = t.store.task("qc", "A").await.unwrap().unwrap();
+    assert_eq!(
+        (task.state, task.failed_attempts, task.owner),
+        (TaskState::Pending, 0, None),
+        "a full disk is not the task's failure: {:?}",
+        task.history
+    );
+    assert_eq!(
+        task.history.last().unwrap().failure_class,
+        Some(FailureClass::Host)
+    );
+    drop(disk);
 }
