@@ -7,8 +7,13 @@
 //! - A spot interruption notice (`spot/instance-action`) stops the agent at
 //!   once: its scripts are stopped and their tasks released as class
 //!   `spot`, without using an attempt.
-//! - A rebalance recommendation makes it stop claiming; running tasks go on
-//!   within the grace period.
+//! - A rebalance recommendation, or the drain tag `taskctl stop` sets on
+//!   the instance (`tags/instance/taskfleet:drain`), makes it stop
+//!   claiming; running tasks go on within the grace period.
+//! - With `--terminate-on-exit` (as the bootstrap runs it), whatever ends
+//!   the agent ends the instance: [`end_instance`] calls TerminateInstances
+//!   on the instance itself and, if that fails, runs the power-off command
+//!   (`shutdown -h now`; the launch templates make a shutdown terminate).
 //!
 //! Metadata that cannot be read is the host's trouble, never a task's: the
 //! agent does not start (exit code 5).
@@ -100,9 +105,10 @@ impl Metadata {
     }
 }
 
-/// Polls for a spot interruption notice and a rebalance recommendation
-/// every `every` until the agent stops. A notice stops the agent now, its
-/// tasks released as class `spot`; a recommendation stops claiming.
+/// Polls for a spot interruption notice, a rebalance recommendation and
+/// the drain tag every `every` until the agent stops. A notice stops the
+/// agent now, its tasks released as class `spot`; a recommendation or the
+/// drain tag stops claiming.
 /// Errors reading the notices are logged and polled again: the notice
 /// comes two minutes ahead, there is time for a few tries.
 pub async fn watch(metadata: Metadata, shutdown: Shutdown, every: Duration) {
@@ -122,12 +128,78 @@ pub async fn watch(metadata: Metadata, shutdown: Shutdown, every: Duration) {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the spot interruption notice"),
         }
-        if !rebalancing
-            && let Ok(Some(notice)) = metadata.notice("events/recommendations/rebalance").await
-        {
+        if rebalancing {
+            continue;
+        }
+        if let Ok(Some(notice)) = metadata.notice("events/recommendations/rebalance").await {
             tracing::warn!(%notice, "rebalance recommendation; claiming nothing more");
             rebalancing = true;
             shutdown.stop();
+        } else if let Ok(Some(when)) = metadata
+            .notice(&format!("tags/instance/{}", taskfleet::fleet::TAG_DRAIN))
+            .await
+        {
+            tracing::warn!(%when, "drain asked for (taskctl stop); claiming nothing more");
+            rebalancing = true;
+            shutdown.stop();
         }
+    }
+}
+
+/// How the agent ends its instance when it exits.
+#[derive(Debug, Clone)]
+pub struct Ending {
+    /// The command that powers the host off when TerminateInstances
+    /// fails (program and arguments).
+    pub poweroff: Vec<String>,
+    /// Longest wait for TerminateInstances.
+    pub deadline: Duration,
+}
+
+/// Ends this instance: TerminateInstances on itself (with the instance's
+/// own credentials, in its region; `AWS_ENDPOINT_URL_EC2` is honoured),
+/// and when that fails or `instance` is unknown (its metadata could not be
+/// read), the power-off command. Returns what was done, for the log.
+pub async fn end_instance(instance: Option<&Instance>, ending: &Ending) -> String {
+    let mut why = String::from("the instance's id is unknown");
+    if let Some(instance) = instance {
+        let options = taskfleet::connect::Ec2Options {
+            endpoint_url: None,
+            region: Some(instance.region.clone()),
+        };
+        let attempt = async {
+            let client = taskfleet::connect::ec2(&options)
+                .await
+                .map_err(|e| e.to_string())?;
+            taskfleet::fleet::instances::terminate(&client, std::slice::from_ref(&instance.id))
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(ending.deadline, attempt).await {
+            Ok(Ok(())) => return format!("terminated instance {}", instance.id),
+            Ok(Err(e)) => why = e,
+            Err(_) => why = format!("no answer within {:?}", ending.deadline),
+        }
+        tracing::error!(error = %why, "cannot terminate this instance; powering off instead");
+    }
+    let Some((program, args)) = ending.poweroff.split_first() else {
+        return format!("cannot end this instance ({why}) and no power-off command is set");
+    };
+    match tokio::process::Command::new(program)
+        .args(args)
+        .status()
+        .await
+    {
+        Ok(status) if status.success() => {
+            format!("powered off with `{}` ({why})", ending.poweroff.join(" "))
+        }
+        Ok(status) => format!(
+            "`{}` failed ({status}) after TerminateInstances did not work ({why})",
+            ending.poweroff.join(" ")
+        ),
+        Err(e) => format!(
+            "cannot run `{}` ({e}) after TerminateInstances did not work ({why})",
+            ending.poweroff.join(" ")
+        ),
     }
 }

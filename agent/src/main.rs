@@ -86,6 +86,17 @@ struct Args {
     /// (EC2 gives two minutes' warning).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s", value_name = "DURATION")]
     spot_poll: Duration,
+    /// With --on-ec2: whatever ends the agent (idle, a stop, a spot notice,
+    /// a fatal error) ends the instance too, after its tasks are released:
+    /// TerminateInstances on itself, else --poweroff-command. The
+    /// bootstrap (userdata/bootstrap.sh) runs the agent this way.
+    #[arg(long, requires = "on_ec2")]
+    terminate_on_exit: bool,
+    /// With --terminate-on-exit: the command that powers the host off when
+    /// TerminateInstances fails (the launch templates make a shutdown
+    /// terminate the instance).
+    #[arg(long, value_name = "COMMAND", default_value = "shutdown -h now")]
+    poweroff_command: String,
     /// This worker's id in the table [default: PID and a random suffix].
     #[arg(long)]
     worker_id: Option<String>,
@@ -145,6 +156,41 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
+    // On EC2 the instance names the agent: read it first, so that every
+    // later way out can end the instance.
+    let on_ec2 = match ec2_identity(&args).await {
+        Ok(found) => found,
+        Err(code) => {
+            if args.terminate_on_exit {
+                end_instance(&args, None).await;
+            }
+            return code;
+        }
+    };
+    let code = run_on(&args, on_ec2.clone()).await;
+    if args.terminate_on_exit {
+        end_instance(&args, on_ec2.as_ref().map(|(_, instance)| instance)).await;
+    }
+    code
+}
+
+async fn end_instance(args: &Args, instance: Option<&agent::ec2::Instance>) {
+    let ending = agent::ec2::Ending {
+        poweroff: args
+            .poweroff_command
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        deadline: Duration::from_secs(60),
+    };
+    let done = agent::ec2::end_instance(instance, &ending).await;
+    tracing::info!("{done}");
+}
+
+async fn run_on(
+    args: &Args,
+    on_ec2: Option<(agent::ec2::Metadata, agent::ec2::Instance)>,
+) -> ExitCode {
     // Scripts run under a copy of this binary; see agent::supervisor.
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -175,11 +221,6 @@ async fn run(args: Args) -> ExitCode {
             eprintln!("error: {e}");
             return ExitCode::from(3);
         }
-    };
-    // On EC2 the instance names the agent; elsewhere the host name.
-    let on_ec2 = match ec2_identity(&args).await {
-        Ok(found) => found,
-        Err(code) => return code,
     };
     let host = match &on_ec2 {
         Some((_, instance)) => instance.id.clone(),

@@ -62,6 +62,10 @@ pub enum AttemptEnd {
     /// The final write could not be made before the lease ran out; the
     /// task will be reclaimed.
     StoreFailed(StoreError),
+    /// The store answered with an error no retry fixes (the table was
+    /// deleted, access was revoked): the script was killed, nothing could
+    /// be written, and the agent must stop.
+    StoreGone(StoreError),
 }
 
 /// Why the script stopped.
@@ -74,6 +78,8 @@ enum Ended {
     LeaseLost,
     LaunchFailed(String),
     HostTrouble(String),
+    /// A renewal got an error no retry fixes.
+    StoreGone(StoreError),
 }
 
 /// Runs one claimed task to its end.
@@ -212,21 +218,9 @@ async fn execute<S: TaskStore>(
             // The renewal came back, or its deadline passed.
             (answer, expires) = async { renewal.as_mut().expect("guarded").await }, if renewal.is_some() => {
                 renewal = None;
-                match answer {
-                    Ok(Ok(Fence::Held)) => lease.renewed(expires),
-                    Ok(Ok(Fence::Lost)) => {
-                        tracing::warn!("lease taken away; killing the script");
-                        let _ = kill_group(&mut child, pgid, cfg.kill_grace).await;
-                        break Ended::LeaseLost;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "lease renewal failed");
-                        lease.renewal_failed();
-                    }
-                    Err(_) => {
-                        tracing::warn!("lease renewal got no answer in time");
-                        lease.renewal_failed();
-                    }
+                if let Some(ended) = renewal_answered(answer, expires, &mut lease) {
+                    let _ = kill_group(&mut child, pgid, cfg.kill_grace.min(lease.kill_grace())).await;
+                    break ended;
                 }
             }
             // The lease was not renewed in time: the script must be dead
@@ -267,6 +261,37 @@ async fn execute<S: TaskStore>(
     (ended, lease)
 }
 
+/// What a renewal's answer means for the attempt: it goes on (`None`), or
+/// its script must be killed, for the reason returned.
+fn renewal_answered(
+    answer: Result<Result<Fence, StoreError>, tokio::time::error::Elapsed>,
+    expires: Instant,
+    lease: &mut Lease,
+) -> Option<Ended> {
+    match answer {
+        Ok(Ok(Fence::Held)) => lease.renewed(expires),
+        Ok(Ok(Fence::Lost)) => {
+            tracing::warn!("lease taken away; killing the script");
+            return Some(Ended::LeaseLost);
+        }
+        // Nothing this attempt does can be recorded, now or later: stop it
+        // and the agent.
+        Ok(Err(e)) if crate::worker::is_fatal(&e) => {
+            tracing::error!(error = %e, "lease renewal failed for good; killing the script");
+            return Some(Ended::StoreGone(e));
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "lease renewal failed");
+            lease.renewal_failed();
+        }
+        Err(_) => {
+            tracing::warn!("lease renewal got no answer in time");
+            lease.renewal_failed();
+        }
+    }
+    None
+}
+
 /// Turns how the script ended into the task's next state, and writes it.
 async fn conclude<S: TaskStore>(
     (store, meta, cfg, counters): (&S, &StepMeta, &AgentConfig, &Stats),
@@ -276,9 +301,14 @@ async fn conclude<S: TaskStore>(
     log_path: &Path,
     lease: &mut Lease,
 ) -> AttemptEnd {
+    let ended = match ended {
+        Ended::StoreGone(e) => return AttemptEnd::StoreGone(e),
+        other => other,
+    };
     let now = Timestamp::now();
     let (exit_code, signal, class) = match &ended {
         Ended::LeaseLost => return AttemptEnd::Lost,
+        Ended::StoreGone(_) => unreachable!("handled above"),
         Ended::Exited(status) if status.success() => (Some(0), None, None),
         Ended::Exited(status) => (
             status.code(),

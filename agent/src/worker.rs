@@ -78,7 +78,8 @@ impl AgentError {
     }
 }
 
-fn is_fatal(e: &StoreError) -> bool {
+/// Store errors no retry fixes.
+pub(crate) fn is_fatal(e: &StoreError) -> bool {
     matches!(
         e,
         StoreError::TableNotFound { .. }
@@ -117,7 +118,8 @@ where
     let meta = Arc::new(load_step(&*store, &cfg.step).await?);
     crate::cleanup::sweep(&cfg);
     let cfg = Arc::new(cfg);
-    let trouble: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    // The first attempt that must end the agent says why.
+    let trouble: Arc<std::sync::Mutex<Option<AgentError>>> = Arc::default();
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(cfg.slots.max(1)));
     let mut finder = Finder::default();
@@ -214,7 +216,7 @@ where
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take();
     let outcome = match (outcome, trouble) {
-        (Ok(_), Some(why)) => Err(AgentError::Host(why)),
+        (Ok(_), Some(error)) => Err(error),
         (outcome, _) => outcome,
     };
     tracing::info!(outcome = ?outcome, "agent stopped");
@@ -247,7 +249,7 @@ fn spawn_attempt<S>(
         &Arc<AgentConfig>,
         &Shutdown,
         &Arc<Stats>,
-        &Arc<std::sync::Mutex<Option<String>>>,
+        &Arc<std::sync::Mutex<Option<AgentError>>>,
     ),
     task: Task,
     permit: tokio::sync::OwnedSemaphorePermit,
@@ -272,8 +274,16 @@ fn spawn_attempt<S>(
                 trouble
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .get_or_insert(why);
+                    .get_or_insert(AgentError::Host(why));
                 shutdown.stop();
+            }
+            AttemptEnd::StoreGone(e) => {
+                // Nothing else can be recorded either: stop now.
+                trouble
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get_or_insert(AgentError::Fatal(e));
+                shutdown.now();
             }
             _ => {}
         }

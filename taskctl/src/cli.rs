@@ -120,6 +120,9 @@ pub enum Command {
     /// Launch templates: one per step, from launch-templates/STEP.json.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// The agent binary EC2 workers install at boot.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Recompute a step's counters from its tasks and correct those that are
     /// wrong, saying what was corrected.
     ///
@@ -128,10 +131,12 @@ pub enum Command {
     /// `status` reports that counts drift. It reads the step's state index
     /// (never the whole table); run it while few tasks are moving.
     Recount(RecountArgs),
-    /// Stop the workers of a step. Local workers stop gracefully (SIGTERM:
-    /// running tasks finish within the agents' grace period or are
-    /// released). EC2 instances are terminated with --now; there is no
-    /// graceful stop for them yet.
+    /// Stop the workers of a step gracefully: they claim nothing more, let
+    /// running tasks finish within the agents' grace period, and release
+    /// the rest. Local workers get SIGTERM; EC2 instances are tagged
+    /// taskfleet:drain, which their agents read from instance metadata,
+    /// and then terminate themselves. --now terminates EC2 instances at
+    /// once.
     Stop(StopArgs),
 }
 
@@ -146,6 +151,54 @@ pub enum TemplateCommand {
     /// The user-data is read from the file UserDataFile names in
     /// --userdata-dir.
     Apply(TemplateApplyArgs),
+}
+
+/// `taskctl agent ...`.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Upload an agent binary and its SHA-256 to S3 under its version, for
+    /// the bootstrap of EC2 workers (userdata/bootstrap.sh) to install.
+    ///
+    /// The binary goes to s3://BUCKET/taskfleet/agent/VERSION/agent and
+    /// its checksum beside it (agent.sha256); instances install the
+    /// version their launch template's tags name (TASKFLEET_AGENT_BUCKET
+    /// and TASKFLEET_AGENT_VERSION in launch-templates/STEP.json). A
+    /// version is published once: publishing the same binary again does
+    /// nothing, a different one under the same version is refused unless
+    /// --replace is given. Build it for the instances' architecture, e.g.
+    /// cargo build --release -p agent --target x86_64-unknown-linux-musl.
+    Publish(AgentPublishArgs),
+}
+
+/// `taskctl agent publish`.
+#[derive(Debug, Args)]
+pub struct AgentPublishArgs {
+    /// The agent binary to publish.
+    #[arg(long, value_name = "PATH")]
+    pub binary: PathBuf,
+    /// The S3 bucket instances download the agent from.
+    #[arg(long, env = "TASKFLEET_AGENT_BUCKET")]
+    pub bucket: String,
+    /// The version to publish it as [default: what `BINARY --version`
+    /// prints].
+    #[arg(long = "agent-version", value_name = "VERSION")]
+    pub version: Option<String>,
+    /// Overwrite a version already published with a different binary.
+    /// Instances booting while it is replaced may see a checksum mismatch
+    /// and shut down; prefer a new version.
+    #[arg(long)]
+    pub replace: bool,
+    /// Say what would be uploaded without uploading.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// S3 endpoint (an emulator, a VPC endpoint). Without it the SDK's own
+    /// rules apply (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, then the
+    /// region's endpoint).
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint_url: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `taskctl template apply`.

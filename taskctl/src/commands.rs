@@ -15,8 +15,8 @@ use taskfleet::store::dynamo::InitOutcome;
 use taskfleet::store::{SettingsChange, Store, TaskStore};
 
 use crate::cli::{
-    Cli, Command, FleetArgs, LoadArgs, RecountArgs, SheetFormat, ShowArgs, StatusArgs,
-    TemplateCommand,
+    AgentCommand, Cli, Command, FleetArgs, LoadArgs, RecountArgs, SheetFormat, ShowArgs,
+    StatusArgs, TemplateCommand,
 };
 use crate::connect;
 
@@ -39,6 +39,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Fleet(args) => fleet(&cli.global, &args).await,
         Command::Template(TemplateCommand::Apply(args)) => {
             crate::ec2::template_apply(&cli.global, &args).await
+        }
+        Command::Agent(AgentCommand::Publish(args)) => {
+            crate::publish::publish(&cli.global, &args).await
         }
         Command::Stop(args) => {
             crate::ec2::stop(&cli.global, &args).await?;

@@ -4,8 +4,9 @@
 //! Guarantees: a step's template is always found through the one naming
 //! rule (`--template-name`); nothing is launched before the step, its
 //! template and the cap are known, and `--dry-run` sends no request that
-//! changes anything; a stop without `--now` never touches an EC2 instance
-//! and says so.
+//! changes anything; a stop without `--now` only tags the instances to
+//! drain (their agents stop claiming, finish within grace, release and
+//! terminate), it never terminates one.
 
 use std::collections::BTreeMap;
 
@@ -361,8 +362,9 @@ pub async fn stop(global: &GlobalArgs, args: &StopArgs) -> Result<()> {
             ids.join(", ")
         );
     } else {
+        instances::drain(&client, &ids).await?;
         println!(
-            "left {n} EC2 instance{s} of step '{}' running ({}): EC2 workers cannot be stopped gracefully yet; `taskctl stop --step {} --now` terminates them, and their running tasks are reclaimed after the lease",
+            "draining {n} EC2 instance{s} of step '{}' ({}): their agents claim nothing more, let running tasks finish within their grace period, release the rest and terminate their instances; `taskctl stop --step {} --now` terminates them at once",
             args.step,
             ids.join(", "),
             args.step

@@ -9,6 +9,8 @@
 //! - [`local`]: local workers (`launch --local`, `fleet`, `stop`).
 //! - [`ec2`]: the EC2 fleet (`template apply`, `launch`, the EC2 half of
 //!   `fleet` and `stop`).
+//! - [`publish`]: `agent publish`, the agent binary in S3 for the
+//!   instances' bootstrap.
 //!
 //! `main` parses arguments, sets up logging, runs one command, and turns an
 //! error into one `error: ...` line and an exit code.
@@ -18,6 +20,7 @@ pub mod commands;
 pub mod connect;
 pub mod ec2;
 pub mod local;
+pub mod publish;
 
 use std::process::ExitCode;
 

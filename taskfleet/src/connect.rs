@@ -160,7 +160,7 @@ pub async fn ec2(options: &Ec2Options) -> Result<aws_sdk_ec2::Client, ConnectErr
 
 /// The SDK configuration every client starts from: the standard chain, a
 /// short connect timeout, and explicit region and endpoint on top.
-async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> aws_config::SdkConfig {
+pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
         TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))

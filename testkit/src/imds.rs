@@ -98,6 +98,16 @@ impl Imds {
         self.lock().rebalance = Some(r#"{"noticeTime": "2026-11-24T23:50:00Z"}"#.to_owned());
     }
 
+    /// Sets (or with `None` removes) one of the instance's tags, as EC2
+    /// does when a tag of an instance with tags in its metadata changes.
+    pub fn set_tag(&self, key: &str, value: Option<&str>) {
+        let tags = &mut self.lock().info.tags;
+        match value {
+            Some(v) => tags.insert(key.to_owned(), v.to_owned()),
+            None => tags.remove(key),
+        };
+    }
+
     /// Requests served so far.
     pub fn requests(&self) -> usize {
         self.lock().requests

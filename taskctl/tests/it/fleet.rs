@@ -338,7 +338,7 @@ async fn the_shipped_example_applies_with_its_variables_and_an_unset_one_is_name
     let err = run(args(&["--var", "TASKFLEET_AMI=ami-12c6146b"])).fails();
     assert!(
         err.contains(
-            "uses ${TASKFLEET_INSTANCE_PROFILE}, ${TASKFLEET_SECURITY_GROUP}, which are not set"
+            "uses ${TASKFLEET_INSTANCE_PROFILE}, ${TASKFLEET_SECURITY_GROUP}, ${TASKFLEET_AGENT_BUCKET}, ${TASKFLEET_AGENT_VERSION}, which are not set"
         ) && err.contains("--var NAME=VALUE"),
         "{err}"
     );
@@ -351,6 +351,10 @@ async fn the_shipped_example_applies_with_its_variables_and_an_unset_one_is_name
         "TASKFLEET_INSTANCE_PROFILE=taskfleet-worker",
         "--var",
         "TASKFLEET_SECURITY_GROUP=sg-0123456789abcdef0",
+        "--var",
+        "TASKFLEET_AGENT_BUCKET=my-bucket",
+        "--var",
+        "TASKFLEET_AGENT_VERSION=0.1.0",
     ]))
     .ok();
     let v = f
@@ -377,6 +381,17 @@ async fn the_shipped_example_applies_with_its_variables_and_an_unset_one_is_name
             .map(AsRef::<str>::as_ref),
         Some("terminate")
     );
+    // What the bootstrap reads from the instance's tags, defaults filled.
+    let tags: std::collections::BTreeMap<&str, &str> = data
+        .tag_specifications()
+        .iter()
+        .flat_map(aws_sdk_ec2::types::LaunchTemplateTagSpecification::tags)
+        .map(|t| (t.key().unwrap_or_default(), t.value().unwrap_or_default()))
+        .collect();
+    assert_eq!(tags.get("taskfleet:agent-bucket"), Some(&"my-bucket"));
+    assert_eq!(tags.get("taskfleet:agent-version"), Some(&"0.1.0"));
+    assert_eq!(tags.get("taskfleet:idle-timeout"), Some(&"5m"));
+    assert_eq!(tags.get("taskfleet:grace"), Some(&"60s"));
 }
 
 #[tokio::test]
@@ -545,17 +560,21 @@ async fn launch_is_capped_by_claimable_tasks_and_max_instances_and_fleet_and_sto
         "--step align shows align only: {human}"
     );
 
-    // stop without --now says what it does not do, and does not do it.
+    // stop without --now tags the instances to drain, and terminates
+    // none: their agents end them.
     let soft = f.run(&["stop", "--step", "align"]);
     assert!(
         soft.ok()
             .stdout()
-            .contains("left 3 EC2 instances of step 'align' running")
+            .contains("draining 3 EC2 instances of step 'align'")
             && soft.stdout().contains("--now"),
         "{}",
         soft.stdout()
     );
     assert_eq!(f.running_ids("align").await.len(), 3);
+    for instance in f.instances("align").await {
+        assert!(tag(&instance, "taskfleet:drain").is_some(), "{instance:?}");
+    }
 
     // stop --now terminates the step's instances, and only them.
     let now = f.run(&["stop", "--step", "align", "--now"]);

@@ -8,6 +8,9 @@
 //! The EC2 fleet's tests (`fleet`) use moto, found through
 //! `TASKFLEET_TEST_MOTO` the same way, with launch template names of their
 //! own; the refusals moto cannot produce are scripted in `mocks`.
+//! `simulation` plays the whole EC2 path: instances booted from their
+//! user-data, each with a metadata server of its own, agents installed
+//! from moto's S3.
 
 mod support;
 
@@ -20,4 +23,5 @@ mod local;
 mod mocks;
 mod readme;
 mod recount;
+mod simulation;
 mod status;

@@ -9,7 +9,7 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::{Filter, Instance, InstanceLifecycleType};
 use serde::Serialize;
 
-use super::{FleetError, TAG_LAUNCH, TAG_STEP, TAG_TABLE, classify};
+use super::{FleetError, TAG_DRAIN, TAG_LAUNCH, TAG_STEP, TAG_TABLE, classify};
 
 /// States of an instance that is, or may soon be, working.
 pub const ACTIVE_STATES: &[&str] = &["pending", "running"];
@@ -103,6 +103,27 @@ pub async fn list(
         (&a.step, a.launched_at, &a.instance_id).cmp(&(&b.step, b.launched_at, &b.instance_id))
     });
     Ok(out)
+}
+
+/// Asks the agents of `ids` to drain: tags them [`TAG_DRAIN`] (with the
+/// time), which each agent reads from its instance metadata.
+pub async fn drain(client: &Client, ids: &[String]) -> Result<(), FleetError> {
+    let now = crate::time::Timestamp::now().to_string();
+    for chunk in ids.chunks(1000) {
+        client
+            .create_tags()
+            .set_resources(Some(chunk.to_vec()))
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key(TAG_DRAIN)
+                    .value(&now)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("CreateTags", &e))?;
+    }
+    Ok(())
 }
 
 /// Terminates `ids` (nothing when empty).

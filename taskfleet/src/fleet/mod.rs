@@ -42,6 +42,21 @@ pub const TAG_LAUNCH: &str = "taskfleet:launch-id";
 pub const TAG_SLOTS: &str = "taskfleet:slots";
 /// The console's name tag: the step.
 pub const TAG_NAME: &str = "Name";
+/// Tag set by `taskctl stop` on instances to drain: their agents claim
+/// nothing more, let running tasks finish within their grace period,
+/// release the rest and terminate the instance. The agent reads it through
+/// instance metadata (`tags/instance/taskfleet:drain`).
+pub const TAG_DRAIN: &str = "taskfleet:drain";
+/// Tag (usually from the launch template) naming the S3 bucket the
+/// bootstrap downloads the agent from.
+pub const TAG_AGENT_BUCKET: &str = "taskfleet:agent-bucket";
+/// Tag (usually from the launch template) naming the agent version the
+/// bootstrap installs, as published by `taskctl agent publish`.
+pub const TAG_AGENT_VERSION: &str = "taskfleet:agent-version";
+/// The S3 key prefix under which `taskctl agent publish` stores agent
+/// binaries: `PREFIX/VERSION/agent` and `PREFIX/VERSION/agent.sha256`.
+/// `userdata/bootstrap.sh` uses the same layout.
+pub const AGENT_KEY_PREFIX: &str = "taskfleet/agent";
 
 /// The default template naming pattern: the step's name.
 pub const DEFAULT_TEMPLATE_NAME: &str = "{step}";
@@ -194,7 +209,7 @@ pub enum FleetError {
 }
 
 /// `bytes` as lower-case hex.
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::new(), |mut out, b| {
         let _ = write!(out, "{b:02x}");

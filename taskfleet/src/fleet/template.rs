@@ -6,7 +6,8 @@
 //! (`userdata/`), so every step shares one bootstrap. Any string may hold
 //! `${NAME}` variables (an AMI, a security group, an instance profile),
 //! filled in from [`Variables`]; a variable nobody set is an error naming
-//! it, never an empty string.
+//! it, never an empty string, unless it gives a default
+//! (`${NAME:-DEFAULT}`).
 //!
 //! Guarantees:
 //!
@@ -269,9 +270,15 @@ fn substitute(text: &str, vars: &Variables, unset: &mut Vec<String>) -> String {
             out.push_str(&rest[start..]);
             return out;
         };
-        let name = &after[..end];
+        // `${NAME:-DEFAULT}`: DEFAULT when NAME is unset, as in the shell.
+        let (name, default) = match after[..end].split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (&after[..end], None),
+        };
         if let Some(value) = vars.get(name) {
             out.push_str(value);
+        } else if let Some(default) = default {
+            out.push_str(default);
         } else if !unset.iter().any(|n| n == name) {
             unset.push(name.to_owned());
         }
@@ -582,6 +589,20 @@ mod tests {
         assert_eq!(
             substitute("${AMI}", &vars(&[("AMI", "ami-given")]), &mut unset),
             "ami-given"
+        );
+        assert!(unset.is_empty());
+    }
+
+    #[test]
+    fn a_default_stands_in_for_an_unset_variable_only() {
+        let mut unset = Vec::new();
+        assert_eq!(
+            substitute(
+                "${IDLE:-5m}/${AMI:-ami-default}/${EMPTY:-}",
+                &vars(&[]),
+                &mut unset
+            ),
+            "5m/ami-env/"
         );
         assert!(unset.is_empty());
     }
