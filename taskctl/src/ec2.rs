@@ -18,6 +18,7 @@ use taskfleet::fleet::launch::{self, Bounds, LaunchRequest, Spot};
 use taskfleet::fleet::template::{self, ApplyOutcome, TemplateDirs, Variables};
 use taskfleet::fleet::{FleetError, TemplateNaming};
 use taskfleet::store::{Store, TaskStore};
+use taskfleet::time::Timestamp;
 
 use crate::cli::{GlobalArgs, LaunchArgs, StopArgs, TemplateApplyArgs};
 use crate::connect;
@@ -271,6 +272,9 @@ pub struct InstanceRow {
     pub age_seconds: Option<i64>,
     /// Tasks its workers hold now (from the running tasks' owners).
     pub tasks: Vec<String>,
+    /// Seconds since its agent last renewed a lease (the newest of its
+    /// tasks' renewals; none when it holds no task).
+    pub last_heartbeat_seconds: Option<i64>,
 }
 
 /// The EC2 instances of the table's steps, with the tasks each runs; `None`
@@ -286,27 +290,45 @@ pub async fn fleet_rows(
     let client = connect::ec2(global).await?;
     let found = instances::list(&client, &table, step, LIVE_STATES).await?;
     // Owners are `host/worker`; on EC2 the host is the instance id.
-    let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut owners: BTreeMap<String, (Vec<String>, Option<Timestamp>)> = BTreeMap::new();
     let mut steps: Vec<&str> = found.iter().map(|i| i.step.as_str()).collect();
     steps.sort_unstable();
     steps.dedup();
     for s in steps {
         if let Some(meta) = store.step(s).await? {
-            for (task, owner) in store.running(&meta).await? {
-                let host = owner.split('/').next().unwrap_or_default().to_owned();
-                owners.entry(host).or_default().push(task);
+            for running in store.running(&meta).await? {
+                let host = running
+                    .owner
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                // A lease is renewed to a full lease from the renewal.
+                let lease = i64::try_from(meta.settings.lease.as_millis()).unwrap_or(i64::MAX);
+                let renewed = Timestamp::from_millis(
+                    running.lease_expires_at.as_millis().saturating_sub(lease),
+                );
+                let entry = owners.entry(host).or_default();
+                entry.0.push(running.task_id);
+                entry.1 = entry.1.max(Some(renewed));
             }
         }
     }
-    let now = taskfleet::time::Timestamp::now().as_millis() / 1000;
+    let now = Timestamp::now();
+    let seconds = now.as_millis() / 1000;
     Ok(Some(
         found
             .into_iter()
-            .map(|instance| InstanceRow {
-                kind: "ec2",
-                age_seconds: instance.launched_at.map(|t| (now - t).max(0)),
-                tasks: owners.remove(&instance.instance_id).unwrap_or_default(),
-                instance,
+            .map(|instance| {
+                let (tasks, renewed) = owners.remove(&instance.instance_id).unwrap_or_default();
+                InstanceRow {
+                    kind: "ec2",
+                    age_seconds: instance.launched_at.map(|t| (seconds - t).max(0)),
+                    tasks,
+                    last_heartbeat_seconds: renewed
+                        .map(|t| ((now.as_millis() - t.as_millis()) / 1000).max(0)),
+                    instance,
+                }
             })
             .collect(),
     ))
@@ -315,13 +337,13 @@ pub async fn fleet_rows(
 /// The EC2 table of `taskctl fleet`.
 pub fn print_instances(rows: &[InstanceRow]) {
     println!(
-        "{:<20}  {:<16}  {:<12}  {:<9}  {:<13}  {:>8}  TASKS",
-        "INSTANCE", "STEP", "TYPE", "MARKET", "STATE", "AGE"
+        "{:<20}  {:<16}  {:<12}  {:<9}  {:<13}  {:>8}  {:>9}  TASKS",
+        "INSTANCE", "STEP", "TYPE", "MARKET", "STATE", "AGE", "HEARTBEAT"
     );
     for r in rows {
         let i = &r.instance;
         println!(
-            "{:<20}  {:<16}  {:<12}  {:<9}  {:<13}  {:>8}  {}",
+            "{:<20}  {:<16}  {:<12}  {:<9}  {:<13}  {:>8}  {:>9}  {}",
             i.instance_id,
             i.step,
             i.instance_type,
@@ -329,6 +351,8 @@ pub fn print_instances(rows: &[InstanceRow]) {
             i.state,
             r.age_seconds
                 .map_or_else(|| "-".to_owned(), |s| format!("{s}s")),
+            r.last_heartbeat_seconds
+                .map_or_else(|| "-".to_owned(), |s| format!("{s}s ago")),
             if r.tasks.is_empty() {
                 "-".to_owned()
             } else {

@@ -222,7 +222,7 @@ pub async fn fleet_rows(
         .map(|(_, w)| w)
         .filter(|w| step.is_none_or(|s| w.step == s))
         .collect();
-    let mut running_by_owner: Vec<(String, String)> = Vec::new();
+    let mut running_by_owner: Vec<taskfleet::store::RunningTask> = Vec::new();
     let mut steps: Vec<&str> = all.iter().map(|w| w.step.as_str()).collect();
     steps.sort_unstable();
     steps.dedup();
@@ -245,8 +245,8 @@ pub async fn fleet_rows(
                 state: if alive { "running" } else { "exited" },
                 tasks: running_by_owner
                     .iter()
-                    .filter(|(_, owner)| alive && owner.ends_with(&suffix))
-                    .map(|(id, _)| id.clone())
+                    .filter(|r| alive && r.owner.ends_with(&suffix))
+                    .map(|r| r.task_id.clone())
                     .collect(),
                 uptime_seconds: if alive {
                     now.since(w.started_at).as_secs()

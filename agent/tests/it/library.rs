@@ -74,7 +74,10 @@ impl TaskStore for Hang {
     async fn step(&self, step: &str) -> Result<Option<StepMeta>, StoreError> {
         self.inner.step(step).await
     }
-    async fn running(&self, meta: &StepMeta) -> Result<Vec<(String, String)>, StoreError> {
+    async fn running(
+        &self,
+        meta: &StepMeta,
+    ) -> Result<Vec<taskfleet::store::RunningTask>, StoreError> {
         self.inner.running(meta).await
     }
     async fn candidates(

@@ -550,6 +550,18 @@ async fn launch_is_capped_by_claimable_tasks_and_max_instances_and_fleet_and_sto
     assert_eq!(first["state"], "running");
     assert_eq!(first["spot"], false);
     assert_eq!(first["tasks"], serde_json::json!([task]));
+    // Its claim just now is its last lease renewal.
+    assert!(
+        first["last_heartbeat_seconds"]
+            .as_i64()
+            .is_some_and(|s| (0..60).contains(&s)),
+        "{first}"
+    );
+    let idle = ec2_rows
+        .iter()
+        .find(|r| r["instance_id"] == ids[1].as_str())
+        .unwrap();
+    assert!(idle["last_heartbeat_seconds"].is_null(), "{idle}");
     let human = f.run(&["fleet", "--step", "align"]).ok().stdout();
     assert!(
         human.contains(&ids[0]) && human.contains("on-demand") && human.contains(&task),

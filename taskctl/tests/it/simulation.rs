@@ -525,11 +525,11 @@ async fn a_spot_notice_mid_task_hands_the_task_to_another_instance_without_using
     let start = Instant::now();
     let task_id = loop {
         let running = sim.table.store.running(&meta).await.unwrap();
-        if let Some((task, _)) = running
+        if let Some(r) = running
             .iter()
-            .find(|(_, owner)| owner.starts_with(&format!("{}/", victim.id)))
+            .find(|r| r.owner.starts_with(&format!("{}/", victim.id)))
         {
-            break task.clone();
+            break r.task_id.clone();
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),

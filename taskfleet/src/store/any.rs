@@ -98,7 +98,7 @@ impl TaskStore for Store {
         each!(self, s => TaskStore::step(s, step).await)
     }
 
-    async fn running(&self, meta: &StepMeta) -> Result<Vec<(String, String)>, StoreError> {
+    async fn running(&self, meta: &StepMeta) -> Result<Vec<super::RunningTask>, StoreError> {
         each!(self, s => s.running(meta).await)
     }
 

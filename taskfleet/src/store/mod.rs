@@ -246,6 +246,17 @@ pub struct Candidate {
     pub attempt: u32,
 }
 
+/// A running task as `running` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningTask {
+    /// The task.
+    pub task_id: String,
+    /// Who holds it (`host/worker`).
+    pub owner: String,
+    /// When its lease runs out; its last renewal was a lease before.
+    pub lease_expires_at: Timestamp,
+}
+
 /// The outcome of a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -335,11 +346,12 @@ pub trait TaskStore: Sync {
     fn step(&self, step: &str)
     -> impl Future<Output = Result<Option<StepMeta>, StoreError>> + Send;
 
-    /// The running tasks of a step and their owners (bounded by the fleet).
+    /// The running tasks of a step, their owners and lease expiries
+    /// (bounded by the fleet).
     fn running(
         &self,
         meta: &StepMeta,
-    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<RunningTask>, StoreError>> + Send;
 
     /// Up to `limit` tasks of one shard that may be claimable at `now`:
     /// `pending` ones whose ready time has come, or (`state` = running)

@@ -454,20 +454,22 @@ impl TaskStore for SqliteStore {
         self.tx(move |tx| read_step(tx, &step)).await
     }
 
-    async fn running(&self, meta: &StepMeta) -> Result<Vec<(String, String)>, StoreError> {
+    async fn running(&self, meta: &StepMeta) -> Result<Vec<super::RunningTask>, StoreError> {
         let step = meta.step.clone();
         self.tx(move |tx| {
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT task_id, owner FROM tasks WHERE step = ?1 AND state = 'running'",
+                    "SELECT task_id, owner, state_at FROM tasks WHERE step = ?1 AND state = 'running'",
                 )
                 .map_err(q)?;
             let rows = stmt
                 .query_map([&step], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                    ))
+                    // A running task's index time is its lease expiry.
+                    Ok(super::RunningTask {
+                        task_id: r.get(0)?,
+                        owner: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                        lease_expires_at: Timestamp::from_millis(r.get(2)?),
+                    })
                 })
                 .map_err(q)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(q)

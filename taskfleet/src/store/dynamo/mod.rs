@@ -259,7 +259,7 @@ impl TaskStore for DynamoStore {
         self.read_step(step).await
     }
 
-    async fn running(&self, meta: &StepMeta) -> Result<Vec<(String, String)>, StoreError> {
+    async fn running(&self, meta: &StepMeta) -> Result<Vec<crate::store::RunningTask>, StoreError> {
         self.running_of(meta).await
     }
 

@@ -254,7 +254,7 @@ impl DynamoStore {
     pub(super) async fn running_of(
         &self,
         meta: &StepMeta,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<Vec<crate::store::RunningTask>, StoreError> {
         let mut out = Vec::new();
         for shard in 0..meta.shards {
             let items: Vec<Item> = self
@@ -272,7 +272,17 @@ impl DynamoStore {
                         .cloned()
                         .unwrap_or_default()
                 };
-                (text(attr::SK), text(attr::OWNER))
+                // A running task's index time is its lease expiry.
+                let expires = i
+                    .get(attr::STATE_AT)
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_default();
+                crate::store::RunningTask {
+                    task_id: text(attr::SK),
+                    owner: text(attr::OWNER),
+                    lease_expires_at: crate::time::Timestamp::from_millis(expires),
+                }
             }));
         }
         Ok(out)
