@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use taskfleet::model::{FailureClass, TaskState};
-use taskfleet::store::TaskStore;
+use taskfleet::store::{RunningTask, TaskStore};
 use testkit::{Imds, InstanceInfo};
 
 use crate::support::{Run, TestTable, fresh_agent, moto_endpoint, taskctl_with};
@@ -174,6 +174,43 @@ impl Sim {
                 ("AWS_ENDPOINT_URL_S3", self.moto.as_str()),
             ],
         )
+    }
+
+    /// A step of `n` tasks running `script`, the agent published, the
+    /// template applied with `tags`, and `count` instances launched and
+    /// booted.
+    async fn fleet(
+        label: &str,
+        tags: &[(&str, &str)],
+        (n, script): (usize, &str),
+        count: usize,
+    ) -> (Self, Vec<String>, Vec<Host>) {
+        let sim = Self::new(label).await;
+        sim.publish(fresh_agent()).ok();
+        sim.apply_template("align", tags);
+        sim.load("align", n, script);
+        let ids = sim.launch("align", count);
+        assert_eq!(ids.len(), count, "{ids:?}");
+        let hosts = sim.boot_all(&ids).await;
+        (sim, ids, hosts)
+    }
+
+    /// Waits (up to a minute) until the running tasks of `align` satisfy
+    /// `enough`, and returns them.
+    async fn wait_running(&self, enough: impl Fn(&[RunningTask]) -> bool) -> Vec<RunningTask> {
+        let meta = self.table.store.step("align").await.unwrap().unwrap();
+        let start = Instant::now();
+        loop {
+            let running = self.table.store.running(&meta).await.unwrap();
+            if enough(&running) {
+                return running;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "still running after a minute: {running:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Publishes `binary` as this test's agent version.
@@ -459,17 +496,13 @@ fn write_executable(path: &Path, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_boot_from_user_data_run_every_task_and_terminate_themselves() {
-    let sim = Sim::new("sim-all").await;
-    sim.publish(fresh_agent()).ok();
-    sim.apply_template(
-        "align",
+    let (sim, ids, hosts) = Sim::fleet(
+        "sim-all",
         &[("taskfleet:idle-timeout", "2s"), ("taskfleet:grace", "5s")],
-    );
-    sim.load("align", 9, "sleep 0.5; echo \"$sample\"");
-    let ids = sim.launch("align", 3);
-    assert_eq!(ids.len(), 3, "{ids:?}");
-
-    let hosts = sim.boot_all(&ids).await;
+        (9, "sleep 0.5; echo \"$sample\""),
+        3,
+    )
+    .await;
     wait_for_agents(&hosts, Duration::from_secs(120)).await;
 
     for host in &hosts {
@@ -508,37 +541,21 @@ async fn three_instances_boot_from_user_data_run_every_task_and_terminate_themse
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spot_notice_mid_task_hands_the_task_to_another_instance_without_using_an_attempt() {
-    let sim = Sim::new("sim-spot").await;
-    sim.publish(fresh_agent()).ok();
-    sim.apply_template(
-        "align",
+    // Tasks longer than the agents' spot polling (every 5 s).
+    let (sim, ids, hosts) = Sim::fleet(
+        "sim-spot",
         &[("taskfleet:idle-timeout", "2s"), ("taskfleet:grace", "5s")],
-    );
-    // Longer than the agents' spot polling (every 5 s).
-    sim.load("align", 4, "sleep 12");
-    let ids = sim.launch("align", 3);
-    let hosts = sim.boot_all(&ids).await;
-
-    // Wait until a task runs on the first instance, then EC2 takes it back.
+        (4, "sleep 12"),
+        3,
+    )
+    .await;
+    // Once a task runs on the first instance, EC2 takes it back.
     let victim = &hosts[0];
-    let meta = sim.table.store.step("align").await.unwrap().unwrap();
-    let start = Instant::now();
-    let task_id = loop {
-        let running = sim.table.store.running(&meta).await.unwrap();
-        if let Some(r) = running
-            .iter()
-            .find(|r| r.owner.starts_with(&format!("{}/", victim.id)))
-        {
-            break r.task_id.clone();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no task ran on {}: {}",
-            victim.id,
-            victim.read("agent.log").unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let on_victim = |r: &RunningTask| r.owner.starts_with(&format!("{}/", victim.id));
+    let running = sim
+        .wait_running(|running| running.iter().any(on_victim))
+        .await;
+    let task_id = running.into_iter().find(on_victim).unwrap().task_id;
     victim.imds.announce_spot_interruption();
     wait_for_agents(&hosts, Duration::from_secs(120)).await;
 
@@ -573,24 +590,14 @@ async fn a_spot_notice_mid_task_hands_the_task_to_another_instance_without_using
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_drains_the_instances_their_tasks_go_back_unharmed_and_the_instances_terminate() {
-    let sim = Sim::new("sim-drain").await;
-    sim.publish(fresh_agent()).ok();
-    sim.apply_template(
-        "align",
+    let (sim, ids, hosts) = Sim::fleet(
+        "sim-drain",
         &[("taskfleet:idle-timeout", "10m"), ("taskfleet:grace", "2s")],
-    );
-    sim.load("align", 4, "sleep 600");
-    let ids = sim.launch("align", 2);
-    let hosts = sim.boot_all(&ids).await;
-    let meta = sim.table.store.step("align").await.unwrap().unwrap();
-    let start = Instant::now();
-    while sim.table.store.running(&meta).await.unwrap().len() < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the tasks never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (4, "sleep 600"),
+        2,
+    )
+    .await;
+    sim.wait_running(|running| running.len() == 2).await;
 
     let out = sim.run(&["stop", "--step", "align"]);
     assert!(
@@ -634,22 +641,15 @@ async fn stop_drains_the_instances_their_tasks_go_back_unharmed_and_the_instance
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_its_table_deleted_the_agent_exits_fatally_and_its_instance_is_terminated() {
-    let sim = Sim::new("sim-gone").await;
-    sim.publish(fresh_agent()).ok();
-    sim.apply_template("align", &[("taskfleet:idle-timeout", "10m")]);
-    sim.load("align", 1, "sleep 600");
-    let ids = sim.launch("align", 1);
-    let hosts = sim.boot_all(&ids).await;
+    let (sim, ids, hosts) = Sim::fleet(
+        "sim-gone",
+        &[("taskfleet:idle-timeout", "10m")],
+        (1, "sleep 600"),
+        1,
+    )
+    .await;
     // Once its task runs, the table goes.
-    let meta = sim.table.store.step("align").await.unwrap().unwrap();
-    let start = Instant::now();
-    while sim.table.store.running(&meta).await.unwrap().is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the task never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sim.wait_running(|running| !running.is_empty()).await;
     sim.table
         .store
         .client()
