@@ -338,11 +338,31 @@ pub struct LoadArgs {
     /// The script as text, instead of --script.
     #[arg(long, value_name = "TEXT")]
     pub command: Option<String>,
-    /// The sample sheet: CSV or TSV with a header row.
+    /// The sample sheet: CSV or TSV with a header row; '-' reads standard
+    /// input, s3://BUCKET/KEY reads from S3. Also read: dsub task files
+    /// (--env NAME, --input NAME, ... columns), sheets with [Section]s
+    /// (Illumina v1 and v2; see --section), and empty header fields at the
+    /// end of the header (the 1000 Genomes panel).
     pub sheet: PathBuf,
-    /// Column holding the task id [default: the first column].
-    #[arg(long, value_name = "COLUMN")]
-    pub id_column: Option<String>,
+    /// Column holding the task id [default: the first column]. Several
+    /// columns, comma-separated (--id-column patient,sample,lane), make the
+    /// id from their values joined with '/' (a '/' or '%' in a value is
+    /// written %2F or %25).
+    #[arg(long, value_name = "COLUMN[,COLUMN...]", value_delimiter = ',')]
+    pub id_column: Vec<String>,
+    /// Number the rows 1, 2, ... and use that as the task id (for sheets
+    /// without an id column).
+    #[arg(long, conflicts_with = "id_column")]
+    pub row_ids: bool,
+    /// In a sheet with [Section]s, the section whose table to load [default:
+    /// the only [Data] or [..._Data] section].
+    #[arg(long, value_name = "NAME")]
+    pub section: Option<String>,
+    /// Load column COLUMN as the variable NAME (repeatable), e.g. --rename
+    /// path=BAM_PATH for a column whose own name would change how the script
+    /// runs.
+    #[arg(long = "rename", value_name = "COLUMN=NAME", value_parser = parse_var)]
+    pub renames: Vec<(String, String)>,
     /// Sheet format [default: from the extension, else from the header].
     #[arg(long, value_enum)]
     pub format: Option<SheetFormat>,

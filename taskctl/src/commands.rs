@@ -138,13 +138,22 @@ async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires --script or --command"),
     };
     let options = SheetOptions {
-        id_column: args.id_column.clone(),
+        id_columns: args.id_column.clone(),
+        row_ids: args.row_ids,
         format: args.format.map(|f| match f {
             SheetFormat::Csv => Format::Csv,
             SheetFormat::Tsv => Format::Tsv,
         }),
+        section: args.section.clone(),
+        renames: args.renames.clone(),
     };
-    let sheet = Sheet::read(&args.sheet, &options)?;
+    let sheet = match crate::sheets::source(&args.sheet) {
+        crate::sheets::Source::File(path) => Sheet::read(path, &options)?,
+        source => {
+            let bytes = crate::sheets::fetch(global, &source).await?;
+            Sheet::parse(&args.sheet, &bytes, &options)?
+        }
+    };
     let request = LoadRequest {
         step: args.step.clone(),
         script,
@@ -159,7 +168,20 @@ async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
     };
     let prepared = load::prepare(request, sheet)?;
 
-    let store = connect::open(global).await?;
+    // The default embedded store is made on first use; any other store
+    // must exist (a mistyped path or table name must not start a new one).
+    let store = if global.table == taskfleet::connect::DEFAULT_TABLE {
+        let (store, created) = connect::open_for_init(global).await?;
+        if created {
+            eprintln!(
+                "created the embedded task store {} (as `taskctl init` would)",
+                global.table
+            );
+        }
+        store
+    } else {
+        connect::open(global).await?
+    };
     store.check().await?;
 
     let bar = if std::io::stderr().is_terminal() && !args.json {
@@ -478,7 +500,16 @@ pub fn task_text(t: &Task) -> String {
     let _ = writeln!(out, "script digest:   {}", t.script_digest);
     let _ = writeln!(out, "environment:");
     for (k, v) in &t.env {
-        let _ = writeln!(out, "  {k}={v}");
+        // The column it came from, where that is written otherwise (a
+        // dsub column shows its kind: `--input VCF_FILE`).
+        match t.columns.get(k) {
+            Some(column) => {
+                let _ = writeln!(out, "  {k}={v}    (column '{column}')");
+            }
+            None => {
+                let _ = writeln!(out, "  {k}={v}");
+            }
+        }
     }
     let _ = writeln!(out, "script:");
     for line in t.script.lines() {

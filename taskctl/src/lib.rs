@@ -11,6 +11,7 @@
 //!   `fleet` and `stop`).
 //! - [`publish`]: `agent publish`, the agent binary in S3 for the
 //!   instances' bootstrap.
+//! - [`sheets`]: where `load` reads a sheet from (a file, `-`, S3).
 //!
 //! `main` parses arguments, sets up logging, runs one command, and turns an
 //! error into one `error: ...` line and an exit code.
@@ -21,6 +22,7 @@ pub mod connect;
 pub mod ec2;
 pub mod local;
 pub mod publish;
+pub mod sheets;
 
 use std::process::ExitCode;
 

@@ -148,11 +148,15 @@ fn version_of(binary: &Path) -> Result<String> {
 }
 
 async fn client(global: &GlobalArgs, args: &AgentPublishArgs) -> Client {
-    let config =
-        taskfleet::connect::sdk_config(global.region.as_deref(), args.s3_endpoint_url.as_deref())
-            .await;
+    s3_client(global, args.s3_endpoint_url.as_deref()).await
+}
+
+/// An S3 client under the same rules as the other clients: an explicit
+/// endpoint or region beats the environment's.
+pub async fn s3_client(global: &GlobalArgs, endpoint_url: Option<&str>) -> Client {
+    let config = taskfleet::connect::sdk_config(global.region.as_deref(), endpoint_url).await;
     // An emulator or a custom endpoint has no per-bucket host names.
-    let custom = args.s3_endpoint_url.is_some()
+    let custom = endpoint_url.is_some()
         || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some()
         || std::env::var_os("AWS_ENDPOINT_URL").is_some();
     let s3 = aws_sdk_s3::config::Builder::from(&config)

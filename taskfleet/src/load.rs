@@ -86,6 +86,8 @@ pub struct LoadReport {
     pub step: String,
     /// Rows in the sheet.
     pub rows: usize,
+    /// SHA-256 of the sheet, hex.
+    pub sheet_sha256: String,
     /// New tasks written.
     pub loaded: usize,
     /// Rows whose task existed and was left alone.
@@ -139,14 +141,16 @@ pub fn prepare(request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, LoadE
     // add later, so that no write fails half-way through on item size.
     let meta = request.settings.new_step(&request.step);
     let budget = MAX_ITEM_BYTES - RUNTIME_RESERVE_BYTES;
+    let origins = sheet.origins();
     for row in &sheet.tasks {
-        let task = new_pending_task(
+        let mut task = new_pending_task(
             &request.step,
             &request.script,
             &digest,
             row,
             Timestamp::now(),
         );
+        task.columns.clone_from(&origins);
         let size = schema::item_size(&task_item(
             &meta,
             &task,
@@ -235,8 +239,10 @@ pub async fn load<S: TaskStore>(
     // Group rows by shard, then cut each shard's rows into batches, so that
     // every batch updates one counter item.
     let mut by_shard: BTreeMap<u16, Vec<Task>> = BTreeMap::new();
+    let origins = prepared.sheet.origins();
     for row in &prepared.sheet.tasks {
-        let task = new_pending_task(&request.step, &request.script, &prepared.digest, row, now);
+        let mut task = new_pending_task(&request.step, &request.script, &prepared.digest, row, now);
+        task.columns.clone_from(&origins);
         by_shard
             .entry(schema::shard_of(&task.task_id, meta.shards))
             .or_default()
@@ -275,6 +281,7 @@ pub async fn load<S: TaskStore>(
     let mut report = LoadReport {
         step: request.step.clone(),
         rows: prepared.sheet.tasks.len(),
+        sheet_sha256: prepared.sheet.sha256.clone(),
         step_created: change == StepChange::Created,
         settings_changed: change == StepChange::Updated,
         ..LoadReport::default()

@@ -156,6 +156,10 @@ pub struct Task {
     pub script_digest: String,
     /// The sheet row: environment variable name to value.
     pub env: BTreeMap<String, String>,
+    /// The column each variable came from, where it is written otherwise
+    /// than the variable (`Sample Name`, dsub's `--input VCF_FILE`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub columns: BTreeMap<String, String>,
     /// When the task was loaded.
     pub created_at: Timestamp,
     /// Last write to the task.

@@ -82,6 +82,8 @@ pub mod attr {
     pub const SCRIPT_DIGEST: &str = "script_digest";
     /// Task: the sheet row as environment (M of S).
     pub const ENV: &str = "env";
+    /// Variable to the column it came from, where they differ.
+    pub const COLUMNS: &str = "columns";
     /// Task: load time (N).
     pub const CREATED_AT: &str = "created_at";
     /// Task: last write (N).
@@ -268,6 +270,7 @@ mod tests {
             script: "echo".into(),
             script_digest: "d".into(),
             env: BTreeMap::from([("SAMPLE".into(), "HG00098".into())]),
+            columns: BTreeMap::from([("SAMPLE".into(), "sample".into())]),
             created_at: t,
             updated_at: t,
             ready_at: Some(t),
@@ -307,6 +310,7 @@ mod tests {
             attr::TASK_SCRIPT,
             attr::SCRIPT_DIGEST,
             attr::ENV,
+            attr::COLUMNS,
             attr::CREATED_AT,
             attr::UPDATED_AT,
             attr::READY_AT,

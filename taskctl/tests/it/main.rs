@@ -23,5 +23,6 @@ mod local;
 mod mocks;
 mod readme;
 mod recount;
+mod sheets;
 mod simulation;
 mod status;

@@ -10,6 +10,7 @@ pub mod sqlite;
 
 pub use any::Store;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use crate::model::{FailedTask, NewTask, StepMeta, StepSettings, StepStatus, Task, TaskState};
@@ -423,6 +424,7 @@ pub fn new_pending_task(
         script: script.to_owned(),
         script_digest: digest.to_owned(),
         env: row.env.clone(),
+        columns: BTreeMap::new(),
         created_at: now,
         updated_at: now,
         ready_at: None,

@@ -459,6 +459,11 @@ pub fn replace(old: &Task, new: &Task, now: Timestamp) -> Transition {
             Change::Set(attr::TASK_SCRIPT, Value::from(new.script.as_str())),
             Change::Set(attr::SCRIPT_DIGEST, Value::from(new.script_digest.as_str())),
             Change::Set(attr::ENV, json(&new.env)),
+            if new.columns.is_empty() {
+                Change::Remove(attr::COLUMNS)
+            } else {
+                Change::Set(attr::COLUMNS, json(&new.columns))
+            },
             Change::Set(attr::FAILED_ATTEMPTS, Value::from(0)),
             Change::Set(attr::UPDATED_AT, ms(now)),
             Change::Remove(attr::READY_AT),
