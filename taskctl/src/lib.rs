@@ -48,8 +48,92 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// Exit codes of `taskctl`, shared with `agent` (the README's table).
+pub mod exit {
+    /// An error of no other kind.
+    pub const OTHER: u8 = 1;
+    /// The command line itself is wrong (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// Something is missing or not allowed, and retrying will not help: no
+    /// table, store, step or template; no credentials or region; access
+    /// denied; a table of another schema.
+    pub const SETUP: u8 = 3;
+    /// AWS or the store could not be reached, or kept failing: try again
+    /// later.
+    pub const UNAVAILABLE: u8 = 4;
+    /// (agent) This host cannot run attempts: disk, permissions, metadata.
+    pub const HOST: u8 = 5;
+    /// The input was refused: a sheet, a step name, a setting, a template
+    /// file.
+    pub const INPUT: u8 = 6;
+}
+
+/// The exit code for an error, from the first cause that says what kind
+/// it is.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    use taskfleet::connect::ConnectError;
+    use taskfleet::fleet::FleetError;
+    use taskfleet::load::LoadError;
+    use taskfleet::sheet::SheetError;
+    use taskfleet::store::StoreError;
+    for cause in e.chain() {
+        if let Some(load) = cause.downcast_ref::<LoadError>() {
+            return match load {
+                LoadError::Store(s) => store_code(s),
+                LoadError::Sheet(_) | LoadError::Input(_) => exit::INPUT,
+            };
+        }
+        if cause.downcast_ref::<SheetError>().is_some() {
+            return exit::INPUT;
+        }
+        if let Some(store) = cause.downcast_ref::<StoreError>() {
+            return store_code(store);
+        }
+        if let Some(connect) = cause.downcast_ref::<ConnectError>() {
+            return match connect {
+                ConnectError::Store(s) => store_code(s),
+                ConnectError::Table(_) => exit::INPUT,
+            };
+        }
+        if let Some(fleet) = cause.downcast_ref::<FleetError>() {
+            return match fleet {
+                FleetError::NamePattern { .. }
+                | FleetError::TemplateName { .. }
+                | FleetError::TemplateFile { .. }
+                | FleetError::UnsetVariables { .. }
+                | FleetError::LaunchIdReused { .. } => exit::INPUT,
+                FleetError::TemplateNotFound { .. } | FleetError::Unauthorized { .. } => {
+                    exit::SETUP
+                }
+                FleetError::InsufficientCapacity { .. }
+                | FleetError::VcpuLimit { .. }
+                | FleetError::Ec2 { .. } => exit::UNAVAILABLE,
+            };
+        }
+    }
+    exit::OTHER
+}
+
+fn store_code(e: &taskfleet::store::StoreError) -> u8 {
+    use taskfleet::store::StoreError;
+    match e {
+        StoreError::TableNotFound { .. }
+        | StoreError::NoEmbeddedStore { .. }
+        | StoreError::SchemaMismatch { .. }
+        | StoreError::NoCredentials { .. }
+        | StoreError::NoRegion
+        | StoreError::AccessDenied { .. }
+        | StoreError::StepNotFound { .. } => exit::SETUP,
+        StoreError::ShardsFixed { .. } => exit::INPUT,
+        StoreError::Unreachable { .. }
+        | StoreError::RetriesExhausted { .. }
+        | StoreError::Service { .. } => exit::UNAVAILABLE,
+        StoreError::Corrupt { .. } => exit::OTHER,
     }
 }
 

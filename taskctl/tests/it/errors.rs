@@ -21,6 +21,58 @@ fn a_table_that_does_not_exist_says_to_run_init() {
 }
 
 #[tokio::test]
+async fn exit_codes_say_what_kind_of_error_it_was() {
+    let endpoint = crate::support::endpoint();
+    let code = |args: &[&str], env: &[(&str, &str)]| {
+        let run = taskctl_with(args, env);
+        assert!(!run.output.status.success(), "{}", run.stdout());
+        run.code()
+    };
+    let at = [("TASKFLEET_ENDPOINT", endpoint.as_str())];
+    // Setup: no table, no credentials.
+    let absent = unique_table("absent-code");
+    assert_eq!(code(&["--table", &absent, "status"], &at), Some(3));
+    assert_eq!(
+        code(
+            &["--table", "dynamodb://anything", "status"],
+            &[
+                ("TASKFLEET_ENDPOINT", endpoint.as_str()),
+                ("AWS_ACCESS_KEY_ID", ""),
+                ("AWS_SECRET_ACCESS_KEY", "")
+            ]
+        ),
+        Some(3)
+    );
+    // Unavailable: nothing listens there.
+    assert_eq!(
+        code(
+            &["--table", "dynamodb://nowhere", "status"],
+            &[("TASKFLEET_ENDPOINT", "http://127.0.0.1:9")]
+        ),
+        Some(4)
+    );
+    // Input refused: a bad sheet, a bad step name.
+    let t = TestTable::new("codes").await;
+    let dup = t.file("dup.csv", "sample\nA\nA\n");
+    let load = |step: &str, sheet: &std::path::Path| {
+        let run = t.taskctl(&[
+            "load",
+            "--step",
+            step,
+            "--command",
+            "true",
+            sheet.to_str().unwrap(),
+        ]);
+        run.code()
+    };
+    assert_eq!(load("qc", &dup), Some(6));
+    let ok = t.file("ok.csv", "sample\nA\n");
+    assert_eq!(load("9-not-a-step", &ok), Some(6));
+    // Usage: clap's own.
+    assert_eq!(code(&["status", "--no-such-flag"], &at), Some(2));
+}
+
+#[tokio::test]
 async fn loading_into_a_table_that_does_not_exist_writes_nothing_and_says_to_run_init() {
     let t = TestTable::new("noload").await;
     let sheet = t.file("s.csv", "sample\nA\n");

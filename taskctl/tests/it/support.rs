@@ -48,6 +48,11 @@ impl Run {
         self.stderr()
     }
 
+    /// The exit code.
+    pub fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+
     /// stdout parsed as JSON.
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
