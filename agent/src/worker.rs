@@ -78,18 +78,9 @@ impl AgentError {
     }
 }
 
-/// Store errors no retry fixes.
+/// Store errors no retry fixes ([`StoreError::is_fatal`]).
 pub(crate) fn is_fatal(e: &StoreError) -> bool {
-    matches!(
-        e,
-        StoreError::TableNotFound { .. }
-            | StoreError::NoEmbeddedStore { .. }
-            | StoreError::StepNotFound { .. }
-            | StoreError::NoCredentials { .. }
-            | StoreError::NoRegion
-            | StoreError::AccessDenied { .. }
-            | StoreError::SchemaMismatch { .. }
-    )
+    e.is_fatal()
 }
 
 /// Runs the agent until it is idle, stopped, or fails.

@@ -122,18 +122,10 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 fn store_code(e: &taskfleet::store::StoreError) -> u8 {
     use taskfleet::store::StoreError;
     match e {
-        StoreError::TableNotFound { .. }
-        | StoreError::NoEmbeddedStore { .. }
-        | StoreError::SchemaMismatch { .. }
-        | StoreError::NoCredentials { .. }
-        | StoreError::NoRegion
-        | StoreError::AccessDenied { .. }
-        | StoreError::StepNotFound { .. } => exit::SETUP,
+        e if e.is_fatal() => exit::SETUP,
         StoreError::ShardsFixed { .. } => exit::INPUT,
-        StoreError::Unreachable { .. }
-        | StoreError::RetriesExhausted { .. }
-        | StoreError::Service { .. } => exit::UNAVAILABLE,
         StoreError::Corrupt { .. } => exit::OTHER,
+        _ => exit::UNAVAILABLE,
     }
 }
 

@@ -5,8 +5,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-
 use crate::support::{Run, Taskctl, TestTable, moto_endpoint, taskctl_with};
 
 fn data(name: &str) -> PathBuf {
@@ -102,15 +100,7 @@ fn a_dsub_file_on_standard_input_loads_and_show_prints_each_variable_beside_its_
 async fn a_sheet_in_s3_loads_with_several_id_columns() {
     let moto = moto_endpoint();
     let t = TestTable::new("s3-sheet").await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(&moto)
-            .force_path_style(true)
-            .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
-            .build(),
-    );
+    let s3 = crate::support::moto_s3(&moto);
     let bucket = t.name.to_ascii_lowercase().replace('_', "-");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     s3.put_object()

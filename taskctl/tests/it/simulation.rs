@@ -124,24 +124,15 @@ impl Sim {
         write_executable(&bin.join("systemctl"), SYSTEMCTL);
         write_executable(&bin.join("shutdown"), SHUTDOWN);
         std::os::unix::fs::symlink(&aws_cli, bin.join("aws")).unwrap();
-        let credentials = Credentials::new("test", "test", None, None, "tests");
         let ec2 = aws_sdk_ec2::Client::from_conf(
             aws_sdk_ec2::Config::builder()
                 .behavior_version(BehaviorVersion::latest())
                 .region(Region::new("us-east-1"))
                 .endpoint_url(&moto)
-                .credentials_provider(credentials.clone())
+                .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
                 .build(),
         );
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::Config::builder()
-                .behavior_version(BehaviorVersion::latest())
-                .region(Region::new("us-east-1"))
-                .endpoint_url(&moto)
-                .force_path_style(true)
-                .credentials_provider(credentials)
-                .build(),
-        );
+        let s3 = crate::support::moto_s3(&moto);
         let bucket = table.name.to_ascii_lowercase().replace('_', "-");
         s3.create_bucket().bucket(&bucket).send().await.unwrap();
         Self {

@@ -8,6 +8,20 @@ use std::time::SystemTime;
 
 pub use testkit::{TestTable, endpoint, moto_endpoint, samples_2504, unique_table};
 
+/// An S3 client of moto at `endpoint` (path-style, test credentials).
+pub fn moto_s3(endpoint: &str) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .force_path_style(true)
+            .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+            .build(),
+    )
+}
+
 /// A finished `taskctl` run.
 #[derive(Debug)]
 pub struct Run {

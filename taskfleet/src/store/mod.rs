@@ -126,6 +126,25 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether no retry will fix it: something is missing or not allowed
+    /// (no table, store or step; no credentials or region; access denied;
+    /// a table of another schema). The agent stops on these (exit 3), and
+    /// `taskctl` exits 3.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::TableNotFound { .. }
+                | StoreError::NoEmbeddedStore { .. }
+                | StoreError::StepNotFound { .. }
+                | StoreError::NoCredentials { .. }
+                | StoreError::NoRegion
+                | StoreError::AccessDenied { .. }
+                | StoreError::SchemaMismatch { .. }
+        )
+    }
+}
+
 /// Changes to a step's settings asked for at load time; `None` keeps the
 /// stored value (or the default for a new step).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
