@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use taskfleet::load::{self, LoadRequest};
 use taskfleet::model::{FailedTask, StepStatus, Task};
-use taskfleet::sheet::{Format, Sheet, SheetOptions};
+use taskfleet::sheet::{Format, Sheet, SheetInput, SheetOptions};
 use taskfleet::store::dynamo::InitOutcome;
 use taskfleet::store::{SettingsChange, Store, TaskStore};
 
@@ -147,13 +147,17 @@ async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
         section: args.section.clone(),
         renames: args.renames.clone(),
     };
-    let sheet = match crate::sheets::source(&args.sheet) {
-        crate::sheets::Source::File(path) => Sheet::read(path, &options)?,
+    // A file is read where it is, twice (validated, then loaded); standard
+    // input and S3 are first written to a temporary file, kept until the
+    // load ends.
+    let (input, _spooled) = match crate::sheets::source(&args.sheet) {
+        crate::sheets::Source::File(path) => (SheetInput::File(path.to_owned()), None),
         source => {
-            let bytes = crate::sheets::fetch(global, &source).await?;
-            Sheet::parse(&args.sheet, &bytes, &options)?
+            let file = crate::sheets::spool(global, &source).await?;
+            (SheetInput::File(file.path().to_owned()), Some(file))
         }
     };
+    let sheet = Sheet::open(&args.sheet, input, &options)?;
     let request = LoadRequest {
         step: args.step.clone(),
         script,
@@ -166,11 +170,22 @@ async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
         replace: args.replace,
         concurrency: args.concurrency,
     };
+    // A named store must exist (a mistyped path or table name must not
+    // start a new one), and is checked before the sheet is read through;
+    // the default embedded store is made on first use, once the sheet has
+    // passed.
+    let default_store = global.table == taskfleet::connect::DEFAULT_TABLE;
+    let named = if default_store {
+        None
+    } else {
+        let store = connect::open(global).await?;
+        store.check().await?;
+        Some(store)
+    };
     let prepared = load::prepare(request, sheet)?;
-
-    // The default embedded store is made on first use; any other store
-    // must exist (a mistyped path or table name must not start a new one).
-    let store = if global.table == taskfleet::connect::DEFAULT_TABLE {
+    let store = if let Some(store) = named {
+        store
+    } else {
         let (store, created) = connect::open_for_init(global).await?;
         if created {
             eprintln!(
@@ -178,11 +193,9 @@ async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
                 global.table
             );
         }
+        store.check().await?;
         store
-    } else {
-        connect::open(global).await?
     };
-    store.check().await?;
 
     let bar = if std::io::stderr().is_terminal() && !args.json {
         let bar = ProgressBar::new(prepared.len() as u64);

@@ -2,7 +2,7 @@
 //! or S3 (`s3://BUCKET/KEY`, with the same AWS configuration as every
 //! other command).
 
-use std::io::Read;
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
@@ -42,18 +42,24 @@ pub fn source(arg: &Path) -> Source<'_> {
     Source::File(arg)
 }
 
-/// The bytes of a sheet from standard input or S3.
-pub async fn fetch(global: &GlobalArgs, source: &Source<'_>) -> Result<Vec<u8>> {
+/// A sheet from standard input or S3, written to a temporary file as it
+/// arrives, so that it can be read twice (validated, then loaded) without
+/// being held in memory. The file is removed when the value is dropped.
+pub async fn spool(global: &GlobalArgs, source: &Source<'_>) -> Result<tempfile::NamedTempFile> {
+    let mut file = tempfile::Builder::new()
+        .prefix("taskctl-sheet-")
+        .tempfile()
+        .context("cannot make a temporary file for the sheet (is TMPDIR writable?)")?;
     match source {
         Source::File(path) => {
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+            let mut from = std::fs::File::open(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            std::io::copy(&mut from, &mut file)
+                .with_context(|| format!("cannot copy {}", path.display()))?;
         }
         Source::Stdin => {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
+            std::io::copy(&mut std::io::stdin().lock(), &mut file)
                 .context("cannot read the sheet from standard input")?;
-            Ok(bytes)
         }
         Source::S3 { bucket, key } => {
             let client = crate::publish::s3_client(global, None).await;
@@ -72,12 +78,18 @@ pub async fn fetch(global: &GlobalArgs, source: &Source<'_>) -> Result<Vec<u8>> 
                         aws_sdk_s3::error::DisplayErrorContext(&e)
                     ),
                 })?;
-            let body = out
-                .body
-                .collect()
+            let mut body = out.body;
+            while let Some(chunk) = body
+                .try_next()
                 .await
-                .map_err(|e| anyhow!("cannot read the sheet s3://{bucket}/{key}: {e}"))?;
-            Ok(body.into_bytes().to_vec())
+                .map_err(|e| anyhow!("cannot read the sheet s3://{bucket}/{key}: {e}"))?
+            {
+                file.write_all(&chunk)
+                    .context("cannot write the sheet to a temporary file")?;
+            }
         }
     }
+    file.flush()
+        .context("cannot write the sheet to a temporary file")?;
+    Ok(file)
 }

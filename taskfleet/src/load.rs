@@ -11,14 +11,14 @@
 //! state, attempts and history unless `replace` is asked for, and even
 //! then a running task is never touched and the attempt number stays.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::envrules::{self, SizeProblem};
-use crate::model::{NewTask, StepMeta, Task, TaskState};
+use crate::model::{LoadLock, NewTask, StepMeta, Task, TaskState};
 use crate::schema::{self, MAX_ITEM_BYTES, RUNTIME_RESERVE_BYTES};
 use crate::sheet::{Sheet, SheetError};
 use crate::store::dynamo::task_item;
@@ -26,6 +26,7 @@ use crate::store::{
     ReplaceOutcome, SettingsChange, StepChange, StoreError, TaskStore, new_pending_task,
 };
 use crate::time::Timestamp;
+use crate::transition;
 
 /// Tasks a batch holds: one transaction, with its counter update.
 pub const BATCH: usize = schema::MAX_TRANSACTION_ITEMS - 1;
@@ -70,12 +71,12 @@ pub struct PreparedLoad {
 impl PreparedLoad {
     /// Number of tasks in the sheet.
     pub fn len(&self) -> usize {
-        self.sheet.tasks.len()
+        self.sheet.rows
     }
 
     /// Whether the sheet has no tasks (never true after validation).
     pub fn is_empty(&self) -> bool {
-        self.sheet.tasks.is_empty()
+        self.sheet.rows == 0
     }
 }
 
@@ -133,23 +134,16 @@ pub fn prepare(request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, LoadE
     {
         return Err(LoadError::Input("--lease must be at least 3s".into()));
     }
-    for row in &sheet.tasks {
-        check_env_size(&sheet, row)?;
-    }
     let digest = hex(&Sha256::digest(request.script.as_bytes()));
     // Measure each task as it will be stored, with room for what attempts
     // add later, so that no write fails half-way through on item size.
     let meta = request.settings.new_step(&request.step);
     let budget = MAX_ITEM_BYTES - RUNTIME_RESERVE_BYTES;
     let origins = sheet.origins();
-    for row in &sheet.tasks {
-        let mut task = new_pending_task(
-            &request.step,
-            &request.script,
-            &digest,
-            row,
-            Timestamp::now(),
-        );
+    let now = Timestamp::now();
+    let mut check = |sheet: &Sheet, row: &NewTask| -> Result<(), SheetError> {
+        check_env_size(sheet, row)?;
+        let mut task = new_pending_task(&request.step, &request.script, &digest, row, now);
         task.columns.clone_from(&origins);
         let size = schema::item_size(&task_item(
             &meta,
@@ -170,10 +164,11 @@ pub fn prepare(request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, LoadE
                     budget / 1024,
                     RUNTIME_RESERVE_BYTES / 1024
                 ),
-            }
-            .into());
+            });
         }
-    }
+        Ok(())
+    };
+    let sheet = sheet.validate(&mut check)?;
     Ok(PreparedLoad {
         request,
         digest,
@@ -231,69 +226,150 @@ pub async fn load<S: TaskStore>(
     prepared: &PreparedLoad,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<LoadReport, LoadError> {
+    // The load's state (batches in flight, per-shard buffers) lives on the
+    // heap, not in the caller's future.
+    Box::pin(load_rows(store, prepared, progress)).await
+}
+
+async fn load_rows<S: TaskStore>(
+    store: &S,
+    prepared: &PreparedLoad,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<LoadReport, LoadError> {
     let started = Instant::now();
     let request = &prepared.request;
-    let (meta, change) = store.ensure_step(&request.step, &request.settings).await?;
+    let mut lock = LoadLock::new(Timestamp::now().plus(LOCK_LEASE));
+    let (meta, change) = store
+        .ensure_step_for_load(&request.step, &request.settings, &lock)
+        .await?;
+    // The first load of a new step, under its lock, writes without
+    // per-task conditions and counts behind its writes.
+    let first = meta.first_load.as_ref() == Some(&lock);
+    let mut uncounted: Vec<Vec<(&'static str, i64)>> = vec![Vec::new(); usize::from(meta.shards)];
+    let mut counted_at = Instant::now();
     let now = Timestamp::now();
-
-    // Group rows by shard, then cut each shard's rows into batches, so that
-    // every batch updates one counter item.
-    let mut by_shard: BTreeMap<u16, Vec<Task>> = BTreeMap::new();
     let origins = prepared.sheet.origins();
-    for row in &prepared.sheet.tasks {
+    let make = |row: &NewTask| {
         let mut task = new_pending_task(&request.step, &request.script, &prepared.digest, row, now);
         task.columns.clone_from(&origins);
-        by_shard
-            .entry(schema::shard_of(&task.task_id, meta.shards))
-            .or_default()
-            .push(task);
-    }
-    // Shards in turn: batches in flight touch different counter items, so
-    // their transactions do not conflict with each other.
-    let mut per_shard: Vec<std::slice::Chunks<'_, Task>> =
-        by_shard.values().map(|tasks| tasks.chunks(BATCH)).collect();
-    let mut batches: Vec<&[Task]> = Vec::new();
+        task
+    };
+    let mut batches = Batcher::new(meta.shards);
+    let mut rows = prepared.sheet.rows()?;
+    let mut rows_done = false;
+    let concurrency = request.concurrency.max(1);
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut handled = 0;
+    let mut totals = BatchOutcome::default();
     loop {
-        let before = batches.len();
-        batches.extend(per_shard.iter_mut().filter_map(Iterator::next));
-        if batches.len() == before {
-            break;
+        // Read rows until a batch is ready for a shard with nothing in
+        // flight: batches in flight update different counter items, so
+        // their transactions do not conflict with each other.
+        while !rows_done
+            && in_flight.len() < concurrency
+            && !batches.startable()
+            && batches.ready.len() < 2 * concurrency
+        {
+            if let Some(row) = rows.next() {
+                batches.push(make(&row?), &meta);
+            } else {
+                rows_done = true;
+                batches.flush_all();
+            }
+        }
+        while in_flight.len() < concurrency {
+            let Some((shard, batch)) = batches.start() else {
+                break;
+            };
+            let (meta, lock) = (&meta, lock.clone());
+            in_flight.push(async move {
+                let outcome = if first {
+                    // Every task of the batch is new and ends up written
+                    // by this load; `k` of them are not counted yet.
+                    let written = store.put_first(meta, &lock, &batch).await;
+                    written.map(|k| {
+                        let deltas = scaled(&transition::insert(&batch[0]).counters, k);
+                        let outcome = BatchOutcome {
+                            loaded: batch.len(),
+                            ..BatchOutcome::default()
+                        };
+                        (outcome, deltas)
+                    })
+                } else {
+                    write_batch(store, meta, &batch, request.replace)
+                        .await
+                        .map(|o| (o, Vec::new()))
+                };
+                (shard, batch.len(), outcome)
+            });
+        }
+        let Some((shard, n, outcome)) = in_flight.next().await else {
+            if rows_done && batches.is_empty() {
+                break;
+            }
+            continue;
+        };
+        batches.finished(shard);
+        let (outcome, deltas) = outcome?;
+        totals.add(&outcome);
+        uncounted[usize::from(shard)].extend(deltas);
+        handled += n;
+        progress(handled);
+        if first && counted_at.elapsed() >= COUNT_EVERY {
+            count_first(store, &meta, &mut lock, &mut uncounted).await?;
+            counted_at = Instant::now();
         }
     }
-
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let outcomes: Vec<BatchOutcome> = futures::stream::iter(batches)
-        .map(|batch| {
-            let meta = &meta;
-            let done = &done;
-            async move {
-                let outcome = write_batch(store, meta, batch, request.replace).await?;
-                let n =
-                    done.fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed) + batch.len();
-                progress(n);
-                Ok::<_, StoreError>(outcome)
-            }
-        })
-        .buffer_unordered(request.concurrency.max(1))
-        .try_collect()
-        .await?;
+    if first {
+        count_first(store, &meta, &mut lock, &mut uncounted).await?;
+        store.end_first_load(&meta, &lock).await?;
+    }
 
     let mut report = LoadReport {
         step: request.step.clone(),
-        rows: prepared.sheet.tasks.len(),
+        rows: prepared.sheet.rows,
         sheet_sha256: prepared.sheet.sha256.clone(),
         step_created: change == StepChange::Created,
         settings_changed: change == StepChange::Updated,
         ..LoadReport::default()
     };
-    for o in outcomes {
-        report.loaded += o.loaded;
-        report.skipped_existing += o.skipped_existing;
-        report.replaced += o.replaced;
-        report.skipped_running += o.skipped_running;
-    }
+    report.loaded = totals.loaded;
+    report.skipped_existing = totals.skipped_existing;
+    report.replaced = totals.replaced;
+    report.skipped_running = totals.skipped_running;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// How long a first-load lock lasts unless renewed.
+pub const LOCK_LEASE: Duration = Duration::from_secs(30);
+
+/// How often a first load counts what it wrote, and renews its lock.
+const COUNT_EVERY: Duration = Duration::from_secs(1);
+
+/// `deltas` times `k`.
+fn scaled(deltas: &[(&'static str, i64)], k: usize) -> Vec<(&'static str, i64)> {
+    deltas.iter().map(|(c, by)| (*c, by * k as i64)).collect()
+}
+
+/// Counts what a first load wrote since it last counted, and renews its
+/// lock.
+async fn count_first<S: TaskStore>(
+    store: &S,
+    meta: &StepMeta,
+    lock: &mut LoadLock,
+    uncounted: &mut [Vec<(&'static str, i64)>],
+) -> Result<(), StoreError> {
+    let counts: Vec<(u16, Vec<(&'static str, i64)>)> = uncounted
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, d)| !d.is_empty())
+        .map(|(shard, d)| (shard as u16, std::mem::take(d)))
+        .collect();
+    let renewed = Timestamp::now().plus(LOCK_LEASE);
+    store.count_first(meta, lock, renewed, &counts).await?;
+    lock.until = renewed;
+    Ok(())
 }
 
 #[derive(Debug, Default)]
@@ -302,6 +378,92 @@ struct BatchOutcome {
     skipped_existing: usize,
     replaced: usize,
     skipped_running: usize,
+}
+
+impl BatchOutcome {
+    fn add(&mut self, other: &BatchOutcome) {
+        self.loaded += other.loaded;
+        self.skipped_existing += other.skipped_existing;
+        self.replaced += other.replaced;
+        self.skipped_running += other.skipped_running;
+    }
+}
+
+/// Most tasks held in per-shard buffers: with many shards, the fullest
+/// buffer goes out before it is a full batch, so that memory stays bounded
+/// whatever the shard count.
+const MAX_BUFFERED: usize = 8192;
+
+/// Rows grouped by shard into batches of up to [`BATCH`] tasks, and which
+/// shards have a batch in flight.
+struct Batcher {
+    buffers: Vec<Vec<Task>>,
+    buffered: usize,
+    ready: VecDeque<(u16, Vec<Task>)>,
+    busy: Vec<bool>,
+}
+
+impl Batcher {
+    fn new(shards: u16) -> Self {
+        let shards = usize::from(shards.max(1));
+        Self {
+            buffers: (0..shards).map(|_| Vec::new()).collect(),
+            buffered: 0,
+            ready: VecDeque::new(),
+            busy: vec![false; shards],
+        }
+    }
+
+    fn push(&mut self, task: Task, meta: &StepMeta) {
+        let shard = usize::from(schema::shard_of(&task.task_id, meta.shards));
+        self.buffers[shard].push(task);
+        self.buffered += 1;
+        if self.buffers[shard].len() >= BATCH {
+            self.close(shard);
+        } else if self.buffered > MAX_BUFFERED {
+            let fullest = (0..self.buffers.len())
+                .max_by_key(|&s| self.buffers[s].len())
+                .unwrap_or(shard);
+            self.close(fullest);
+        }
+    }
+
+    fn close(&mut self, shard: usize) {
+        let batch = std::mem::take(&mut self.buffers[shard]);
+        self.buffered -= batch.len();
+        self.ready.push_back((shard as u16, batch));
+    }
+
+    fn flush_all(&mut self) {
+        for shard in 0..self.buffers.len() {
+            if !self.buffers[shard].is_empty() {
+                self.close(shard);
+            }
+        }
+    }
+
+    /// Whether a ready batch's shard has nothing in flight.
+    fn startable(&self) -> bool {
+        self.ready.iter().any(|(s, _)| !self.busy[usize::from(*s)])
+    }
+
+    fn start(&mut self) -> Option<(u16, Vec<Task>)> {
+        let i = self
+            .ready
+            .iter()
+            .position(|(s, _)| !self.busy[usize::from(*s)])?;
+        let (shard, batch) = self.ready.remove(i)?;
+        self.busy[usize::from(shard)] = true;
+        Some((shard, batch))
+    }
+
+    fn finished(&mut self, shard: u16) {
+        self.busy[usize::from(shard)] = false;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.buffered == 0
+    }
 }
 
 async fn write_batch<S: TaskStore>(

@@ -251,6 +251,52 @@ pub struct StepMeta {
     pub created_at: Timestamp,
     /// Last change to the settings.
     pub updated_at: Timestamp,
+    /// The first load of the step, while it runs (or when it died): it
+    /// writes without a per-task condition and counts behind its writes,
+    /// so no other load may write the step meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_load: Option<LoadLock>,
+}
+
+/// Who holds a step's first load, and until when unless renewed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadLock {
+    /// `host:pid:nonce` of the loading process.
+    pub holder: String,
+    /// When the lock lapses if not renewed.
+    pub until: Timestamp,
+}
+
+impl LoadLock {
+    /// A lock for a load of this process, until `until`.
+    pub fn new(until: Timestamp) -> Self {
+        Self {
+            holder: format!(
+                "{}:{}:{:08x}",
+                this_host(),
+                std::process::id(),
+                rand::random::<u32>()
+            ),
+            until,
+        }
+    }
+
+    /// Whether the holder is a process of this host that is gone (so the
+    /// lock need not be waited out).
+    pub fn holder_is_gone(&self) -> bool {
+        let mut parts = self.holder.splitn(3, ':');
+        let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        host == this_host() && !std::path::Path::new("/proc").join(pid).exists()
+    }
+}
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 /// Counts of one step, as `taskctl status` shows them.

@@ -115,6 +115,8 @@ pub mod attr {
     pub const SHARDS: &str = "shards";
     /// Step: settings (M).
     pub const SETTINGS: &str = "settings";
+    /// The first-load lock of a step item (M), while its first load runs.
+    pub const FIRST_LOAD: &str = "first_load";
 
     /// Counter: tasks loaded (N).
     pub const LOADED: &str = "loaded";

@@ -28,14 +28,15 @@ pub use runlog::{Run, RunLog, Runs};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use taskfleet::DynamoStore;
@@ -90,17 +91,32 @@ pub fn unique_table(label: &str) -> String {
     )
 }
 
-/// Counts the HTTP requests a client sends (retries included).
+/// Counts the HTTP requests a client sends (retries included), in all and
+/// per operation.
 #[derive(Debug, Clone, Default)]
-pub struct RequestCounter(Arc<AtomicUsize>);
+pub struct RequestCounter(Arc<AtomicUsize>, Arc<Mutex<BTreeMap<String, usize>>>);
 
 impl RequestCounter {
     pub fn get(&self) -> usize {
         self.0.load(Ordering::SeqCst)
     }
 
+    /// Requests of one operation (`BatchWriteItem`, ...).
+    pub fn of(&self, operation: &str) -> usize {
+        self.1
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(operation)
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn reset(&self) {
         self.0.store(0, Ordering::SeqCst);
+        self.1
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 }
 
@@ -113,9 +129,19 @@ impl Intercept for RequestCounter {
         &self,
         _context: &BeforeTransmitInterceptorContextRef<'_>,
         _components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
+        cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         self.0.fetch_add(1, Ordering::SeqCst);
+        let operation = cfg
+            .load::<Metadata>()
+            .map_or("unknown", Metadata::name)
+            .to_owned();
+        *self
+            .1
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(operation)
+            .or_default() += 1;
         Ok(())
     }
 }

@@ -28,10 +28,13 @@ pub struct Proxy {
     acceptor: Option<JoinHandle<()>>,
 }
 
+/// The relay's switches, each one an outage a test turns on and off.
 #[derive(Default)]
+#[allow(clippy::struct_excessive_bools)]
 struct Gate {
     cut: bool,
     refuse: bool,
+    drop_answers: bool,
     closed: bool,
 }
 
@@ -124,11 +127,19 @@ impl Proxy {
         }
     }
 
+    /// Forwards requests but throws the answers away: the store carries a
+    /// request out and the client never hears of it (an answer lost on the
+    /// way back), until [`Proxy::restore`].
+    pub fn drop_answers(&self) {
+        self.shared.set(|g| g.drop_answers = true);
+    }
+
     /// Forwards again, held bytes first.
     pub fn restore(&self) {
         self.shared.set(|g| {
             g.cut = false;
             g.refuse = false;
+            g.drop_answers = false;
         });
     }
 }
@@ -182,18 +193,19 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
         let _ = server.set_nodelay(true);
         shared.keep(&client);
         shared.keep(&server);
-        for (from, to) in [(&client, &server), (&server, &client)] {
+        for (from, to, answers) in [(&client, &server, false), (&server, &client, true)] {
             let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
                 continue;
             };
             let shared = shared.clone();
-            std::thread::spawn(move || pump(from, to, &shared));
+            std::thread::spawn(move || pump(from, to, answers, &shared));
         }
     }
 }
 
-/// Copies one direction until either side closes or the proxy is dropped.
-fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
+/// Copies one direction until either side closes or the proxy is dropped;
+/// `answers` is the direction from the store to the client.
+fn pump(mut from: TcpStream, mut to: TcpStream, answers: bool, shared: &Shared) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         if !shared.pass() {
@@ -206,7 +218,16 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
             }
             Ok(n) => n,
         };
-        if !shared.pass() || to.write_all(&buf[..n]).is_err() {
+        if !shared.pass() {
+            return;
+        }
+        let dropped = answers
+            && shared
+                .gate
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drop_answers;
+        if !dropped && to.write_all(&buf[..n]).is_err() {
             return;
         }
     }

@@ -27,6 +27,7 @@ mod chaos;
 mod concurrent_loads;
 mod conformance;
 mod ec2;
+mod first_load;
 mod host_faults;
 mod library;
 mod lifecycle;

@@ -283,10 +283,32 @@ async fn settings_given_at_load_are_stored_once_for_the_step() {
 
 #[tokio::test]
 async fn a_load_killed_midway_and_run_again_leaves_every_task_once_and_the_count_exact() {
+    // The step exists: every batch is counted in the transaction that
+    // writes it, so the count is exact at any kill.
+    killed_midway_and_run_again(true).await;
+}
+
+#[tokio::test]
+async fn a_first_load_killed_midway_is_recounted_by_the_next_load_and_every_task_written_once() {
+    // A new step's first load writes plain batches and counts behind them:
+    // killed, its count may trail its writes (never exceed them), and the
+    // next load, finding the lock of a process gone from this host, takes
+    // it at once, recounts and writes the rest.
+    killed_midway_and_run_again(false).await;
+}
+
+async fn killed_midway_and_run_again(step_exists: bool) {
     let t = TestTable::new("killed-load").await;
     let n = 20_000;
     let sheet = t.file("big.csv", testkit::generated_sheet(n));
     let sheet = sheet.to_str().unwrap();
+    let before = if step_exists {
+        let first = t.file("first.csv", "sample\nfirst\n");
+        load_samples_with(&t, first.to_str().unwrap());
+        1
+    } else {
+        0
+    };
     let args = [
         "--table",
         t.name.as_str(),
@@ -329,23 +351,47 @@ async fn a_load_killed_midway_and_run_again_leaves_every_task_once_and_the_count
     // Requests already sent are still carried out by the service: let them
     // land before comparing.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let partial = t.store.status(Some("qc")).await.unwrap()[0].total;
-    assert!(partial < n as u64, "killed too late to test anything");
-    assert_eq!(
-        partial,
-        t.task_count("qc").await as u64,
-        "loaded must count exactly the tasks written, after a SIGKILL"
+    let counted = t.store.status(Some("qc")).await.unwrap()[0].total;
+    let written = t.task_count("qc").await as u64;
+    assert!(
+        written < (n + before) as u64,
+        "killed too late to test anything"
     );
+    if step_exists {
+        assert_eq!(
+            counted, written,
+            "loaded must count exactly the tasks written, after a SIGKILL"
+        );
+    } else {
+        assert!(counted <= written, "counted {counted} of {written} written");
+        let meta = t.store.step("qc").await.unwrap().unwrap();
+        assert!(meta.first_load.is_some(), "the dead load's lock is gone");
+    }
 
+    let rerun = std::time::Instant::now();
     let again = load_samples_with(&t, sheet);
+    assert!(
+        rerun.elapsed() < std::time::Duration::from_secs(25),
+        "the lock of a dead loader on this host was waited out"
+    );
     assert_eq!(
-        again["loaded"].as_u64().unwrap() + partial,
-        n as u64,
+        again["loaded"].as_u64().unwrap() + written,
+        (n + before) as u64,
         "{again}"
     );
-    assert_eq!(t.task_count("qc").await, n);
+    assert_eq!(t.task_count("qc").await, n + before);
     let s = &t.store.status(Some("qc")).await.unwrap()[0];
-    assert_eq!((s.total, s.pending), (n as u64, n as u64));
+    let all = (n + before) as u64;
+    assert_eq!((s.total, s.pending), (all, all));
+    assert!(
+        t.store
+            .step("qc")
+            .await
+            .unwrap()
+            .unwrap()
+            .first_load
+            .is_none()
+    );
 }
 
 fn load_samples_with(t: &TestTable, sheet: &str) -> serde_json::Value {

@@ -30,6 +30,7 @@ fn meta() -> StepMeta {
         settings: StepSettings::default(),
         created_at: Timestamp::from_millis(0),
         updated_at: Timestamp::from_millis(0),
+        first_load: None,
     }
 }
 

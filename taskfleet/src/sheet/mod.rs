@@ -15,20 +15,26 @@
 
 mod header;
 mod ids;
+mod input;
+mod rows;
 mod sections;
 
 pub use header::{Column, DSUB_KINDS};
 pub use ids::SEPARATOR as ID_SEPARATOR;
+pub use input::SheetInput;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use xxhash_rust::xxh3::xxh3_128;
 
 use crate::model::NewTask;
 use crate::schema::MAX_TASK_ID_BYTES;
 use ids::IdSource;
+use rows::RowReader;
+use sections::Found;
 
 /// Field separator of a sheet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,10 +127,12 @@ pub struct SheetOptions {
     pub renames: Vec<(String, String)>,
 }
 
-/// A validated sheet.
+/// A sheet: its columns and where its ids come from, read from its header;
+/// once validated ([`Sheet::validate`]), its row count and digest. Rows are
+/// read again for each pass ([`Sheet::rows`]), never held in memory.
 #[derive(Debug, Clone)]
 pub struct Sheet {
-    /// The file it came from (`-`: standard input).
+    /// The file it came from (`-`: standard input), for messages.
     pub path: PathBuf,
     /// The column names (a dsub column's name is the one after its kind).
     pub columns: Vec<String>,
@@ -135,10 +143,17 @@ pub struct Sheet {
     /// Where ids come from: a column's name, several joined with ',', or
     /// `(row number)`.
     pub id_column: String,
-    /// One task per row, in file order.
-    pub tasks: Vec<NewTask>,
-    /// SHA-256 of the sheet's bytes, hex.
+    /// Rows (tasks), once validated.
+    pub rows: usize,
+    /// SHA-256 of the sheet's bytes, hex, once validated.
     pub sha256: String,
+    input: SheetInput,
+    /// Byte range of the table (a section's, or the whole file's).
+    table: (u64, u64),
+    format: Format,
+    source: IdSource,
+    /// Header fields, empty trailing ones included.
+    width: usize,
 }
 
 /// An environment variable name for a column: upper case, anything outside
@@ -164,117 +179,183 @@ pub fn env_name(column: &str) -> String {
 impl Sheet {
     /// Reads and validates the sheet at `path`.
     pub fn read(path: &Path, options: &SheetOptions) -> Result<Self, SheetError> {
-        let bytes = std::fs::read(path).map_err(|e| SheetError {
-            path: path.to_owned(),
-            line: None,
-            column: None,
-            message: match e.kind() {
-                std::io::ErrorKind::NotFound => "no such file".to_owned(),
-                _ => format!("cannot read it: {e}"),
-            },
-        })?;
-        Self::parse(path, &bytes, options)
+        Self::open(path, SheetInput::File(path.to_owned()), options)?.validate(&mut |_, _| Ok(()))
     }
 
     /// Validates sheet content already in memory; `path` is for messages.
     pub fn parse(path: &Path, bytes: &[u8], options: &SheetOptions) -> Result<Self, SheetError> {
+        Self::open(path, SheetInput::Bytes(bytes.into()), options)?.validate(&mut |_, _| Ok(()))
+    }
+
+    /// Reads what comes before the rows: sections, format, header and id
+    /// columns. `path` names the sheet in messages. Not validated yet:
+    /// [`Sheet::validate`] reads the rows.
+    pub fn open(
+        path: &Path,
+        input: SheetInput,
+        options: &SheetOptions,
+    ) -> Result<Self, SheetError> {
         let err = |line: Option<u64>, column: Option<&str>, message: String| SheetError {
             path: path.to_owned(),
             line,
             column: column.map(str::to_owned),
             message,
         };
-        let sha256 = crate::fleet::hex(&Sha256::digest(bytes));
-        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(err(None, None, EMPTY.into()));
-        }
-        let (start, end) = table_bounds(bytes, options, &err)?;
-        let table = &bytes[start..end];
-        let format = options
-            .format
-            .unwrap_or_else(|| Format::detect(path, table));
-        let mut reader = csv::ReaderBuilder::new()
-            .delimiter(format.delimiter())
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(table);
-        let mut lines = LineCounter::new(bytes);
-        let mut line_of = |record: &csv::ByteRecord| {
-            lines.line_at(start as u64 + record.position().map_or(0, csv::Position::byte))
+        let io_err = |e: std::io::Error| {
+            err(
+                None,
+                None,
+                match e.kind() {
+                    std::io::ErrorKind::NotFound => "no such file".to_owned(),
+                    _ => format!("cannot read it: {e}"),
+                },
+            )
         };
-
-        let mut records = reader.byte_records();
-        let header = first_record(&mut records, &err)?;
-        let header_line = line_of(&header);
-        let (column_info, width) = header::parse(&header, header_line, &options.renames, &err)?;
-        let source = id_source(&column_info, options, header_line, &err)?;
-        let id_column = source.describe(&column_info);
-        let env_names: Vec<String> = column_info.iter().map(|c| c.var.clone()).collect();
-
-        let mut tasks = Vec::new();
-        let mut first_line_of: HashMap<String, u64> = HashMap::new();
-        let mut collision: Option<(u64, String, u64)> = None;
-        for record in records {
-            let record = record.map_err(|e| {
-                err(
-                    e.position().map(csv::Position::line),
+        let mut reader = std::io::BufReader::new(input.open().map_err(io_err)?);
+        let bom = {
+            let start = reader.fill_buf().map_err(io_err)?;
+            if start.starts_with(BOM) { BOM.len() } else { 0 }
+        };
+        reader.consume(bom);
+        let table = match sections::find(&mut reader, bom as u64).map_err(io_err)? {
+            Found::Empty => return Err(err(None, None, EMPTY.into())),
+            Found::Sections(found) => {
+                let section = sections::choose(&found, options.section.as_deref(), &err)?;
+                (section.start, section.end)
+            }
+            Found::Plain if options.section.is_some() => {
+                return Err(err(
                     None,
-                    format!("cannot parse the row: {e}"),
-                )
-            })?;
-            let line = line_of(&record);
-            if is_blank(&record) {
-                continue;
+                    None,
+                    "has no [Section] lines; --section is for sheets with sections, such as Illumina's"
+                        .into(),
+                ));
             }
-            let values = row_values(&record, line, &column_info, width, &err)?;
-            let id = match &source {
-                IdSource::RowNumber => (tasks.len() + 1).to_string(),
-                IdSource::Columns(list) => ids::join(list, &values),
-            };
-            check_id(&id, line, &id_column, &err)?;
-            if let Some(first) = first_line_of.insert(id.clone(), line)
-                && collision.is_none()
-            {
-                collision = Some((line, id.clone(), first));
+            Found::Plain => (bom as u64, u64::MAX),
+        };
+        let format = if let Some(format) = options.format {
+            format
+        } else {
+            let mut first = input.open().map_err(io_err)?;
+            std::io::copy(&mut first.by_ref().take(table.0), &mut std::io::sink())
+                .map_err(io_err)?;
+            let mut line = Vec::new();
+            std::io::BufReader::new(first.take((table.1 - table.0).min(HEADER_PEEK)))
+                .read_until(b'\n', &mut line)
+                .map_err(io_err)?;
+            Format::detect(path, &line)
+        };
+        let mut sheet = Sheet {
+            path: path.to_owned(),
+            columns: Vec::new(),
+            env_names: Vec::new(),
+            column_info: Vec::new(),
+            id_column: String::new(),
+            rows: 0,
+            sha256: String::new(),
+            input,
+            table,
+            format,
+            source: IdSource::RowNumber,
+            width: 0,
+        };
+        let mut rows = RowReader::start(&sheet)?;
+        let (header, header_line) = rows.header()?;
+        drop(rows);
+        let (column_info, width) = header::parse(&header, header_line, &options.renames, &err)?;
+        sheet.source = id_source(&column_info, options, header_line, &err)?;
+        sheet.id_column = sheet.source.describe(&column_info);
+        sheet.env_names = column_info.iter().map(|c| c.var.clone()).collect();
+        sheet.columns = column_info.iter().map(|c| c.name.clone()).collect();
+        sheet.column_info = column_info;
+        sheet.width = width;
+        Ok(sheet)
+    }
+
+    /// Reads every row, streaming: each must make a valid task and pass
+    /// `check`; ids must be unique (checked on 16-byte hashes, then on the
+    /// ids themselves for a hash seen twice). Memory grows by 16 bytes a
+    /// row, not by the row.
+    pub fn validate(
+        mut self,
+        check: &mut dyn FnMut(&Sheet, &NewTask) -> Result<(), SheetError>,
+    ) -> Result<Self, SheetError> {
+        let by_columns = matches!(self.source, IdSource::Columns(_));
+        let mut hashes: Vec<u128> = Vec::new();
+        let mut rows = 0;
+        let mut reader = RowReader::start(&self)?;
+        reader.header()?;
+        while let Some(task) = reader.next_task()? {
+            check(&self, &task)?;
+            if by_columns {
+                hashes.push(xxh3_128(task.task_id.as_bytes()));
             }
-            let env = env_names
-                .iter()
-                .zip(&values)
-                .map(|(k, v)| (k.clone(), (*v).to_owned()))
-                .collect();
-            tasks.push(NewTask {
-                task_id: id,
-                line,
-                env,
-            });
+            rows += 1;
         }
-        if let Some((line, id, first)) = collision {
-            let hint = collision_hint(&column_info, &tasks);
-            return Err(err(
-                Some(line),
-                Some(&id_column),
-                format!(
-                    "the task id '{id}' is already used on line {first}; ids must be unique{hint}"
-                ),
-            ));
-        }
-        if tasks.is_empty() {
-            return Err(err(
+        let sha256 = reader.finish()?;
+        if rows == 0 {
+            return Err(self.error(
                 None,
                 None,
                 "has a header but no rows; add one row per task".into(),
             ));
         }
-        Ok(Sheet {
-            path: path.to_owned(),
-            columns: column_info.iter().map(|c| c.name.clone()).collect(),
-            env_names,
-            column_info,
-            id_column,
-            tasks,
-            sha256,
+        hashes.sort_unstable();
+        let repeated: HashSet<u128> = hashes
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0])
+            .collect();
+        drop(hashes);
+        self.rows = rows;
+        self.sha256 = sha256;
+        if !repeated.is_empty() {
+            self.check_repeated(&repeated)?;
+        }
+        Ok(self)
+    }
+
+    /// The first id that repeats, among the rows whose id hash repeats.
+    fn check_repeated(&self, repeated: &HashSet<u128>) -> Result<(), SheetError> {
+        let mut first_line_of: HashMap<String, u64> = HashMap::new();
+        for task in self.rows()? {
+            let task = task?;
+            if !repeated.contains(&xxh3_128(task.task_id.as_bytes())) {
+                continue;
+            }
+            if let Some(first) = first_line_of.insert(task.task_id.clone(), task.line) {
+                let hint = if self.rows > ids::MAX_ROWS_SEARCHED {
+                    String::new()
+                } else {
+                    collision_hint(&self.column_info, &self.tasks()?)
+                };
+                return Err(self.error(
+                    Some(task.line),
+                    Some(&self.id_column),
+                    format!(
+                        "the task id '{}' is already used on line {first}; ids must be unique{hint}",
+                        task.task_id
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows, read again from the start, in file order. Once the sheet
+    /// is validated, a file that changed since is an error at its end.
+    pub fn rows(&self) -> Result<Rows<'_>, SheetError> {
+        let mut reader = RowReader::start(self)?;
+        reader.header()?;
+        Ok(Rows {
+            sheet: self,
+            reader: Some(reader),
         })
+    }
+
+    /// Every row, in memory (small sheets, tests).
+    pub fn tasks(&self) -> Result<Vec<NewTask>, SheetError> {
+        self.rows()?.collect()
     }
 
     /// Each variable whose column is written otherwise, and that column's
@@ -287,53 +368,59 @@ impl Sheet {
             .map(|c| (c.var.clone(), c.header.clone()))
             .collect()
     }
-}
 
-/// Where the table to read is: a sheet with [Section]s has only the chosen
-/// section's table read.
-fn table_bounds(
-    bytes: &[u8],
-    options: &SheetOptions,
-    err: &ErrFn<'_>,
-) -> Result<(usize, usize), SheetError> {
-    match sections::find(bytes) {
-        Some(found) => {
-            let section = sections::choose(&found, options.section.as_deref(), err)?;
-            Ok((section.start, section.end))
+    fn error(&self, line: Option<u64>, column: Option<&str>, message: String) -> SheetError {
+        SheetError {
+            path: self.path.clone(),
+            line,
+            column: column.map(str::to_owned),
+            message,
         }
-        None if options.section.is_some() => Err(err(
-            None,
-            None,
-            "has no [Section] lines; --section is for sheets with sections, such as Illumina's"
-                .into(),
-        )),
-        None => Ok((0, bytes.len())),
     }
 }
 
-/// What an empty sheet is told.
-const EMPTY: &str = "the sheet is empty: expected a header row and one row per task";
+/// The rows of a sheet, read again ([`Sheet::rows`]).
+pub struct Rows<'a> {
+    sheet: &'a Sheet,
+    reader: Option<RowReader<'a>>,
+}
 
-/// The first record that is not blank: the header.
-fn first_record(
-    records: &mut csv::ByteRecordsIter<'_, &[u8]>,
-    err: &ErrFn<'_>,
-) -> Result<csv::ByteRecord, SheetError> {
-    for record in records.by_ref() {
-        match record {
-            Ok(h) if is_blank(&h) => {}
-            Ok(h) => return Ok(h),
+impl Iterator for Rows<'_> {
+    type Item = Result<NewTask, SheetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let reader = self.reader.as_mut()?;
+        match reader.next_task() {
+            Ok(Some(task)) => Some(Ok(task)),
             Err(e) => {
-                return Err(err(
-                    e.position().map(csv::Position::line),
-                    None,
-                    format!("cannot parse the header: {e}"),
-                ));
+                self.reader = None;
+                Some(Err(e))
+            }
+            Ok(None) => {
+                let reader = self.reader.take()?;
+                match reader.finish() {
+                    Ok(sha) if self.sheet.sha256.is_empty() || sha == self.sheet.sha256 => None,
+                    Ok(_) => Some(Err(self.sheet.error(
+                        None,
+                        None,
+                        "changed while it was being read; load it again once nothing writes to it"
+                            .into(),
+                    ))),
+                    Err(e) => Some(Err(e)),
+                }
             }
         }
     }
-    Err(err(None, None, EMPTY.into()))
 }
+
+/// A UTF-8 byte order mark.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// How much of a table's first line format detection reads.
+const HEADER_PEEK: u64 = 1 << 20;
+
+/// What an empty sheet is told.
+const EMPTY: &str = "the sheet is empty: expected a header row and one row per task";
 
 /// Whether every field of a record is empty (a blank line, or one of only
 /// commas as sequencer sheets pad them).
@@ -415,42 +502,6 @@ fn collision_hint(columns: &[Column], tasks: &[NewTask]) -> String {
             format!("; {which}: {option}")
         }
         None => "; no set of up to three columns is unique: give every row an id column, or --row-ids to number the rows".to_owned(),
-    }
-}
-
-/// Line numbers from byte offsets. The `csv` crate's own line count lags
-/// behind on CRLF files, so lines are counted here, incrementally, from the
-/// record's byte offset (skipping the line break it may point at).
-struct LineCounter<'a> {
-    bytes: &'a [u8],
-    offset: usize,
-    line: u64,
-}
-
-impl<'a> LineCounter<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        Self {
-            bytes,
-            offset: 0,
-            line: 1,
-        }
-    }
-
-    fn line_at(&mut self, offset: u64) -> u64 {
-        let mut target = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(self.bytes.len());
-        while target < self.bytes.len() && matches!(self.bytes[target], b'\r' | b'\n') {
-            target += 1;
-        }
-        if target >= self.offset {
-            self.line += self.bytes[self.offset..target]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count() as u64;
-            self.offset = target;
-        }
-        self.line
     }
 }
 

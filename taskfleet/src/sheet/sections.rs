@@ -16,9 +16,9 @@ pub struct Section {
     /// The name between the brackets.
     pub name: String,
     /// Byte offset of the line after the `[Name]` line.
-    pub start: usize,
+    pub start: u64,
     /// Byte offset where the next section's line starts (or the end).
-    pub end: usize,
+    pub end: u64,
 }
 
 impl Section {
@@ -28,16 +28,34 @@ impl Section {
     }
 }
 
-/// The sections of `bytes`, or `None` when its first non-blank line is
-/// not a `[Name]` line (an ordinary sheet).
-pub fn find(bytes: &[u8]) -> Option<Vec<Section>> {
+/// What the start of a sheet says it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing but blank lines.
+    Empty,
+    /// An ordinary sheet: its first non-blank line is not a `[Name]` line.
+    Plain,
+    /// A sheet with sections.
+    Sections(Vec<Section>),
+}
+
+/// Reads `reader` (which starts at byte `base` of the file) line by line:
+/// an ordinary sheet is told at its first non-blank line; a sheet with
+/// sections is read to its end, one line at a time.
+pub fn find(reader: &mut impl std::io::BufRead, base: u64) -> std::io::Result<Found> {
     let mut sections: Vec<Section> = Vec::new();
-    let mut offset = 0;
+    let mut offset = base;
     let mut first = true;
-    for line in bytes.split_inclusive(|&b| b == b'\n') {
-        let text = trim_padding(line);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 {
+            break;
+        }
         let here = offset;
-        offset += line.len();
+        offset += n as u64;
+        let text = trim_padding(&line);
         if text.is_empty() {
             continue;
         }
@@ -53,15 +71,21 @@ pub fn find(bytes: &[u8]) -> Option<Vec<Section>> {
                 sections.push(Section {
                     name: name.trim().to_owned(),
                     start: offset,
-                    end: bytes.len(),
+                    end: u64::MAX,
                 });
             }
-            None if first => return None,
+            None if first => return Ok(Found::Plain),
             None => {}
         }
         first = false;
     }
-    Some(sections)
+    if first {
+        return Ok(Found::Empty);
+    }
+    if let Some(last) = sections.last_mut() {
+        last.end = offset;
+    }
+    Ok(Found::Sections(sections))
 }
 
 /// The line without its line end, surrounding blanks and trailing commas.

@@ -1,5 +1,6 @@
 //! Sheet parsing: formats, refusals and their messages.
 use super::*;
+use sha2::Digest;
 
 fn parse(text: &[u8]) -> Result<Sheet, SheetError> {
     Sheet::parse(Path::new("s.csv"), text, &SheetOptions::default())
@@ -13,10 +14,10 @@ fn message(text: &[u8]) -> String {
 fn reads_quoted_fields_crlf_and_bom() {
     let s = parse(b"\xEF\xBB\xBFsample,note\r\nA,\"x, \"\"y\"\"\"\r\nB,plain\r\n").unwrap();
     assert_eq!(s.columns, ["sample", "note"]);
-    assert_eq!(s.tasks.len(), 2);
-    assert_eq!(s.tasks[0].task_id, "A");
-    assert_eq!(s.tasks[0].env["NOTE"], "x, \"y\"");
-    assert_eq!(s.tasks[1].line, 3);
+    assert_eq!(s.rows, 2);
+    assert_eq!(s.tasks().unwrap()[0].task_id, "A");
+    assert_eq!(s.tasks().unwrap()[0].env["NOTE"], "x, \"y\"");
+    assert_eq!(s.tasks().unwrap()[1].line, 3);
     // Line numbers stay right on CRLF files with blank lines.
     assert_eq!(
         message(b"sample,x\r\nA,1\r\n\r\nB,2\r\nA,3\r\n"),
@@ -43,7 +44,7 @@ fn detects_tsv_by_extension_and_content() {
         &SheetOptions::default(),
     )
     .unwrap();
-    assert_eq!(s.tasks[0].env["X"], "a,b");
+    assert_eq!(s.tasks().unwrap()[0].env["X"], "a,b");
 }
 
 #[test]
@@ -102,8 +103,13 @@ fn data(name: &str, options: &SheetOptions) -> Result<Sheet, SheetError> {
     Sheet::read(&path, options)
 }
 
-fn ids(sheet: &Sheet) -> Vec<&str> {
-    sheet.tasks.iter().map(|t| t.task_id.as_str()).collect()
+fn ids(sheet: &Sheet) -> Vec<String> {
+    sheet
+        .tasks()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.task_id)
+        .collect()
 }
 
 fn error(name: &str, options: &SheetOptions) -> String {
@@ -118,8 +124,8 @@ fn the_1000_genomes_panel_loads_its_trailing_empty_header_fields_ignored() {
     let s = data("1000g_panel.tsv", &SheetOptions::default()).unwrap();
     assert_eq!(s.columns, ["sample", "pop", "super_pop", "gender"]);
     assert_eq!(ids(&s), ["HG00096", "HG00097", "NA12878"]);
-    assert_eq!(s.tasks[2].env["SUPER_POP"], "EUR");
-    assert_eq!(s.tasks[2].env.len(), 4);
+    assert_eq!(s.tasks().unwrap()[2].env["SUPER_POP"], "EUR");
+    assert_eq!(s.tasks().unwrap()[2].env.len(), 4);
     // A value under an unnamed field, or an empty name in the middle, is
     // still refused.
     let tsv = |text: &[u8]| {
@@ -142,7 +148,7 @@ fn dsub_columns_become_the_names_after_their_kind_and_keep_the_kind() {
     let s = data("dsub_tasks.tsv", &SheetOptions::default()).unwrap();
     assert_eq!(s.columns, ["SAMPLE_ID", "VCF_FILE", "OUTPUT_PATH", "batch"]);
     assert_eq!(ids(&s), ["HG00096", "HG00097"]);
-    let env = &s.tasks[0].env;
+    let env = &s.tasks().unwrap()[0].env;
     assert_eq!(env["SAMPLE_ID"], "HG00096");
     assert_eq!(env["VCF_FILE"], "gs://bucket/HG00096.vcf.gz");
     assert_eq!(env["OUTPUT_PATH"], "gs://bucket/out/HG00096/");
@@ -180,10 +186,10 @@ fn an_illumina_v1_sheet_loads_its_data_section() {
         ]
     );
     assert_eq!(ids(&s), ["S1", "S2", "S3"]);
-    assert_eq!(s.tasks[1].env["INDEX"], "TCCGGAGA");
-    assert_eq!(s.tasks[1].env["SAMPLE_NAME"], "NA12891");
+    assert_eq!(s.tasks().unwrap()[1].env["INDEX"], "TCCGGAGA");
+    assert_eq!(s.tasks().unwrap()[1].env["SAMPLE_NAME"], "NA12891");
     // Lines count from the top of the file, sections included.
-    assert_eq!(s.tasks[0].line, 16);
+    assert_eq!(s.tasks().unwrap()[0].line, 16);
 }
 
 #[test]
@@ -200,7 +206,7 @@ fn an_illumina_v2_sheet_with_two_tables_asks_which_and_loads_the_one_chosen() {
     let s = data("illumina_v2.csv", &cloud).unwrap();
     assert_eq!(s.columns, ["Sample_ID", "ProjectName", "LibraryName"]);
     assert_eq!(ids(&s), ["S1", "S2"]);
-    assert_eq!(s.tasks[0].env["LIBRARYNAME"], "S1_lib");
+    assert_eq!(s.tasks().unwrap()[0].env["LIBRARYNAME"], "S1_lib");
     let bcl = SheetOptions {
         section: Some("BCLConvert_Data".into()),
         id_columns: vec!["Sample_ID".into()],
@@ -261,7 +267,7 @@ fn row_ids_number_a_sheet_without_an_id_column() {
     };
     let s = data("no_id.csv", &rows).unwrap();
     assert_eq!(ids(&s), ["1", "2", "3"]);
-    assert_eq!(s.tasks[2].env["FASTQ"], "C_R1.fq.gz");
+    assert_eq!(s.tasks().unwrap()[2].env["FASTQ"], "C_R1.fq.gz");
     assert_eq!(s.id_column, "(row number)");
 }
 
@@ -288,8 +294,11 @@ fn sra_column_names_keep_working_and_a_reserved_one_gets_the_option_to_type() {
             "BAM_PATH"
         ]
     );
-    assert_eq!(s.tasks[0].env["LIBRARY__TYPE_"], "WGS (PCR-free)");
-    assert_eq!(s.tasks[0].env["BAM_PATH"], "/data/SRR001.bam");
+    assert_eq!(
+        s.tasks().unwrap()[0].env["LIBRARY__TYPE_"],
+        "WGS (PCR-free)"
+    );
+    assert_eq!(s.tasks().unwrap()[0].env["BAM_PATH"], "/data/SRR001.bam");
     assert_eq!(s.origins()["SAMPLE_NAME"], "Sample Name");
     assert_eq!(s.origins()["BAM_PATH"], "path");
     let unknown = SheetOptions {
@@ -308,5 +317,8 @@ fn sra_column_names_keep_working_and_a_reserved_one_gets_the_option_to_type() {
 #[test]
 fn the_sheet_digest_is_of_its_bytes() {
     let s = parse(b"sample\nA\n").unwrap();
-    assert_eq!(s.sha256, crate::fleet::hex(&Sha256::digest(b"sample\nA\n")));
+    assert_eq!(
+        s.sha256,
+        crate::fleet::hex(&sha2::Sha256::digest(b"sample\nA\n"))
+    );
 }

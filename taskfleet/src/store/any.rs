@@ -7,7 +7,7 @@ use super::{
     Candidate, Claim, Correction, Fence, Finish, InsertOutcome, ReplaceOutcome, SettingsChange,
     StepChange, StoreError, TaskStore,
 };
-use crate::model::{FailedTask, StepMeta, StepStatus, Task, TaskState};
+use crate::model::{FailedTask, LoadLock, StepMeta, StepStatus, Task, TaskState};
 use crate::time::Timestamp;
 
 /// The DynamoDB table or the embedded SQLite file.
@@ -59,6 +59,38 @@ impl TaskStore for Store {
         change: &SettingsChange,
     ) -> Result<(StepMeta, StepChange), StoreError> {
         each!(self, s => s.ensure_step(step, change).await)
+    }
+
+    async fn ensure_step_for_load(
+        &self,
+        step: &str,
+        change: &SettingsChange,
+        lock: &LoadLock,
+    ) -> Result<(StepMeta, StepChange), StoreError> {
+        each!(self, s => s.ensure_step_for_load(step, change, lock).await)
+    }
+
+    async fn put_first(
+        &self,
+        meta: &StepMeta,
+        lock: &LoadLock,
+        tasks: &[Task],
+    ) -> Result<usize, StoreError> {
+        each!(self, s => s.put_first(meta, lock, tasks).await)
+    }
+
+    async fn count_first(
+        &self,
+        meta: &StepMeta,
+        lock: &LoadLock,
+        renewed: Timestamp,
+        counts: &[(u16, Vec<(&'static str, i64)>)],
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.count_first(meta, lock, renewed, counts).await)
+    }
+
+    async fn end_first_load(&self, meta: &StepMeta, lock: &LoadLock) -> Result<(), StoreError> {
+        each!(self, s => s.end_first_load(meta, lock).await)
     }
 
     async fn insert(&self, meta: &StepMeta, tasks: &[Task]) -> Result<InsertOutcome, StoreError> {

@@ -13,7 +13,9 @@ pub use any::Store;
 use std::collections::BTreeMap;
 use std::future::Future;
 
-use crate::model::{FailedTask, NewTask, StepMeta, StepSettings, StepStatus, Task, TaskState};
+use crate::model::{
+    FailedTask, LoadLock, NewTask, StepMeta, StepSettings, StepStatus, Task, TaskState,
+};
 use crate::time::Timestamp;
 
 /// A real failure of a store, worded for the person at the terminal.
@@ -108,6 +110,15 @@ pub enum StoreError {
         /// What was asked.
         requested: u16,
     },
+    /// A first load was held up past its lock, and the step may have been
+    /// taken over by another load.
+    #[error(
+        "the first load of step '{step}' was held up past its lock (a paused process or a store that stopped answering); nothing was lost: run the same load again, which recounts the step and writes the rest"
+    )]
+    LoadLockLost {
+        /// The step.
+        step: String,
+    },
     /// Anything else the service said.
     #[error("{operation} failed: {message}")]
     Service {
@@ -145,6 +156,13 @@ impl StoreError {
     }
 }
 
+fn no_first_load() -> StoreError {
+    StoreError::Service {
+        operation: "first load",
+        message: "this store never holds a first-load lock".into(),
+    }
+}
+
 /// Changes to a step's settings asked for at load time; `None` keeps the
 /// stored value (or the default for a new step).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -169,6 +187,7 @@ impl SettingsChange {
             settings: self.apply(&StepSettings::default()),
             created_at: now,
             updated_at: now,
+            first_load: None,
         }
     }
 
@@ -313,6 +332,60 @@ pub trait TaskStore: Sync {
         step: &str,
         change: &SettingsChange,
     ) -> impl Future<Output = Result<(StepMeta, StepChange), StoreError>> + Send;
+
+    /// [`TaskStore::ensure_step`] for a load. A store whose conditional
+    /// inserts cost much more than plain writes (DynamoDB) creates a new
+    /// step with `lock` held ([`StepMeta::first_load`]), so that its first
+    /// load may write with [`TaskStore::put_first`]; a step whose first
+    /// load runs is waited for, and one whose first load died is recounted
+    /// and freed. Other stores never lock.
+    fn ensure_step_for_load(
+        &self,
+        step: &str,
+        change: &SettingsChange,
+        lock: &LoadLock,
+    ) -> impl Future<Output = Result<(StepMeta, StepChange), StoreError>> + Send {
+        let _ = lock;
+        self.ensure_step(step, change)
+    }
+
+    /// Writes `tasks` (one shard; new tasks of a step whose first-load
+    /// `lock` this load holds, each written once) without per-task
+    /// conditions. Returns how many were written and are not counted yet;
+    /// [`TaskStore::count_first`] counts them.
+    fn put_first(
+        &self,
+        meta: &StepMeta,
+        lock: &LoadLock,
+        tasks: &[Task],
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let _ = (meta, lock, tasks);
+        async { Err(no_first_load()) }
+    }
+
+    /// Adds counter deltas per shard for tasks [`TaskStore::put_first`]
+    /// wrote, and renews `lock` until `renewed`; fails with
+    /// [`StoreError::LoadLockLost`] if the lock is no longer this load's.
+    fn count_first(
+        &self,
+        meta: &StepMeta,
+        lock: &LoadLock,
+        renewed: Timestamp,
+        counts: &[(u16, Vec<(&'static str, i64)>)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (meta, lock, renewed, counts);
+        async { Err(no_first_load()) }
+    }
+
+    /// Frees the step of this load's first-load `lock`.
+    fn end_first_load(
+        &self,
+        meta: &StepMeta,
+        lock: &LoadLock,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (meta, lock);
+        async { Err(no_first_load()) }
+    }
 
     /// Writes those of `tasks` that do not exist yet and counts them as
     /// loaded, in the same atomic write per batch; existing tasks are

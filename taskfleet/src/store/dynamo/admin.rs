@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::{
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::{DynamoStore, InitOutcome, n, s};
-use crate::model::StepMeta;
+use crate::model::{LoadLock, StepMeta};
 use crate::schema::{BY_STATE_INDEX, BY_STATE_PROJECTED, STEPS_PK, attr};
 use crate::store::{SettingsChange, StepChange, StoreError};
 
@@ -125,6 +125,7 @@ impl DynamoStore {
         &self,
         step: &str,
         change: &SettingsChange,
+        lock: Option<&LoadLock>,
     ) -> Result<(StepMeta, StepChange), StoreError> {
         loop {
             if let Some(meta) = self.read_step(step).await? {
@@ -150,7 +151,8 @@ impl DynamoStore {
                     .map_err(|e| self.classify("UpdateItem", &e))?;
                 return Ok((updated, StepChange::Updated));
             }
-            let meta = change.new_step(step);
+            let mut meta = change.new_step(step);
+            meta.first_load = lock.cloned();
             let put = self
                 .client
                 .put_item()

@@ -232,6 +232,7 @@ mod tests {
             settings: StepSettings::default(),
             created_at: Timestamp::from_millis(0),
             updated_at: Timestamp::from_millis(0),
+            first_load: None,
         }
     }
 

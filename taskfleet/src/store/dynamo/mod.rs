@@ -8,7 +8,8 @@
 //!   its counter update, so counts and tasks cannot drift apart. Loading is
 //!   no exception: each batch of new tasks is one transaction of
 //!   conditional puts (never overwriting a task that exists) and the
-//!   counter update.
+//!   counter update; the first load of a new step alone writes plain
+//!   batches, under a lock, and counts behind them (see `first_load`).
 //! - Nothing here scans the table. `status` costs `1 + steps * (1 + shards)`
 //!   requests whatever the number of tasks.
 //! - A lost condition is a value ([`crate::store::Fence::Lost`],
@@ -18,6 +19,8 @@
 //!
 //! - `admin`: creating and checking the table; steps.
 //! - `load`: inserting and replacing tasks.
+//! - `first_load`: a new step's first load, with plain batch writes under
+//!   a lock.
 //! - `lease`: claim, reclaim, heartbeat and finish.
 //! - `report`: status, failed tasks, running tasks, recount.
 //! - `expr`: transitions rendered as expressions.
@@ -26,6 +29,7 @@
 mod admin;
 mod errors;
 mod expr;
+mod first_load;
 mod lease;
 mod load;
 mod report;
@@ -39,7 +43,7 @@ use super::{
     Candidate, Claim, Correction, Fence, Finish, InsertOutcome, ReplaceOutcome, SettingsChange,
     StepChange, StoreError, TaskStore,
 };
-use crate::model::{FailedTask, StepMeta, StepStatus, Task, TaskState};
+use crate::model::{FailedTask, LoadLock, StepMeta, StepStatus, Task, TaskState};
 use crate::retry::RetryPolicy;
 use crate::schema::{self, STEPS_PK, attr};
 use crate::time::Timestamp;
@@ -205,7 +209,39 @@ impl TaskStore for DynamoStore {
         step: &str,
         change: &SettingsChange,
     ) -> Result<(StepMeta, StepChange), StoreError> {
-        self.ensure_step_item(step, change).await
+        self.ensure_step_item(step, change, None).await
+    }
+
+    async fn ensure_step_for_load(
+        &self,
+        step: &str,
+        change: &SettingsChange,
+        lock: &LoadLock,
+    ) -> Result<(StepMeta, StepChange), StoreError> {
+        self.step_for_load(step, change, lock).await
+    }
+
+    async fn put_first(
+        &self,
+        meta: &StepMeta,
+        lock: &LoadLock,
+        tasks: &[Task],
+    ) -> Result<usize, StoreError> {
+        self.put_plain(meta, lock, tasks).await
+    }
+
+    async fn count_first(
+        &self,
+        meta: &StepMeta,
+        lock: &LoadLock,
+        renewed: Timestamp,
+        counts: &[(u16, Vec<(&'static str, i64)>)],
+    ) -> Result<(), StoreError> {
+        self.count_plain(meta, lock, renewed, counts).await
+    }
+
+    async fn end_first_load(&self, meta: &StepMeta, lock: &LoadLock) -> Result<(), StoreError> {
+        self.release_first_load(&meta.step, lock).await
     }
 
     async fn insert(&self, meta: &StepMeta, tasks: &[Task]) -> Result<InsertOutcome, StoreError> {
