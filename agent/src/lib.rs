@@ -25,8 +25,9 @@
 //!   interruptions and rebalance recommendations.
 //! - [`config`]: the agent's settings, plain data.
 //! - [`shutdown`]: the two-stage stop signal, passed in, never global.
-//! - [`worker`]: the claim loop: slots, candidates, idle timeout, fatal
-//!   errors.
+//! - [`worker`]: the claim loop: slots, idle timeout, fatal errors.
+//! - [`finder`]: where the next task is looked for: home shard, the step's
+//!   counters, expired leases.
 //! - [`lease`]: an attempt's lease by the agent's clock: renewals, call
 //!   deadlines, and when the script must die.
 //! - [`runner`]: one attempt: the script in its own process group, logs,
@@ -41,6 +42,7 @@
 pub mod cleanup;
 pub mod config;
 pub mod ec2;
+pub mod finder;
 pub mod lease;
 pub mod process;
 pub mod runner;

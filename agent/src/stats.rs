@@ -21,7 +21,8 @@ pub struct Stats {
     pub heartbeats: AtomicU64,
     /// Final writes (done, failed, retry, release).
     pub finishes: AtomicU64,
-    /// Other reads (step settings, running counts when idle).
+    /// Other reads (the step's open tasks per shard, read when the home
+    /// shard runs dry and on every idle poll).
     pub other_reads: AtomicU64,
     claim_micros: Mutex<Vec<u64>>,
 }

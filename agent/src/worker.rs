@@ -1,15 +1,14 @@
 //! The claim loop.
 //!
 //! Up to `slots` attempts run at once. When a slot is free the agent looks
-//! for a claimable task: first among candidates left over from its last
-//! index query, then shard by shard from a random start (so agents do not
-//! all fight over the same first task), pending tasks first and expired
-//! leases after. When nothing is claimable it polls with jittered,
-//! growing waits, and with an idle timeout it exits once nothing has been
-//! claimable and nothing has run for that long, and no task of the step
-//! is running anywhere (a worker that dies leaves a task that still needs
-//! reclaiming) or waiting out a retry delay (a pending task whose ready
-//! time is still to come is work to wait for).
+//! for a claimable task ([`crate::finder`]: its home shard first, then
+//! where the step's counters say there is work, pending tasks first and
+//! expired leases after). When nothing is claimable it polls with
+//! jittered, growing waits, and with an idle timeout it exits once nothing
+//! has been claimable and nothing has run for that long, and no task of the
+//! step is running anywhere (a worker that dies leaves a task that still
+//! needs reclaiming) or waiting out a retry delay (a pending task whose
+//! ready time is still to come is work to wait for).
 //!
 //! Errors that no retry will fix (no table, no step, no credentials, access
 //! denied) end the agent at once with exit code 3; a store that keeps
@@ -21,21 +20,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use rand::seq::SliceRandom;
-use taskfleet::model::{StepMeta, Task, TaskState};
-use taskfleet::store::{Candidate, Claim, StoreError, TaskStore};
-use taskfleet::time::Timestamp;
+use taskfleet::model::{StepMeta, Task};
+use taskfleet::store::{StoreError, TaskStore};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::config::AgentConfig;
+use crate::finder::Finder;
 use crate::runner::{AttemptEnd, run_attempt};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
-
-/// Candidates asked for per index query.
-const CANDIDATES_PER_QUERY: usize = 10;
 
 /// Why the agent stopped without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +108,7 @@ where
     let trouble: Arc<std::sync::Mutex<Option<AgentError>>> = Arc::default();
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(cfg.slots.max(1)));
-    let mut finder = Finder::default();
+    let mut finder = Finder::new(&cfg.owner);
     let mut idle_since = Instant::now();
     let mut poll = cfg.poll_min;
     let mut errors = 0u32;
@@ -151,8 +146,7 @@ where
                         // reclaiming if its worker dies, and a pending task
                         // may be waiting out its retry delay: stay while
                         // there is either.
-                        Stats::bump(&stats.other_reads);
-                        match outstanding(&*store, &meta).await {
+                        match outstanding(&*store, &meta, &finder, &stats).await {
                             Ok(0) => break Ok(Exit::Idle),
                             Ok(outstanding) => {
                                 tracing::debug!(
@@ -283,107 +277,18 @@ fn spawn_attempt<S>(
 }
 
 /// Tasks of the step running anywhere, or pending (claimable now or once
-/// their retry delay is over).
-async fn outstanding<S: TaskStore>(store: &S, meta: &StepMeta) -> Result<u64, StoreError> {
-    Ok(store
-        .status(Some(&meta.step))
-        .await?
-        .first()
-        .map_or(0, |s| s.running + s.pending))
-}
-
-/// Finds and claims the next task, remembering spare candidates and the
-/// shard it last found work in: agents that start at random shards and
-/// stay there while it has work rarely query, or claim, the same tasks.
-#[derive(Debug, Default)]
-struct Finder {
-    spare: Vec<Candidate>,
-    home: Option<u16>,
-}
-
-impl Finder {
-    async fn claim_next<S: TaskStore>(
-        &mut self,
-        store: &S,
-        meta: &StepMeta,
-        owner: &str,
-        stats: &Stats,
-    ) -> Result<Option<Task>, StoreError> {
-        while let Some(candidate) = self.spare.pop() {
-            if let Some(task) = try_claim(store, meta, &candidate, owner, stats).await? {
-                return Ok(Some(task));
-            }
-            // Another worker is taking tasks from this shard: our spare
-            // candidates are going stale. Leave the shard to it.
-            self.spare.clear();
-            self.home = None;
-        }
-        let start = self
-            .home
-            .take()
-            .unwrap_or_else(|| rand::rng().random_range(0..meta.shards.max(1)));
-        for state in [TaskState::Pending, TaskState::Running] {
-            for k in 0..meta.shards {
-                let shard = (start + k) % meta.shards;
-                Stats::bump(&stats.candidate_queries);
-                let mut found = store
-                    .candidates(meta, shard, state, Timestamp::now(), CANDIDATES_PER_QUERY)
-                    .await?;
-                found.shuffle(&mut rand::rng());
-                while let Some(candidate) = found.pop() {
-                    if let Some(task) = try_claim(store, meta, &candidate, owner, stats).await? {
-                        if state == TaskState::Pending {
-                            self.spare = found;
-                            self.home = Some(shard);
-                        }
-                        return Ok(Some(task));
-                    }
-                }
-            }
-        }
-        Ok(None)
-    }
-}
-
-async fn try_claim<S: TaskStore>(
+/// their retry delay is over): what the finder last read, else one read.
+async fn outstanding<S: TaskStore>(
     store: &S,
     meta: &StepMeta,
-    candidate: &Candidate,
-    owner: &str,
+    finder: &Finder,
     stats: &Stats,
-) -> Result<Option<Task>, StoreError> {
-    let started = Instant::now();
-    // A claim that takes longer than this would leave too little of its
-    // lease to run the script: give up on it (if it did land, the lease
-    // expires and the task is reclaimed).
-    let deadline = meta.settings.lease / 3;
-    let claim = tokio::time::timeout(
-        deadline,
-        store.claim(meta, candidate, owner, Timestamp::now()),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(StoreError::Unreachable {
-            endpoint: store.describe(),
-            detail: format!("a claim got no answer within {deadline:?}"),
-        })
-    });
-    stats.claim_took(started.elapsed());
-    match claim? {
-        Claim::Claimed(task) => {
-            Stats::bump(&stats.claims_won);
-            Ok(Some(*task))
-        }
-        Claim::Lost => {
-            Stats::bump(&stats.claims_lost);
-            tracing::debug!(task_id = %candidate.task_id, "claim lost to another worker");
-            Ok(None)
-        }
-        Claim::FailedLost => {
-            tracing::warn!(task_id = %candidate.task_id, "owner died on the last attempt; task marked failed");
-            Ok(None)
-        }
+) -> Result<u64, StoreError> {
+    if let Some(open) = finder.open() {
+        return Ok(open);
     }
+    Stats::bump(&stats.other_reads);
+    Ok(store.open_per_shard(meta).await?.iter().sum())
 }
 
 /// `d` scaled by a random factor in [0.5, 1.0]: agents that went idle

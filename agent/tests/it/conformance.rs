@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use taskfleet::model::{AttemptRecord, FailureClass, TaskState};
-use taskfleet::store::{Candidate, Claim, Fence, Finish, SettingsChange, Store, TaskStore};
+use taskfleet::store::{Candidate, Claim, Fence, Finish, Order, SettingsChange, Store, TaskStore};
 use taskfleet::time::Timestamp;
 use testkit::{TestStore, generated_sheet, load_text};
 
@@ -22,6 +22,11 @@ per_store!(
     a_finish_too_large_for_an_item_is_trimmed_not_refused,
     recount_makes_the_counters_what_the_tasks_say,
 );
+
+mod shards;
+
+/// Where candidate queries read from, unless a case says otherwise.
+const OLDEST: Order = Order::OldestFirst;
 
 fn settings(max_attempts: u32, lease_secs: u64) -> SettingsChange {
     SettingsChange {
@@ -161,7 +166,7 @@ async fn an_expired_lease_is_reclaimed_and_the_old_owner_is_fenced_out(t: TestSt
     for shard in 0..meta.shards {
         assert!(
             t.store
-                .candidates(&meta, shard, TaskState::Running, almost, 10)
+                .candidates(&meta, shard, TaskState::Running, almost, 10, OLDEST)
                 .await
                 .unwrap()
                 .is_empty(),
@@ -180,7 +185,7 @@ async fn an_expired_lease_is_reclaimed_and_the_old_owner_is_fenced_out(t: TestSt
     for shard in 0..meta.shards {
         found.extend(
             t.store
-                .candidates(&meta, shard, TaskState::Running, later, 10)
+                .candidates(&meta, shard, TaskState::Running, later, 10, OLDEST)
                 .await
                 .unwrap(),
         );
@@ -263,7 +268,14 @@ async fn failures_are_retried_after_a_delay_then_fail(t: TestStore) {
     for shard in 0..meta.shards {
         early.extend(
             t.store
-                .candidates(&meta, shard, TaskState::Pending, Timestamp::now(), 10)
+                .candidates(
+                    &meta,
+                    shard,
+                    TaskState::Pending,
+                    Timestamp::now(),
+                    10,
+                    OLDEST,
+                )
                 .await
                 .unwrap(),
         );

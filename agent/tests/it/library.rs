@@ -12,8 +12,8 @@ use agent::{AgentConfig, Exit, Shutdown, Stats};
 use taskfleet::model::{FailedTask, StepMeta, StepStatus, Task, TaskState};
 use taskfleet::store::sqlite::SqliteStore;
 use taskfleet::store::{
-    Candidate, Claim, Correction, Fence, Finish, InsertOutcome, ReplaceOutcome, SettingsChange,
-    StepChange, StoreError, TaskStore,
+    Candidate, Claim, Correction, Fence, Finish, InsertOutcome, Order, ReplaceOutcome,
+    SettingsChange, StepChange, StoreError, TaskStore,
 };
 use taskfleet::time::Timestamp;
 use tokio::time::Instant;
@@ -80,6 +80,9 @@ impl TaskStore for Hang {
     ) -> Result<Vec<taskfleet::store::RunningTask>, StoreError> {
         self.inner.running(meta).await
     }
+    async fn open_per_shard(&self, meta: &StepMeta) -> Result<Vec<u64>, StoreError> {
+        self.inner.open_per_shard(meta).await
+    }
     async fn candidates(
         &self,
         meta: &StepMeta,
@@ -87,8 +90,11 @@ impl TaskStore for Hang {
         state: TaskState,
         now: Timestamp,
         limit: usize,
+        order: Order,
     ) -> Result<Vec<Candidate>, StoreError> {
-        self.inner.candidates(meta, shard, state, now, limit).await
+        self.inner
+            .candidates(meta, shard, state, now, limit, order)
+            .await
     }
     async fn claim(
         &self,
@@ -197,11 +203,9 @@ async fn a_renewal_that_never_answers_kills_the_script_before_its_lease_expires(
     assert_eq!((a.state, a.attempt), (TaskState::Running, 1));
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_idle_agent_exits_after_its_idle_timeout_and_not_before() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(store_with(&dir, "sample\nA\n", 60).await);
-    // The step's one task is done: nothing is left.
+/// A store whose step's one task, A, is done: nothing is left.
+async fn finished_step(dir: &tempfile::TempDir) -> Arc<Hang> {
+    let store = Arc::new(store_with(dir, "sample\nA\n", 60).await);
     let (meta, task) = claim_a(&store, "x/w").await;
     let now = Timestamp::now();
     let done = Finish {
@@ -226,6 +230,13 @@ async fn an_idle_agent_exits_after_its_idle_timeout_and_not_before() {
         store.finish(&meta, &task, &done).await.unwrap(),
         Fence::Held
     );
+    store
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_agent_exits_after_its_idle_timeout_and_not_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = finished_step(&dir).await;
     let mut cfg = config(&dir, "h/w");
     cfg.idle_timeout = Some(Duration::from_secs(120));
     let started = Instant::now();
@@ -254,5 +265,58 @@ async fn an_idle_agent_stays_while_a_task_of_its_step_runs_elsewhere() {
             .await
             .is_err(),
         "the agent left while a task of its step could still need reclaiming"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_agent_on_a_finished_step_reads_the_counters_once_a_poll_and_queries_no_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = finished_step(&dir).await;
+    let mut cfg = config(&dir, "h/w");
+    cfg.idle_timeout = Some(Duration::from_secs(120));
+    let stats = Arc::new(Stats::default());
+    let exit = agent::run(store, cfg, Shutdown::new(), stats.clone())
+        .await
+        .unwrap();
+    assert_eq!(exit, Exit::Idle);
+    let calls = stats.report();
+    // Waits grow from half a second to 20 s: about ten polls in 120 s, and
+    // the last one's read also tells the agent it may leave.
+    assert_eq!(
+        (
+            calls.candidate_queries,
+            calls.claims_won + calls.claims_lost
+        ),
+        (0, 0),
+        "an empty step has no shard worth a query: {calls:?}"
+    );
+    assert!(
+        (1..=16).contains(&calls.other_reads),
+        "one read of the counters per poll: {calls:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_agent_queries_only_the_shard_whose_task_runs_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(store_with(&dir, "sample\nA\n", 3600).await);
+    claim_a(&store, "other/w").await;
+    let mut cfg = config(&dir, "h/w");
+    cfg.idle_timeout = Some(Duration::from_secs(5));
+    let stats = Arc::new(Stats::default());
+    let run = agent::run(store, cfg, Shutdown::new(), stats.clone());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(300), run)
+            .await
+            .is_err(),
+        "the agent left while a task of its step could still need reclaiming"
+    );
+    let calls = stats.report();
+    // Per poll: the counters, then the pending tasks of A's shard (of 16).
+    // Its running tasks once: the lease (an hour) cannot run out sooner.
+    assert!(calls.other_reads >= 10, "{calls:?}");
+    assert!(
+        calls.candidate_queries <= calls.other_reads + 1,
+        "queries of shards with nothing open, or of leases that cannot have run out: {calls:?}"
     );
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::types::{Filter, Instance};
 use taskfleet::model::TaskState;
-use taskfleet::store::{Claim, SettingsChange, TaskStore};
+use taskfleet::store::{Claim, Order, SettingsChange, TaskStore};
 use taskfleet::time::Timestamp;
 
 use crate::support::{Run, TestTable, moto_endpoint, taskctl_with};
@@ -140,7 +140,7 @@ impl Fleet {
         let meta = store.step(step).await.unwrap().unwrap();
         let now = Timestamp::now();
         let candidate = store
-            .candidates(&meta, 0, TaskState::Pending, now, 1)
+            .candidates(&meta, 0, TaskState::Pending, now, 1, Order::OldestFirst)
             .await
             .unwrap()
             .remove(0);

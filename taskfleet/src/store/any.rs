@@ -4,8 +4,8 @@
 use super::dynamo::{DynamoStore, InitOutcome};
 use super::sqlite::SqliteStore;
 use super::{
-    Candidate, Claim, Correction, Fence, Finish, InsertOutcome, ReplaceOutcome, SettingsChange,
-    StepChange, StoreError, TaskStore,
+    Candidate, Claim, Correction, Fence, Finish, InsertOutcome, Order, ReplaceOutcome,
+    SettingsChange, StepChange, StoreError, TaskStore,
 };
 use crate::model::{FailedTask, LoadLock, StepMeta, StepStatus, Task, TaskState};
 use crate::time::Timestamp;
@@ -134,6 +134,10 @@ impl TaskStore for Store {
         each!(self, s => s.running(meta).await)
     }
 
+    async fn open_per_shard(&self, meta: &StepMeta) -> Result<Vec<u64>, StoreError> {
+        each!(self, s => s.open_per_shard(meta).await)
+    }
+
     async fn candidates(
         &self,
         meta: &StepMeta,
@@ -141,8 +145,9 @@ impl TaskStore for Store {
         state: TaskState,
         now: Timestamp,
         limit: usize,
+        order: Order,
     ) -> Result<Vec<Candidate>, StoreError> {
-        each!(self, s => s.candidates(meta, shard, state, now, limit).await)
+        each!(self, s => s.candidates(meta, shard, state, now, limit, order).await)
     }
 
     async fn claim(

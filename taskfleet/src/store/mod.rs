@@ -285,6 +285,18 @@ pub struct Candidate {
     pub attempt: u32,
 }
 
+/// Which end of a shard's index a candidate query reads from: by ready
+/// time for pending tasks, by lease expiry for running ones. Two workers on
+/// one shard that read from opposite ends do not meet until it is nearly
+/// empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Earliest first.
+    OldestFirst,
+    /// Latest first.
+    NewestFirst,
+}
+
 /// A running task as `running` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningTask {
@@ -446,9 +458,20 @@ pub trait TaskStore: Sync {
         meta: &StepMeta,
     ) -> impl Future<Output = Result<Vec<RunningTask>, StoreError>> + Send;
 
+    /// How many tasks of each shard of a step (indexed by shard) are
+    /// pending or running: where a claim may find work now or once a lease
+    /// expires. A hint for choosing where to look, exact as the counts of
+    /// `status` are; one request on DynamoDB whatever the number of shards
+    /// and tasks.
+    fn open_per_shard(
+        &self,
+        meta: &StepMeta,
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+
     /// Up to `limit` tasks of one shard that may be claimable at `now`:
     /// `pending` ones whose ready time has come, or (`state` = running)
-    /// ones whose lease expired more than [`CLOCK_SKEW_MARGIN`] ago.
+    /// ones whose lease expired more than [`CLOCK_SKEW_MARGIN`] ago; from
+    /// the end of the index that `order` says.
     fn candidates(
         &self,
         meta: &StepMeta,
@@ -456,6 +479,7 @@ pub trait TaskStore: Sync {
         state: TaskState,
         now: Timestamp,
         limit: usize,
+        order: Order,
     ) -> impl Future<Output = Result<Vec<Candidate>, StoreError>> + Send;
 
     /// Claims `candidate` for `owner` with one conditional write: state

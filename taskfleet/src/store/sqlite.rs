@@ -18,13 +18,15 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    Candidate, Claim, Correction, Fence, Finish, InsertOutcome, ReplaceOutcome, SettingsChange,
-    StepChange, StoreError, TaskStore, reclaim_cutoff,
+    Candidate, Claim, Correction, Fence, Finish, InsertOutcome, Order, ReplaceOutcome,
+    SettingsChange, StepChange, StoreError, TaskStore, reclaim_cutoff,
 };
 use crate::model::{FailedTask, StepMeta, StepStatus, Task, TaskState};
 use crate::schema;
 use crate::time::Timestamp;
 use crate::transition::{self, Transition, Write};
+
+mod counts;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS steps (
@@ -191,33 +193,6 @@ fn read_step(tx: &rusqlite::Transaction<'_>, step: &str) -> Result<Option<StepMe
     .transpose()
 }
 
-/// The step named, or every step in name order.
-fn read_steps(
-    tx: &rusqlite::Transaction<'_>,
-    wanted: Option<&str>,
-    path: &str,
-) -> Result<Vec<StepMeta>, StoreError> {
-    if let Some(step) = wanted {
-        let meta = read_step(tx, step)?.ok_or_else(|| StoreError::StepNotFound {
-            step: step.to_owned(),
-            table: path.to_owned(),
-        })?;
-        return Ok(vec![meta]);
-    }
-    let mut stmt = tx
-        .prepare("SELECT step, meta FROM steps ORDER BY step")
-        .map_err(q)?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .map_err(q)?;
-    let mut metas = Vec::new();
-    for row in rows {
-        let (step, text) = row.map_err(q)?;
-        metas.push(from_json(&step, &text)?);
-    }
-    Ok(metas)
-}
-
 fn read_task(
     tx: &rusqlite::Transaction<'_>,
     step: &str,
@@ -350,46 +325,13 @@ impl TaskStore for SqliteStore {
     async fn status(&self, step: Option<&str>) -> Result<Vec<StepStatus>, StoreError> {
         let wanted = step.map(str::to_owned);
         let path = self.path.display().to_string();
-        self.tx(move |tx| {
-            let metas = read_steps(tx, wanted.as_deref(), &path)?;
-            let mut stmt = tx
-                .prepare_cached("SELECT state, count(*) FROM tasks WHERE step = ?1 GROUP BY state")
-                .map_err(q)?;
-            let mut out = Vec::new();
-            for meta in metas {
-                let mut s = StepStatus {
-                    step: meta.step.clone(),
-                    max_attempts: meta.settings.max_attempts,
-                    ..StepStatus::default()
-                };
-                let rows = stmt
-                    .query_map([&meta.step], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                    })
-                    .map_err(q)?;
-                for row in rows {
-                    let (state, n) = row.map_err(q)?;
-                    let n = n.unsigned_abs();
-                    match state.as_str() {
-                        "waiting" => s.waiting = n,
-                        "pending" => s.pending = n,
-                        "running" => s.running = n,
-                        "done" => s.done = n,
-                        "failed" => s.failed = n,
-                        _ => {}
-                    }
-                }
-                s.total = s.waiting + s.pending + s.running + s.done + s.failed;
-                s.percent_done = if s.total == 0 {
-                    0.0
-                } else {
-                    100.0 * s.done as f64 / s.total as f64
-                };
-                out.push(s);
-            }
-            Ok(out)
-        })
-        .await
+        self.tx(move |tx| counts::status_in(tx, wanted.as_deref(), &path))
+            .await
+    }
+
+    async fn open_per_shard(&self, meta: &StepMeta) -> Result<Vec<u64>, StoreError> {
+        let meta = meta.clone();
+        self.tx(move |tx| counts::open_in(tx, &meta)).await
     }
 
     async fn failed(
@@ -484,6 +426,7 @@ impl TaskStore for SqliteStore {
         state: TaskState,
         now: Timestamp,
         limit: usize,
+        order: Order,
     ) -> Result<Vec<Candidate>, StoreError> {
         let cutoff = match state {
             TaskState::Running => reclaim_cutoff(now).as_millis(),
@@ -493,11 +436,18 @@ impl TaskStore for SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.tx(move |tx| {
             let mut stmt = tx
-                .prepare_cached(
-                    "SELECT task_id, attempt FROM tasks
-                     WHERE step = ?1 AND state = ?2 AND shard = ?5 AND state_at <= ?3
-                     ORDER BY state_at LIMIT ?4",
-                )
+                .prepare_cached(match order {
+                    Order::OldestFirst => {
+                        "SELECT task_id, attempt FROM tasks
+                         WHERE step = ?1 AND state = ?2 AND shard = ?5 AND state_at <= ?3
+                         ORDER BY state_at, task_id LIMIT ?4"
+                    }
+                    Order::NewestFirst => {
+                        "SELECT task_id, attempt FROM tasks
+                         WHERE step = ?1 AND state = ?2 AND shard = ?5 AND state_at <= ?3
+                         ORDER BY state_at DESC, task_id DESC LIMIT ?4"
+                    }
+                })
                 .map_err(q)?;
             let rows = stmt
                 .query_map(params![step, state.as_str(), cutoff, limit, shard], |r| {

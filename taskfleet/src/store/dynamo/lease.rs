@@ -21,7 +21,7 @@ use super::expr::{counter_update, render_update, sum_deltas, update_in_transacti
 use super::{DynamoStore, Item, decode, n, s};
 use crate::model::{StepMeta, Task, TaskState};
 use crate::schema::{self, BY_STATE_INDEX, attr};
-use crate::store::{Candidate, Claim, Fence, Finish, StoreError, reclaim_cutoff};
+use crate::store::{Candidate, Claim, Fence, Finish, Order, StoreError, reclaim_cutoff};
 use crate::time::Timestamp;
 use crate::transition::{self, Transition};
 
@@ -142,6 +142,7 @@ impl DynamoStore {
         state: TaskState,
         now: Timestamp,
         limit: usize,
+        order: Order,
     ) -> Result<Vec<Candidate>, StoreError> {
         let cutoff = match state {
             TaskState::Running => reclaim_cutoff(now),
@@ -158,6 +159,7 @@ impl DynamoStore {
             .expression_attribute_values(":spk", s(&schema::state_pk(&meta.step, state, shard)))
             .expression_attribute_values(":cutoff", n(cutoff.as_millis()))
             .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1))
+            .scan_index_forward(order == Order::OldestFirst)
             .send()
             .await
             .map_err(|e| self.classify("Query", &e))?;

@@ -40,8 +40,8 @@ pub use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{
-    Candidate, Claim, Correction, Fence, Finish, InsertOutcome, ReplaceOutcome, SettingsChange,
-    StepChange, StoreError, TaskStore,
+    Candidate, Claim, Correction, Fence, Finish, InsertOutcome, Order, ReplaceOutcome,
+    SettingsChange, StepChange, StoreError, TaskStore,
 };
 use crate::model::{FailedTask, LoadLock, StepMeta, StepStatus, Task, TaskState};
 use crate::retry::RetryPolicy;
@@ -299,6 +299,10 @@ impl TaskStore for DynamoStore {
         self.running_of(meta).await
     }
 
+    async fn open_per_shard(&self, meta: &StepMeta) -> Result<Vec<u64>, StoreError> {
+        self.open_of(meta).await
+    }
+
     async fn candidates(
         &self,
         meta: &StepMeta,
@@ -306,8 +310,10 @@ impl TaskStore for DynamoStore {
         state: TaskState,
         now: Timestamp,
         limit: usize,
+        order: Order,
     ) -> Result<Vec<Candidate>, StoreError> {
-        self.candidates_of(meta, shard, state, now, limit).await
+        self.candidates_of(meta, shard, state, now, limit, order)
+            .await
     }
 
     async fn claim(

@@ -3,7 +3,9 @@
 //!
 //! Counts come from the per-shard counter items and the running partitions
 //! of the `by_state` index, never from the tasks themselves: `status` costs
-//! `1 + steps * (1 + shards)` requests whatever the number of tasks.
+//! `1 + steps * (1 + shards)` requests whatever the number of tasks. What a
+//! claiming agent needs, how many tasks of each shard are open, comes from
+//! the counter items alone: one request.
 //! `recount` is the exception, a repair tool: it counts a step's index
 //! partitions (never the whole table) and corrects the counters.
 
@@ -27,9 +29,10 @@ const STATUS_CONCURRENCY: usize = 32;
 const RECOUNT_TRIES: u32 = 5;
 
 impl DynamoStore {
-    pub(super) async fn counts_of(&self, meta: &StepMeta) -> Result<StepStatus, StoreError> {
-        let counters: Vec<Item> = self
-            .client
+    /// The step's counter items, one per shard that ever had a task: one
+    /// strongly consistent query of one small partition.
+    async fn counter_items(&self, meta: &StepMeta) -> Result<Vec<Item>, StoreError> {
+        self.client
             .query()
             .table_name(&self.table)
             .key_condition_expression("#pk = :pk")
@@ -41,7 +44,35 @@ impl DynamoStore {
             .send()
             .try_collect()
             .await
-            .map_err(|e| self.classify("Query", &e))?;
+            .map_err(|e| self.classify("Query", &e))
+    }
+
+    /// Tasks of each shard that are pending or running, from the counters
+    /// alone (loaded less done, failed and waiting): one request.
+    pub(super) async fn open_of(&self, meta: &StepMeta) -> Result<Vec<u64>, StoreError> {
+        let mut open = vec![0; usize::from(meta.shards)];
+        for item in self.counter_items(meta).await? {
+            let shard = item
+                .get(attr::SK)
+                .and_then(|v| v.as_s().ok())
+                .and_then(|sk| sk.parse::<usize>().ok());
+            let Some(slot) = shard.and_then(|k| open.get_mut(k)) else {
+                continue;
+            };
+            let get = |name: &str| -> i64 {
+                item.get(name)
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            let n = get(attr::LOADED) - get(attr::DONE) - get(attr::FAILED) - get(attr::WAITING);
+            *slot = n.max(0).unsigned_abs();
+        }
+        Ok(open)
+    }
+
+    pub(super) async fn counts_of(&self, meta: &StepMeta) -> Result<StepStatus, StoreError> {
+        let counters = self.counter_items(meta).await?;
         let sum = |name: &str| -> u64 {
             counters
                 .iter()

@@ -1,0 +1,317 @@
+//! Finding the next task to claim, at a cost that does not grow with the
+//! number of agents or shards.
+//!
+//! - An agent keeps a home shard while it has pending tasks: one index
+//!   query there gives a page of candidates, claimed one by one while they
+//!   are fresh.
+//! - When the home shard runs dry, one read of the step's counters
+//!   ([`TaskStore::open_per_shard`]) says which shards still have open
+//!   tasks and how many. Only those are queried, at most
+//!   [`PENDING_QUERIES`] per call, each picked as the fuller of two random
+//!   ones: agents spread out over the shards with the most work and rarely
+//!   meet. An empty step costs that one read and nothing else.
+//! - Candidates are claimed in index order, from the oldest or from the
+//!   newest end. A lost claim means another worker is taking the same
+//!   tasks: the agent drops its spare candidates and turns to the other end
+//!   of the shard, so two workers share a shard without meeting until it is
+//!   nearly empty; losing again there, it leaves the shard to the others.
+//! - Expired leases are looked for in the running partitions of open shards
+//!   when no pending task was found, at most every quarter of a lease: a
+//!   dead worker's task waits at most that much beyond its lease and the
+//!   skew margin, and an idle fleet does not search for dead workers on
+//!   every poll. An agent that starts with no pending work looks at once.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use rand::Rng;
+use taskfleet::model::{StepMeta, Task, TaskState};
+use taskfleet::store::{Candidate, Claim, Order, StoreError, TaskStore};
+use taskfleet::time::Timestamp;
+use tokio::time::Instant;
+
+use crate::stats::Stats;
+
+/// Candidates asked for per index query.
+pub const CANDIDATES_PER_QUERY: usize = 10;
+
+/// Most pending queries one call makes once its home shard has run dry.
+pub const PENDING_QUERIES: usize = 2;
+
+/// Spare candidates older than this are dropped: another worker may have
+/// claimed them meanwhile.
+const SPARE_FRESH: Duration = Duration::from_secs(5);
+
+/// Claims of this agent remembered, so that an index that lags behind its
+/// table (DynamoDB's indexes do) does not offer them back as pending.
+const RECENT_CLAIMS: usize = 64;
+
+/// Finds and claims tasks for one agent; see the module documentation.
+#[derive(Debug)]
+pub struct Finder {
+    /// The end of the index pending tasks are taken from.
+    order: Order,
+    /// The shard where the agent last turned around after a lost claim.
+    turned: Option<u16>,
+    spare: Vec<Candidate>,
+    spare_at: Option<Instant>,
+    home: Option<u16>,
+    /// The shard last left after a lost claim: not picked again at once.
+    left: Option<u16>,
+    /// (task, attempt) of this agent's latest claims.
+    recent: VecDeque<(String, u32)>,
+    /// When running partitions were last searched for expired leases.
+    swept_at: Option<Instant>,
+    /// Open tasks of the step, if the last call read the counters.
+    open: Option<u64>,
+}
+
+impl Finder {
+    /// A finder for `owner`, which starts at one end of a shard or the
+    /// other by its name: half the agents of a fleet from each.
+    pub fn new(owner: &str) -> Self {
+        // The stable string hash that spreads tasks over shards.
+        let newest = taskfleet::schema::shard_of(owner, 2) == 1;
+        Self {
+            order: if newest {
+                Order::NewestFirst
+            } else {
+                Order::OldestFirst
+            },
+            turned: None,
+            spare: Vec::new(),
+            spare_at: None,
+            home: None,
+            left: None,
+            recent: VecDeque::new(),
+            swept_at: None,
+            open: None,
+        }
+    }
+
+    /// Pending and running tasks of the whole step, as the last call to
+    /// [`Finder::claim_next`] read them (`None`: it did not read them).
+    pub fn open(&self) -> Option<u64> {
+        self.open
+    }
+
+    /// Claims the next task; `None` when nothing is claimable now.
+    pub async fn claim_next<S: TaskStore>(
+        &mut self,
+        store: &S,
+        meta: &StepMeta,
+        owner: &str,
+        stats: &Stats,
+    ) -> Result<Option<Task>, StoreError> {
+        self.open = None;
+        if self.spare_at.is_none_or(|at| at.elapsed() > SPARE_FRESH) {
+            self.spare.clear();
+        }
+        while let Some(candidate) = self.spare.pop() {
+            if let Some(task) = self
+                .try_claim(store, meta, &candidate, owner, stats)
+                .await?
+            {
+                return Ok(Some(task));
+            }
+            self.lost();
+        }
+        let mut tried = Vec::new();
+        if let Some(home) = self.home {
+            tried.push(home);
+            if let Some(task) = self.take_from(store, meta, home, owner, stats).await? {
+                return Ok(Some(task));
+            }
+        }
+
+        Stats::bump(&stats.other_reads);
+        let open = store.open_per_shard(meta).await?;
+        self.open = Some(open.iter().sum());
+        let mut shards: Vec<(u16, u64)> = (0..meta.shards)
+            .zip(open.iter().copied())
+            .filter(|&(shard, n)| n > 0 && !tried.contains(&shard))
+            .collect();
+        for _ in 0..PENDING_QUERIES {
+            let Some(shard) = pick(&mut shards, self.left) else {
+                break;
+            };
+            if let Some(task) = self.take_from(store, meta, shard, owner, stats).await? {
+                return Ok(Some(task));
+            }
+        }
+
+        if self
+            .swept_at
+            .is_some_and(|at| at.elapsed() < meta.settings.lease / 4)
+        {
+            return Ok(None);
+        }
+        self.swept_at = Some(Instant::now());
+        for shard in (0..meta.shards).filter(|&k| open.get(usize::from(k)).is_some_and(|&n| n > 0))
+        {
+            Stats::bump(&stats.candidate_queries);
+            let found = store
+                .candidates(
+                    meta,
+                    shard,
+                    TaskState::Running,
+                    Timestamp::now(),
+                    CANDIDATES_PER_QUERY,
+                    Order::OldestFirst,
+                )
+                .await?;
+            for candidate in found {
+                if let Some(task) = self
+                    .try_claim(store, meta, &candidate, owner, stats)
+                    .await?
+                {
+                    return Ok(Some(task));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Queries one shard's pending tasks and claims the first; keeps the
+    /// rest as spares and the shard as home when it wins. When it loses it
+    /// turns to the other end of the shard once, then leaves it.
+    async fn take_from<S: TaskStore>(
+        &mut self,
+        store: &S,
+        meta: &StepMeta,
+        shard: u16,
+        owner: &str,
+        stats: &Stats,
+    ) -> Result<Option<Task>, StoreError> {
+        loop {
+            Stats::bump(&stats.candidate_queries);
+            let mut found = store
+                .candidates(
+                    meta,
+                    shard,
+                    TaskState::Pending,
+                    Timestamp::now(),
+                    CANDIDATES_PER_QUERY,
+                    self.order,
+                )
+                .await?;
+            found.retain(|c| {
+                !self
+                    .recent
+                    .iter()
+                    .any(|(id, attempt)| *id == c.task_id && c.attempt < *attempt)
+            });
+            // Claimed in index order: the first is last.
+            found.reverse();
+            let Some(candidate) = found.pop() else {
+                if self.home == Some(shard) {
+                    self.home = None;
+                }
+                return Ok(None);
+            };
+            self.home = Some(shard);
+            if let Some(task) = self
+                .try_claim(store, meta, &candidate, owner, stats)
+                .await?
+            {
+                self.spare = found;
+                self.spare_at = Some(Instant::now());
+                self.swept_at.get_or_insert_with(Instant::now);
+                return Ok(Some(task));
+            }
+            self.lost();
+            if self.home != Some(shard) {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Another worker is taking the same tasks: drop the spare candidates
+    /// and turn to the other end of the home shard, or, having turned there
+    /// already, leave it to the others.
+    fn lost(&mut self) {
+        self.spare.clear();
+        if self.home.is_some() && self.turned != self.home {
+            self.turned = self.home;
+            self.order = match self.order {
+                Order::OldestFirst => Order::NewestFirst,
+                Order::NewestFirst => Order::OldestFirst,
+            };
+        } else {
+            self.left = self.home.take();
+        }
+    }
+
+    async fn try_claim<S: TaskStore>(
+        &mut self,
+        store: &S,
+        meta: &StepMeta,
+        candidate: &Candidate,
+        owner: &str,
+        stats: &Stats,
+    ) -> Result<Option<Task>, StoreError> {
+        let task = try_claim(store, meta, candidate, owner, stats).await?;
+        if let Some(task) = &task {
+            if self.recent.len() >= RECENT_CLAIMS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((task.task_id.clone(), task.attempt));
+        }
+        Ok(task)
+    }
+}
+
+/// Takes one of `shards` (shard, open tasks) out: the one with more open
+/// tasks of two picked at random, avoiding `avoid` while there is another.
+fn pick(shards: &mut Vec<(u16, u64)>, avoid: Option<u16>) -> Option<u16> {
+    let choices: Vec<usize> = (0..shards.len())
+        .filter(|&i| Some(shards[i].0) != avoid || shards.len() == 1)
+        .collect();
+    let mut rng = rand::rng();
+    let a = *choices.get(rng.random_range(0..choices.len().max(1)))?;
+    let b = choices[rng.random_range(0..choices.len())];
+    let i = if shards[b].1 > shards[a].1 { b } else { a };
+    Some(shards.swap_remove(i).0)
+}
+
+/// One claim, bounded by a third of the lease.
+pub async fn try_claim<S: TaskStore>(
+    store: &S,
+    meta: &StepMeta,
+    candidate: &Candidate,
+    owner: &str,
+    stats: &Stats,
+) -> Result<Option<Task>, StoreError> {
+    let started = Instant::now();
+    // A claim that takes longer than this would leave too little of its
+    // lease to run the script: give up on it (if it did land, the lease
+    // expires and the task is reclaimed).
+    let deadline = meta.settings.lease / 3;
+    let claim = tokio::time::timeout(
+        deadline,
+        store.claim(meta, candidate, owner, Timestamp::now()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(StoreError::Unreachable {
+            endpoint: store.describe(),
+            detail: format!("a claim got no answer within {deadline:?}"),
+        })
+    });
+    stats.claim_took(started.elapsed());
+    match claim? {
+        Claim::Claimed(task) => {
+            Stats::bump(&stats.claims_won);
+            Ok(Some(*task))
+        }
+        Claim::Lost => {
+            Stats::bump(&stats.claims_lost);
+            tracing::debug!(task_id = %candidate.task_id, "claim lost to another worker");
+            Ok(None)
+        }
+        Claim::FailedLost => {
+            tracing::warn!(task_id = %candidate.task_id, "owner died on the last attempt; task marked failed");
+            Ok(None)
+        }
+    }
+}
