@@ -24,6 +24,8 @@ use serde::Serialize;
 use taskfleet::store::{SettingsChange, Store, TaskStore};
 use testkit::{Kind, RequestCounter, TestStore, generated_sheet, load_text};
 
+mod million;
+
 /// Benchmark sizes: the full run, or a reduced one for CI.
 #[derive(Debug, Parser)]
 #[command(name = "taskfleet-bench")]
@@ -37,6 +39,13 @@ struct Args {
     /// The agent binary.
     #[arg(long)]
     agent: PathBuf,
+    /// The scale run instead: 1,000,000 tasks in one step on each store
+    /// (see `million`). Needs --taskctl.
+    #[arg(long, conflicts_with = "quick", requires = "taskctl")]
+    million: bool,
+    /// The taskctl binary (the scale run loads through it).
+    #[arg(long)]
+    taskctl: Option<PathBuf>,
 }
 
 /// One row of the results.
@@ -98,9 +107,13 @@ async fn run(args: &Args) -> Result<()> {
         };
 
     eprintln!("== DynamoDB Local");
-    let ceiling = dynamo_ceiling(&mut r, args.quick).await?;
+    let (ceiling, batch_ceiling) = dynamo_ceiling(&mut r, args.quick).await?;
+    if args.million {
+        million::run(&mut r, args, ceiling, batch_ceiling).await?;
+        return finish(args, &r);
+    }
     for &n in load_sizes {
-        bench_load(&mut r, Kind::Dynamo, n).await?;
+        bench_load(&mut r, Kind::Dynamo, n, Some(batch_ceiling)).await?;
     }
     for &n in status_sizes {
         bench_status(&mut r, Kind::Dynamo, n).await?;
@@ -120,7 +133,7 @@ async fn run(args: &Args) -> Result<()> {
 
     eprintln!("== embedded store (SQLite)");
     for &n in load_sizes {
-        bench_load(&mut r, Kind::Sqlite, n).await?;
+        bench_load(&mut r, Kind::Sqlite, n, None).await?;
     }
     for &n in status_sizes {
         bench_status(&mut r, Kind::Sqlite, n).await?;
@@ -129,6 +142,11 @@ async fn run(args: &Args) -> Result<()> {
         bench_claim_run(&mut r, Kind::Sqlite, &args.agent, run_tasks, a, None).await?;
     }
 
+    finish(args, &r)
+}
+
+/// Prints the table and writes the JSON.
+fn finish(args: &Args, r: &Results) -> Result<()> {
     println!("{}", markdown(&r.0));
     std::fs::write(&args.out, serde_json::to_vec_pretty(&r.0)?)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
@@ -145,8 +163,8 @@ fn store_name(kind: Kind) -> &'static str {
 
 /// The emulator's own rates with the same SDK and connection settings:
 /// conditional UpdateItem (4 in flight) and BatchWriteItem items.
-/// Returns the conditional-write rate.
-async fn dynamo_ceiling(r: &mut Results, quick: bool) -> Result<f64> {
+/// Returns the conditional-write rate and the BatchWriteItem rate.
+async fn dynamo_ceiling(r: &mut Results, quick: bool) -> Result<(f64, f64)> {
     let t = TestStore::new(Kind::Dynamo, "ceiling").await;
     let Store::Dynamo(d) = &t.store else {
         unreachable!()
@@ -218,7 +236,7 @@ async fn dynamo_ceiling(r: &mut Results, quick: bool) -> Result<f64> {
         "writes/s",
         format!("{n_updates} writes"),
     );
-    Ok(cond_rate)
+    Ok((cond_rate, batch_rate))
 }
 
 /// Puts `n` items with BatchWriteItem, 25 a request, 8 in flight.
@@ -369,7 +387,12 @@ async fn counted_store(kind: Kind, label: &str) -> (TestStore, RequestCounter) {
     (t, counter)
 }
 
-async fn bench_load(r: &mut Results, kind: Kind, n: usize) -> Result<()> {
+async fn bench_load(
+    r: &mut Results,
+    kind: Kind,
+    n: usize,
+    batch_ceiling: Option<f64>,
+) -> Result<()> {
     let (t, counter) = counted_store(kind, "load").await;
     let sheet = generated_sheet(n);
     let cpu = cpu_seconds();
@@ -380,20 +403,31 @@ async fn bench_load(r: &mut Results, kind: Kind, n: usize) -> Result<()> {
     let cpu = cpu_seconds() - cpu;
     assert_eq!(report.loaded, n);
     let name = store_name(kind);
+    let rate = n as f64 / secs;
     r.add(
         name,
-        format!("load {n} tasks"),
-        n as f64 / secs,
+        format!("load {n} tasks, new step"),
+        rate,
         "tasks/s",
-        format!("{secs:.2} s"),
+        match batch_ceiling {
+            Some(c) => format!(
+                "{secs:.2} s; {:.0}% of the BatchWriteItem ceiling",
+                100.0 * rate / c
+            ),
+            None => format!("{secs:.2} s"),
+        },
     );
     if kind == Kind::Dynamo {
         r.add(
             name,
-            format!("load {n} tasks: requests"),
+            format!("load {n} tasks, new step: requests"),
             counter.get() as f64,
             "requests",
-            "one TransactWriteItems per batch of up to 99 tasks, counter included",
+            format!(
+                "{} BatchWriteItem of 25 plain puts, {} TransactWriteItems counting them under the step's lock",
+                counter.of("BatchWriteItem"),
+                counter.of("TransactWriteItems")
+            ),
         );
     }
     r.add(
@@ -409,8 +443,39 @@ async fn bench_load(r: &mut Results, kind: Kind, n: usize) -> Result<()> {
         format!("load {n} tasks: peak memory"),
         peak as f64 / 1024.0,
         "MiB",
-        "process peak so far (includes the sheet)",
+        "process peak so far (includes the sheet text the benchmark generates)",
     );
+
+    // The same sheet again: what idempotency costs, every row checked
+    // against the table by a conditional insert.
+    counter.reset();
+    let started = Instant::now();
+    let again = load_text(&t.store, "load", "true", &sheet, SettingsChange::default()).await;
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(again.skipped_existing, n);
+    let rate = n as f64 / secs;
+    r.add(
+        name,
+        format!("load {n} tasks again, step exists"),
+        rate,
+        "tasks/s",
+        match batch_ceiling {
+            Some(c) => format!(
+                "{secs:.2} s; {:.0}% of the BatchWriteItem ceiling; all skipped",
+                100.0 * rate / c
+            ),
+            None => format!("{secs:.2} s; all skipped"),
+        },
+    );
+    if kind == Kind::Dynamo {
+        r.add(
+            name,
+            format!("load {n} tasks again: requests"),
+            counter.get() as f64,
+            "requests",
+            "one TransactWriteItems of conditional puts and its counter per batch of up to 99",
+        );
+    }
     Ok(())
 }
 
