@@ -146,7 +146,8 @@ impl Finder {
         {
             return Ok(None);
         }
-        self.swept_at = Some(Instant::now());
+        // A sweep that reclaims a task may find more at once: only a sweep
+        // that finds nothing waits for the next quarter lease.
         for shard in (0..meta.shards).filter(|&k| open.get(usize::from(k)).is_some_and(|&n| n > 0))
         {
             Stats::bump(&stats.candidate_queries);
@@ -169,6 +170,7 @@ impl Finder {
                 }
             }
         }
+        self.swept_at = Some(Instant::now());
         Ok(None)
     }
 

@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use taskfleet::model::{StepMeta, Task};
+use taskfleet::model::{StepMeta, Task, TaskState};
 use taskfleet::store::{StoreError, TaskStore};
+use taskfleet::time::Timestamp;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -284,11 +285,39 @@ async fn outstanding<S: TaskStore>(
     finder: &Finder,
     stats: &Stats,
 ) -> Result<u64, StoreError> {
-    if let Some(open) = finder.open() {
-        return Ok(open);
+    let counted = if let Some(open) = finder.open() {
+        open
+    } else {
+        Stats::bump(&stats.other_reads);
+        store.open_per_shard(meta).await?.iter().sum()
+    };
+    if counted > 0 {
+        return Ok(counted);
     }
+    // Counters that trail the tasks (a first load killed before it counted
+    // its last writes) must not send the fleet home with work left: before
+    // leaving, the index itself is asked, once per shard.
     Stats::bump(&stats.other_reads);
-    Ok(store.open_per_shard(meta).await?.iter().sum())
+    if !store.running(meta).await?.is_empty() {
+        return Ok(1);
+    }
+    for shard in 0..meta.shards {
+        Stats::bump(&stats.candidate_queries);
+        let pending = store
+            .candidates(
+                meta,
+                shard,
+                TaskState::Pending,
+                Timestamp::from_millis(i64::MAX),
+                1,
+                taskfleet::store::Order::OldestFirst,
+            )
+            .await?;
+        if !pending.is_empty() {
+            return Ok(1);
+        }
+    }
+    Ok(0)
 }
 
 /// `d` scaled by a random factor in [0.5, 1.0]: agents that went idle

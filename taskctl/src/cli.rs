@@ -19,7 +19,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 ///   taskctl status
 ///   taskctl status --failed
 #[derive(Debug, Parser)]
-#[command(name = "taskctl", version, about, long_about, max_term_width = 100)]
+#[command(
+    name = "taskctl",
+    version,
+    about,
+    long_about,
+    verbatim_doc_comment,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Options every command takes.
     #[command(flatten)]

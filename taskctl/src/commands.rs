@@ -129,6 +129,44 @@ async fn init(global: &crate::cli::GlobalArgs) -> Result<()> {
     Ok(())
 }
 
+/// The sheet's header, read where the sheet is, or from a temporary copy
+/// (kept until the load ends) when it can be read once only.
+async fn open_sheet(
+    global: &crate::cli::GlobalArgs,
+    arg: &Path,
+    options: &SheetOptions,
+) -> Result<(Sheet, Option<tempfile::NamedTempFile>)> {
+    // A file is read where it is, twice (validated, then loaded); standard
+    // input and S3 are first written to a temporary file, kept until the
+    // load ends.
+    let (input, spooled) = match crate::sheets::source(arg) {
+        // A pipe or a process substitution can be read once only.
+        crate::sheets::Source::File(path)
+            if std::fs::metadata(path).map_or(true, |m| m.is_file()) =>
+        {
+            (SheetInput::File(path.to_owned()), None)
+        }
+        source => {
+            let file = crate::sheets::spool(global, &source).await?;
+            (SheetInput::File(file.path().to_owned()), Some(file))
+        }
+    };
+    Ok((Sheet::open(arg, input, options)?, spooled))
+}
+
+/// Checking a million rows takes seconds: a spinner says what is
+/// happening, on a terminal.
+fn checking_spinner(json: bool) -> ProgressBar {
+    if std::io::stderr().is_terminal() && !json {
+        let spinner = ProgressBar::new_spinner();
+        spinner.set_message("checking the sheet");
+        spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+        spinner
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
 async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
     // Everything that can be checked without the store is checked first:
     // a bad input writes nothing.
@@ -147,17 +185,7 @@ async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
         section: args.section.clone(),
         renames: args.renames.clone(),
     };
-    // A file is read where it is, twice (validated, then loaded); standard
-    // input and S3 are first written to a temporary file, kept until the
-    // load ends.
-    let (input, _spooled) = match crate::sheets::source(&args.sheet) {
-        crate::sheets::Source::File(path) => (SheetInput::File(path.to_owned()), None),
-        source => {
-            let file = crate::sheets::spool(global, &source).await?;
-            (SheetInput::File(file.path().to_owned()), Some(file))
-        }
-    };
-    let sheet = Sheet::open(&args.sheet, input, &options)?;
+    let (sheet, _spooled) = open_sheet(global, &args.sheet, &options).await?;
     let request = LoadRequest {
         step: args.step.clone(),
         script,
@@ -182,7 +210,10 @@ async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
         store.check().await?;
         Some(store)
     };
-    let prepared = load::prepare(request, sheet)?;
+    let checking = checking_spinner(args.json);
+    let prepared = load::prepare(request, sheet);
+    checking.finish_and_clear();
+    let prepared = prepared?;
     let store = if let Some(store) = named {
         store
     } else {
@@ -362,6 +393,16 @@ async fn recount(global: &crate::cli::GlobalArgs, args: &RecountArgs) -> Result<
             .step(step)
             .await?
             .with_context(|| format!("step '{step}' disappeared while it was recounted"))?;
+        if let Some(lock) = &meta.first_load
+            && lock.until > taskfleet::time::Timestamp::now()
+            && !args.dry_run
+        {
+            anyhow::bail!(
+                "step '{step}' is being loaded for the first time (by {}), which counts as it writes; \
+                 recount it once that load has ended",
+                lock.holder
+            );
+        }
         all.extend(store.recount(&meta, !args.dry_run).await?);
     }
     if args.json {

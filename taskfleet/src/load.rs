@@ -283,27 +283,27 @@ async fn load_rows<S: TaskStore>(
             };
             let (meta, lock) = (&meta, lock.clone());
             in_flight.push(async move {
-                let outcome = if first {
-                    // Every task of the batch is new and ends up written
-                    // by this load; `k` of them are not counted yet.
-                    let written = store.put_first(meta, &lock, &batch).await;
-                    written.map(|k| {
-                        let deltas = scaled(&transition::insert(&batch[0]).counters, k);
-                        let outcome = BatchOutcome {
-                            loaded: batch.len(),
-                            ..BatchOutcome::default()
-                        };
-                        (outcome, deltas)
-                    })
-                } else {
-                    write_batch(store, meta, &batch, request.replace)
-                        .await
-                        .map(|o| (o, Vec::new()))
-                };
+                let outcome =
+                    write(store, meta, first.then_some(&lock), &batch, request.replace).await;
                 (shard, batch.len(), outcome)
             });
         }
-        let Some((shard, n, outcome)) = in_flight.next().await else {
+        // A first load counts and renews its lock every second, whether or
+        // not batches finish (a throttled table slows them down).
+        let next = if first {
+            let tick = COUNT_EVERY.saturating_sub(counted_at.elapsed());
+            tokio::select! {
+                next = in_flight.next() => next,
+                () = tokio::time::sleep(tick) => {
+                    count_first(store, &meta, &mut lock, &mut uncounted).await?;
+                    counted_at = Instant::now();
+                    continue;
+                }
+            }
+        } else {
+            in_flight.next().await
+        };
+        let Some((shard, n, outcome)) = next else {
             if rows_done && batches.is_empty() {
                 break;
             }
@@ -350,6 +350,30 @@ const COUNT_EVERY: Duration = Duration::from_secs(1);
 /// `deltas` times `k`.
 fn scaled(deltas: &[(&'static str, i64)], k: usize) -> Vec<(&'static str, i64)> {
     deltas.iter().map(|(c, by)| (*c, by * k as i64)).collect()
+}
+
+/// Writes one batch: plain puts under the first-load `lock`, else
+/// conditional inserts. Returns what happened and the counter deltas still
+/// to add.
+async fn write<S: TaskStore>(
+    store: &S,
+    meta: &StepMeta,
+    lock: Option<&LoadLock>,
+    batch: &[Task],
+    replace: bool,
+) -> Result<(BatchOutcome, Vec<(&'static str, i64)>), StoreError> {
+    let Some(lock) = lock else {
+        return Ok((write_batch(store, meta, batch, replace).await?, Vec::new()));
+    };
+    // Every task of the batch is new and ends up written by this load; `k`
+    // of them are not counted yet.
+    let k = store.put_first(meta, lock, batch).await?;
+    let deltas = scaled(&transition::insert(&batch[0]).counters, k);
+    let outcome = BatchOutcome {
+        loaded: batch.len(),
+        ..BatchOutcome::default()
+    };
+    Ok((outcome, deltas))
 }
 
 /// Counts what a first load wrote since it last counted, and renews its

@@ -270,26 +270,54 @@ pub struct LoadLock {
 impl LoadLock {
     /// A lock for a load of this process, until `until`.
     pub fn new(until: Timestamp) -> Self {
+        Self::for_process(std::process::id(), until)
+    }
+
+    /// A lock held by process `pid` of this host: `host:pidns:pid:nonce`,
+    /// the PID namespace telling processes of two containers apart.
+    pub fn for_process(pid: u32, until: Timestamp) -> Self {
         Self {
             holder: format!(
-                "{}:{}:{:08x}",
+                "{}:{}:{pid}:{:08x}",
                 this_host(),
-                std::process::id(),
+                pid_namespace(),
                 rand::random::<u32>()
             ),
             until,
         }
     }
 
-    /// Whether the holder is a process of this host that is gone (so the
-    /// lock need not be waited out).
+    /// Whether the holder is a process of this host and PID namespace that
+    /// is gone. Anything unknown (no `/proc`, no hostname) is never gone.
     pub fn holder_is_gone(&self) -> bool {
-        let mut parts = self.holder.splitn(3, ':');
-        let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
+        let mut parts = self.holder.splitn(4, ':');
+        let (Some(host), Some(ns), Some(pid)) = (parts.next(), parts.next(), parts.next()) else {
             return false;
         };
-        host == this_host() && !std::path::Path::new("/proc").join(pid).exists()
+        let (here, my_ns) = (this_host(), pid_namespace());
+        !host.is_empty()
+            && host == here
+            && !ns.is_empty()
+            && ns == my_ns
+            && pid.parse::<u32>().is_ok()
+            && std::path::Path::new("/proc/self").exists()
+            && !std::path::Path::new("/proc").join(pid).exists()
     }
+}
+
+/// The PID namespace's inode, or empty when unknown.
+fn pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .and_then(|p| {
+            p.to_string_lossy()
+                .trim_start_matches("pid:[")
+                .trim_end_matches(']')
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|n| n.to_string())
+        .unwrap_or_default()
 }
 
 fn this_host() -> String {

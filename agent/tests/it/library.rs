@@ -281,18 +281,20 @@ async fn an_idle_agent_on_a_finished_step_reads_the_counters_once_a_poll_and_que
     assert_eq!(exit, Exit::Idle);
     let calls = stats.report();
     // Waits grow from half a second to 20 s: about ten polls in 120 s, and
-    // the last one's read also tells the agent it may leave.
+    // the last one's read also tells the agent it may leave, which the
+    // index confirms once per shard before it does (counters may trail a
+    // first load that was killed).
     assert_eq!(
         (
             calls.candidate_queries,
             calls.claims_won + calls.claims_lost
         ),
-        (0, 0),
-        "an empty step has no shard worth a query: {calls:?}"
+        (u64::from(taskfleet::schema::DEFAULT_SHARDS), 0),
+        "an empty step has no shard worth a query until the agent leaves: {calls:?}"
     );
     assert!(
-        (1..=16).contains(&calls.other_reads),
-        "one read of the counters per poll: {calls:?}"
+        (2..=17).contains(&calls.other_reads),
+        "one read of the counters per poll, and the running tasks once: {calls:?}"
     );
 }
 

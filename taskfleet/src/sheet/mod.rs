@@ -147,6 +147,9 @@ pub struct Sheet {
     pub rows: usize,
     /// SHA-256 of the sheet's bytes, hex, once validated.
     pub sha256: String,
+    /// A 16-byte hash of each validated row, in file order: a later pass
+    /// stops at the first row that differs from what was checked.
+    row_hashes: std::sync::Arc<Vec<u128>>,
     input: SheetInput,
     /// Byte range of the table (a section's, or the whole file's).
     table: (u64, u64),
@@ -253,6 +256,7 @@ impl Sheet {
             id_column: String::new(),
             rows: 0,
             sha256: String::new(),
+            row_hashes: std::sync::Arc::default(),
             input,
             table,
             format,
@@ -274,14 +278,15 @@ impl Sheet {
 
     /// Reads every row, streaming: each must make a valid task and pass
     /// `check`; ids must be unique (checked on 16-byte hashes, then on the
-    /// ids themselves for a hash seen twice). Memory grows by 16 bytes a
-    /// row, not by the row.
+    /// ids themselves for a hash seen twice). Memory grows by 32 bytes a
+    /// row (the id's hash and the row's), not by the row.
     pub fn validate(
         mut self,
         check: &mut dyn FnMut(&Sheet, &NewTask) -> Result<(), SheetError>,
     ) -> Result<Self, SheetError> {
         let by_columns = matches!(self.source, IdSource::Columns(_));
         let mut hashes: Vec<u128> = Vec::new();
+        let mut row_hashes: Vec<u128> = Vec::new();
         let mut rows = 0;
         let mut reader = RowReader::start(&self)?;
         reader.header()?;
@@ -290,6 +295,7 @@ impl Sheet {
             if by_columns {
                 hashes.push(xxh3_128(task.task_id.as_bytes()));
             }
+            row_hashes.push(row_hash(&task));
             rows += 1;
         }
         let sha256 = reader.finish()?;
@@ -309,6 +315,7 @@ impl Sheet {
         drop(hashes);
         self.rows = rows;
         self.sha256 = sha256;
+        self.row_hashes = std::sync::Arc::new(row_hashes);
         if !repeated.is_empty() {
             self.check_repeated(&repeated)?;
         }
@@ -350,6 +357,7 @@ impl Sheet {
         Ok(Rows {
             sheet: self,
             reader: Some(reader),
+            index: 0,
         })
     }
 
@@ -383,6 +391,33 @@ impl Sheet {
 pub struct Rows<'a> {
     sheet: &'a Sheet,
     reader: Option<RowReader<'a>>,
+    index: usize,
+}
+
+impl Rows<'_> {
+    fn changed(&mut self, line: Option<u64>) -> SheetError {
+        self.reader = None;
+        self.sheet.error(
+            line,
+            None,
+            "the sheet changed after it was checked; rows before this one were loaded, none after; \
+             load it again once nothing writes to it"
+                .into(),
+        )
+    }
+}
+
+/// A 16-byte hash of a row as a task: its id and values.
+fn row_hash(task: &NewTask) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(task.task_id.as_bytes());
+    for (k, v) in &task.env {
+        h.update(b"\0");
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+    }
+    h.digest128()
 }
 
 impl Iterator for Rows<'_> {
@@ -391,10 +426,23 @@ impl Iterator for Rows<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         let reader = self.reader.as_mut()?;
         match reader.next_task() {
-            Ok(Some(task)) => Some(Ok(task)),
+            Ok(Some(task)) => {
+                let checked = &self.sheet.row_hashes;
+                if !checked.is_empty() && checked.get(self.index) != Some(&row_hash(&task)) {
+                    return Some(Err(self.changed(Some(task.line))));
+                }
+                self.index += 1;
+                Some(Ok(task))
+            }
             Err(e) => {
                 self.reader = None;
                 Some(Err(e))
+            }
+            Ok(None)
+                if !self.sheet.row_hashes.is_empty()
+                    && self.index < self.sheet.row_hashes.len() =>
+            {
+                Some(Err(self.changed(None)))
             }
             Ok(None) => {
                 let reader = self.reader.take()?;

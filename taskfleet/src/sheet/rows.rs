@@ -54,11 +54,14 @@ impl<'a> RowReader<'a> {
             if !more {
                 return Ok(None);
             }
+            let offset = self.sheet.table.0 + self.record.position().map_or(0, csv::Position::byte);
+            // Blank records move the line count on too, so that a run of
+            // them does not keep its bytes.
+            let line = lock(&self.window).line_at(offset);
             if is_blank(&self.record) {
                 continue;
             }
-            let offset = self.sheet.table.0 + self.record.position().map_or(0, csv::Position::byte);
-            return Ok(Some(lock(&self.window).line_at(offset)));
+            return Ok(Some(line));
         }
     }
 

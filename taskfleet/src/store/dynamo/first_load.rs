@@ -10,16 +10,19 @@
 //!   a lock on its item ([`LoadLock`]), renewed while the load runs. Other
 //!   loads of the step wait for it ([`DynamoStore::step_for_load`]);
 //!   a load that finds the lock of a load that died (lapsed, or its process
-//!   gone on this host) recounts the step and frees it, then loads as
-//!   usual, with conditions. Plain puts stop [`LOCK_MARGIN`] before the
-//!   lock lapses.
+//!   gone from this host for [`GONE_SETTLE`]) recounts the step's `loaded`
+//!   from its task partitions and frees it, then loads as usual, with
+//!   conditions. Plain puts stop [`LOCK_MARGIN`] before the lock lapses;
+//!   the rest go in with conditions.
 //! - **No task is put twice.** An agent may claim a task as soon as it is
 //!   written; putting it again would reset it. The SDK's own retries are
 //!   off for these puts: items the service did not process, or a request
 //!   it refused as a whole (throttling), are sent again; a request whose
 //!   outcome is unknown (a timeout, a dropped connection, a server error)
-//!   has its tasks inserted again with conditions instead, and those found
-//!   written are counted as this load's.
+//!   has its tasks inserted again with conditions instead, held back from
+//!   claims for [`HOLD_BACK`] (a put still on its way could otherwise
+//!   reset a claimed task), and those found written are counted as this
+//!   load's.
 //! - **Counts catch up.** Counters are added per shard after the puts
 //!   land, in a transaction fenced by the lock (which it also renews). A
 //!   load killed between a put and its count leaves the lock behind; the
@@ -30,17 +33,22 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::config::retry::RetryConfig;
-use aws_sdk_dynamodb::types::{PutRequest, TransactWriteItem, Update, WriteRequest};
+use aws_sdk_dynamodb::types::{PutRequest, Select, TransactWriteItem, Update, WriteRequest};
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::errors::{Reason, cancellation_reasons, is_throttled_transaction, reason_kind};
 use super::expr::{counter_update, sum_deltas};
 use super::{DynamoStore, n, s, task_item};
 use crate::model::{LoadLock, StepMeta, Task};
-use crate::schema::{STEPS_PK, attr};
+use crate::schema::{self, STEPS_PK, attr};
 use crate::store::{SettingsChange, StepChange, StoreError};
 use crate::time::Timestamp;
 use crate::transition;
+
+/// How long after its holder is seen gone a lock is taken over: more than
+/// a plain put's deadline and the clock skew margin, so that no request of
+/// the dead load lands after the recount.
+const GONE_SETTLE: Duration = Duration::from_secs(15);
 
 /// Plain puts stop this long before the lock lapses.
 pub const LOCK_MARGIN: Duration = Duration::from_secs(10);
@@ -50,6 +58,32 @@ const BATCH_WRITE_ITEMS: usize = 25;
 
 /// How long one plain batch may take before its outcome counts as unknown.
 const PUT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long tasks whose plain put had an unknown outcome are kept from
+/// claims: far past any time a request still on its way could land.
+const HOLD_BACK: Duration = Duration::from_secs(60);
+
+/// The tasks of `requests`, ready at `ready` if given.
+fn remaining(
+    requests: &[WriteRequest],
+    by_id: &HashMap<&str, &Task>,
+    ready: Option<Timestamp>,
+) -> Vec<Task> {
+    requests
+        .iter()
+        .filter_map(|r| r.put_request())
+        .filter_map(|p| p.item().get(attr::SK))
+        .filter_map(|v| v.as_s().ok())
+        .filter_map(|id| by_id.get(id.as_str()))
+        .map(|t| {
+            let mut t = (*t).clone();
+            if ready.is_some() {
+                t.ready_at = ready;
+            }
+            t
+        })
+        .collect()
+}
 
 impl DynamoStore {
     /// The step for a load: created with `lock` held if it is new; if
@@ -62,6 +96,7 @@ impl DynamoStore {
         lock: &LoadLock,
     ) -> Result<(StepMeta, StepChange), StoreError> {
         let mut first_change = None;
+        let mut gone_since: Option<std::time::Instant> = None;
         loop {
             let (meta, changed) = self.ensure_step_item(step, change, Some(lock)).await?;
             let changed = *first_change.get_or_insert(changed);
@@ -72,7 +107,13 @@ impl DynamoStore {
                 return Ok((meta, changed));
             }
             let now = Timestamp::now();
-            if held.until > now && !held.holder_is_gone() {
+            // A holder gone from this host is not waited out, but requests
+            // it sent may still land for a while.
+            if held.holder_is_gone() {
+                gone_since.get_or_insert_with(std::time::Instant::now);
+            }
+            let settled = gone_since.is_some_and(|at| at.elapsed() >= GONE_SETTLE);
+            if held.until > now && !settled {
                 tracing::info!(holder = %held.holder, "waiting for the first load of the step to end");
                 let wait = Duration::from_millis((held.until.as_millis() - now.as_millis()) as u64);
                 tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
@@ -82,7 +123,7 @@ impl DynamoStore {
                 holder = %held.holder,
                 "the first load of the step ended without counting all it wrote; recounting"
             );
-            self.recount_step(&meta, true).await?;
+            self.recount_loaded(&meta).await?;
             self.release_first_load(step, &held).await?;
         }
     }
@@ -132,7 +173,12 @@ impl DynamoStore {
             tries += 1;
             let left = lock.until.as_millis() - Timestamp::now().as_millis();
             if left < LOCK_MARGIN.as_millis() as i64 {
-                return Err(lock_lost(&meta.step));
+                // Too close to the lock's end for plain puts (a throttled
+                // table, a slow answer): the rest go in with conditions,
+                // counted as they are written.
+                let rest = remaining(&requests, &by_id, None);
+                written += self.insert_tasks(meta, &rest).await?.existing.len();
+                break;
             }
             let sent = requests.len();
             let result = self
@@ -171,19 +217,16 @@ impl DynamoStore {
                         .await?;
                 }
                 Err(e) if outcome_unknown(&e) => {
-                    // Perhaps written, perhaps not: insert with conditions;
-                    // those that exist were written by this load.
+                    // Perhaps written, perhaps not, perhaps still on its way:
+                    // insert with conditions (those that exist were written
+                    // by this load), held back from claims until a put still
+                    // on its way can no longer land, so that it cannot reset
+                    // a claimed task.
                     tracing::debug!(error = %DisplayErrorContext(&e), "plain puts may have landed; inserting with conditions");
-                    let again: Vec<Task> = requests
-                        .iter()
-                        .filter_map(|r| r.put_request())
-                        .filter_map(|p| p.item().get(attr::SK))
-                        .filter_map(|v| v.as_s().ok())
-                        .filter_map(|id| by_id.get(id.as_str()).map(|t| (*t).clone()))
-                        .collect();
-                    let inserted = self.insert_tasks(meta, &again).await?;
-                    written += inserted.existing.len();
-                    requests.clear();
+                    let held = Timestamp::now().plus(HOLD_BACK);
+                    let again = remaining(&requests, &by_id, Some(held));
+                    written += self.insert_tasks(meta, &again).await?.existing.len();
+                    break;
                 }
                 Err(e) => return Err(self.classify("BatchWriteItem", &e)),
             }
@@ -252,6 +295,91 @@ impl DynamoStore {
                 }
                 self.backoff("TransactWriteItems", tries, chunk.len())
                     .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes each shard's `loaded` what its task partition holds, read
+    /// with consistent reads of the table (not the index). Only a dead
+    /// first load leaves `loaded` wrong, and no one else adds tasks to the
+    /// step while its lock is there; agents never change `loaded`.
+    async fn recount_loaded(&self, meta: &StepMeta) -> Result<(), StoreError> {
+        for shard in 0..meta.shards {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let stored = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .key(attr::PK, s(&schema::counts_pk(&meta.step)))
+                    .key(attr::SK, s(&schema::shard_sk(shard)))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(|e| self.classify("GetItem", &e))?
+                    .item()
+                    .and_then(|i| i.get(attr::LOADED))
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse::<i64>().ok());
+                let mut count = 0i64;
+                let mut start = None;
+                loop {
+                    let page = self
+                        .client
+                        .query()
+                        .table_name(&self.table)
+                        .key_condition_expression("#pk = :pk")
+                        .expression_attribute_names("#pk", attr::PK)
+                        .expression_attribute_values(":pk", s(&schema::task_pk(&meta.step, shard)))
+                        .select(Select::Count)
+                        .consistent_read(true)
+                        .set_exclusive_start_key(start)
+                        .send()
+                        .await
+                        .map_err(|e| self.classify("Query", &e))?;
+                    count += i64::from(page.count());
+                    start = page.last_evaluated_key().cloned();
+                    if start.is_none() {
+                        break;
+                    }
+                }
+                if stored.unwrap_or(0) == count {
+                    break;
+                }
+                let condition = match stored {
+                    Some(was) => ("#l = :was", n(was)),
+                    None => ("attribute_not_exists(#l) OR #l = :was", n(0)),
+                };
+                let written = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .key(attr::PK, s(&schema::counts_pk(&meta.step)))
+                    .key(attr::SK, s(&schema::shard_sk(shard)))
+                    .update_expression("SET #l = :now")
+                    .condition_expression(condition.0)
+                    .expression_attribute_names("#l", attr::LOADED)
+                    .expression_attribute_values(":now", n(count))
+                    .expression_attribute_values(":was", condition.1)
+                    .send()
+                    .await;
+                match written {
+                    Ok(_) => {
+                        tracing::warn!(
+                            shard,
+                            was = stored.unwrap_or(0),
+                            now = count,
+                            "corrected the loaded count"
+                        );
+                        break;
+                    }
+                    Err(e) if super::errors::is_condition_failed(&e) => {
+                        self.backoff("UpdateItem", tries, 1).await?;
+                    }
+                    Err(e) => return Err(self.classify("UpdateItem", &e)),
+                }
             }
         }
         Ok(())
