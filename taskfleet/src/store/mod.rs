@@ -460,9 +460,10 @@ pub trait TaskStore: Sync {
 
     /// How many tasks of each shard of a step (indexed by shard) are
     /// pending or running: where a claim may find work now or once a lease
-    /// expires. A hint for choosing where to look, exact as the counts of
-    /// `status` are; one request on DynamoDB whatever the number of shards
-    /// and tasks.
+    /// expires. A hint for choosing where to look: on DynamoDB exact as the
+    /// counts of `status` are, one request whatever the number of shards
+    /// and tasks; the embedded store counts each state up to 1,024 a shard,
+    /// so that the cost does not grow with the step.
     fn open_per_shard(
         &self,
         meta: &StepMeta,
