@@ -1,7 +1,8 @@
 # The task table. Its keys, index and TTL attribute are defined once in
 # taskfleet/src/schema.rs; this file follows it, and a test
 # (schema::tests::terraform_table_matches_the_schema) checks that they agree.
-# `taskctl init` creates the same table for users who do not use terraform.
+# `taskctl init` creates the same table for users who do not use terraform
+# (with the AWS owned key and no point-in-time recovery).
 
 resource "aws_dynamodb_table" "tasks" {
   name         = var.table_name
@@ -45,6 +46,15 @@ resource "aws_dynamodb_table" "tasks" {
 
   point_in_time_recovery {
     enabled = var.point_in_time_recovery
+  }
+
+  # DynamoDB always encrypts at rest; enabled = true moves it from the AWS
+  # owned key to a KMS key in the account (key use shows in CloudTrail):
+  # the AWS managed aws/dynamodb key, or table_kms_key_arn when given (its
+  # key policy must then let the agent role and the operators use it).
+  server_side_encryption {
+    enabled     = true
+    kms_key_arn = var.table_kms_key_arn
   }
 
   tags = var.tags

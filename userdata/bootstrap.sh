@@ -17,7 +17,9 @@
 #    error, crash, stop), systemd powers the host off as well
 #    (SuccessAction/FailureAction), and the launch templates make a
 #    shutdown terminate the instance. Stopping the unit sends SIGTERM to
-#    the agent first and waits longer than the agent's grace period.
+#    the agent first and waits longer than the agent's grace period. The
+#    agent uploads every attempt's log to the same bucket
+#    (s3://BUCKET/taskfleet/logs/STEP/TASK/ATTEMPT.log).
 #
 # Every failure writes why to the console log (this script's output) and
 # shuts the instance down: an instance that cannot work never waits to be
@@ -146,7 +148,7 @@ Environment=HOME=/root
 Environment=AWS_REGION=$region
 $metadata_env
 WorkingDirectory=$ROOT/var/lib/taskfleet
-ExecStart=$ROOT/usr/local/bin/taskfleet-agent --on-ec2 --terminate-on-exit --table $table --region $region --step $step --slots $slots --idle-timeout $idle_timeout --grace $grace --kill-grace $kill_grace --work-dir $ROOT/var/lib/taskfleet/work --log-dir $ROOT/var/log/taskfleet --log-format json
+ExecStart=$ROOT/usr/local/bin/taskfleet-agent --on-ec2 --terminate-on-exit --table $table --region $region --step $step --slots $slots --idle-timeout $idle_timeout --grace $grace --kill-grace $kill_grace --work-dir $ROOT/var/lib/taskfleet/work --log-dir $ROOT/var/log/taskfleet --log-bucket $bucket --log-format json
 # SIGTERM to the agent only: it stops claiming, lets its scripts finish
 # within its grace period, and releases the rest; then everything left is
 # killed.

@@ -49,6 +49,22 @@ pub struct AgentConfig {
     /// What scripts get of the agent's own environment (see
     /// [`inherited_env`]); nothing else of it reaches them.
     pub inherited_env: Vec<(String, OsString)>,
+    /// Where attempt logs are uploaded, if anywhere besides the log
+    /// directory.
+    pub upload: Option<LogUpload>,
+}
+
+/// Attempt logs to S3: every `every` while a script runs, and at its end
+/// whatever the outcome (see [`crate::log_upload`]).
+#[derive(Debug, Clone)]
+pub struct LogUpload {
+    /// An S3 client of the agent's.
+    pub client: aws_sdk_s3::Client,
+    /// The bucket and prefix.
+    pub to: taskfleet::logs::LogBucket,
+    /// Between uploads of a running attempt's log: what a dead host
+    /// loses at most.
+    pub every: Duration,
 }
 
 impl AgentConfig {
@@ -79,6 +95,7 @@ impl AgentConfig {
             host: None,
             supervisor_exe: supervisor_exe.into(),
             inherited_env: Vec::new(),
+            upload: None,
         }
     }
 }

@@ -38,13 +38,21 @@ pub struct Instance {
     pub ami: String,
     /// Spot (`true`) or on-demand.
     pub spot: bool,
+    /// The launch template and version it was started from, from the tags
+    /// `taskctl launch` sets; `None` for an instance started otherwise.
+    pub template: Option<(String, String)>,
 }
 
 impl Instance {
     /// One line for an attempt's provenance.
     pub fn describe(&self) -> String {
+        let template = self
+            .template
+            .as_ref()
+            .map(|(name, version)| format!(", template {name} version {version}"))
+            .unwrap_or_default();
         format!(
-            "{} ({}, {}, {}, {})",
+            "{} ({}, {}, {}, {}{template})",
             self.id,
             self.instance_type,
             self.ami,
@@ -101,6 +109,18 @@ impl Metadata {
             instance_type: self.read("instance-type").await?,
             ami: self.read("ami-id").await?,
             spot: self.read("instance-life-cycle").await? == "spot",
+            template: match (
+                self.notice(&format!("tags/instance/{}", taskfleet::fleet::TAG_TEMPLATE))
+                    .await?,
+                self.notice(&format!(
+                    "tags/instance/{}",
+                    taskfleet::fleet::TAG_TEMPLATE_VERSION
+                ))
+                .await?,
+            ) {
+                (Some(name), Some(version)) => Some((name, version)),
+                _ => None,
+            },
         })
     }
 }
@@ -166,6 +186,7 @@ pub async fn end_instance(instance: Option<&Instance>, ending: &Ending) -> Strin
         let options = taskfleet::connect::Ec2Options {
             endpoint_url: None,
             region: Some(instance.region.clone()),
+            caller: taskfleet::iam::Caller::Agent,
         };
         let attempt = async {
             let client = taskfleet::connect::ec2(&options)

@@ -30,6 +30,7 @@
 //!   counters, expired leases.
 //! - [`lease`]: an attempt's lease by the agent's clock: renewals, call
 //!   deadlines, and when the script must die.
+//! - [`log_upload`]: an attempt's log to S3, while it runs and at its end.
 //! - [`runner`]: one attempt: the script in its own process group, logs,
 //!   heartbeat, timeout, and the fenced finish.
 //! - [`script`]: starting a script: work directory, log file,
@@ -44,6 +45,7 @@ pub mod config;
 pub mod ec2;
 pub mod finder;
 pub mod lease;
+pub mod log_upload;
 pub mod process;
 pub mod runner;
 pub mod script;

@@ -97,6 +97,24 @@ struct Args {
     /// terminate the instance).
     #[arg(long, value_name = "COMMAND", default_value = "shutdown -h now")]
     poweroff_command: String,
+    /// Upload each attempt's log to this S3 bucket, at
+    /// s3://BUCKET/PREFIX/STEP/TASK/ATTEMPT.log: every --log-upload-every
+    /// while the script runs, and at its end whatever the outcome. The
+    /// attempt's record names the object. The bootstrap gives the bucket
+    /// the agent came from.
+    #[arg(long, value_name = "BUCKET")]
+    log_bucket: Option<String>,
+    /// The key prefix of uploaded logs.
+    #[arg(long, value_name = "PREFIX", default_value = taskfleet::logs::DEFAULT_PREFIX)]
+    log_prefix: String,
+    /// With --log-bucket: between uploads of a running attempt's log (what
+    /// a host that dies loses of it at most).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m", value_name = "DURATION")]
+    log_upload_every: Duration,
+    /// An S3 endpoint instead of the SDK's (AWS_ENDPOINT_URL_S3, then the
+    /// region's).
+    #[arg(long, value_name = "URL")]
+    s3_endpoint_url: Option<String>,
     /// This worker's id in the table [default: PID and a random suffix].
     #[arg(long)]
     worker_id: Option<String>,
@@ -211,6 +229,7 @@ async fn run_on(
         table: args.table.clone(),
         endpoint_url: args.endpoint_url.clone(),
         region: args.region.clone(),
+        caller: taskfleet::iam::Caller::Agent,
     };
     let env_endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
         .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
@@ -249,6 +268,9 @@ async fn run_on(
     if let Some(dir) = args.log_dir.clone() {
         cfg.log_dir = dir;
     }
+    if let Some(bucket) = &args.log_bucket {
+        cfg.upload = Some(log_upload(args, bucket, on_ec2.as_ref()).await);
+    }
 
     let shutdown = Shutdown::new();
     tokio::spawn(forward_signals(shutdown.clone()));
@@ -279,6 +301,37 @@ async fn run_on(
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// Where attempt logs go: an S3 client of the agent's (in the instance's
+/// region on EC2), the bucket and prefix.
+async fn log_upload(
+    args: &Args,
+    bucket: &str,
+    on_ec2: Option<&(agent::ec2::Metadata, agent::ec2::Instance)>,
+) -> agent::config::LogUpload {
+    // An emulator or a custom endpoint has no per-bucket host names.
+    let path_style = args.s3_endpoint_url.is_some()
+        || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some()
+        || std::env::var_os("AWS_ENDPOINT_URL").is_some();
+    let client = taskfleet::connect::s3(&taskfleet::connect::S3Options {
+        endpoint_url: args.s3_endpoint_url.clone(),
+        region: args
+            .region
+            .clone()
+            .or_else(|| on_ec2.map(|(_, i)| i.region.clone())),
+        path_style,
+        caller: taskfleet::iam::Caller::Agent,
+    })
+    .await;
+    agent::config::LogUpload {
+        client,
+        to: taskfleet::logs::LogBucket {
+            bucket: bucket.to_owned(),
+            prefix: args.log_prefix.clone(),
+        },
+        every: args.log_upload_every.max(Duration::from_secs(1)),
     }
 }
 

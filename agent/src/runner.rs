@@ -34,10 +34,14 @@ use tracing::Instrument;
 
 use crate::config::AgentConfig;
 use crate::lease::Lease;
+use crate::log_upload;
 use crate::process::{kill_group, signal_group};
 use crate::script::{append_note, log_path, read_tail, spawn};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
+
+/// How long the last upload of a lost attempt's log may take.
+const LOST_UPLOAD_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Longest wait before a failed task is retried.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
@@ -102,8 +106,31 @@ pub async fn run_attempt<S: TaskStore>(
         let started = Timestamp::now();
         let log_path = log_path(cfg, &task);
         tracing::info!(log = %log_path.display(), "task started");
-        let (mut ended, mut lease) =
-            execute(store, meta, cfg, shutdown, counters, &task, &log_path).await;
+        let mut task = task;
+        let remote = cfg.upload.as_ref().map(|u| {
+            let (key, uri) = log_upload::target(u, &task);
+            // Renewals record where the running attempt's log goes, so a
+            // reclaim names it in the lost attempt's record.
+            task.log_uri = Some(uri.clone());
+            Remote {
+                upload: u,
+                key,
+                uri,
+            }
+        });
+        let run = execute(store, meta, cfg, shutdown, counters, &task, &log_path);
+        let (mut ended, mut lease) = match &remote {
+            Some(r) => {
+                let uploads = log_upload::periodically(r.upload, &r.key, &log_path);
+                tokio::select! {
+                    // The script's end ends the periodic uploads.
+                    out = run => out,
+                    // Uploads go on until then.
+                    () = uploads => unreachable!("periodic uploads never end by themselves"),
+                }
+            }
+            None => run.await,
+        };
         if matches!(ended, Ended::Interrupted) && shutdown.is_spot() {
             ended = Ended::Reclaimed;
         }
@@ -112,7 +139,7 @@ pub async fn run_attempt<S: TaskStore>(
             &task,
             ended,
             started,
-            &log_path,
+            (&log_path, remote.as_ref()),
             &mut lease,
         )
         .await;
@@ -121,6 +148,19 @@ pub async fn run_attempt<S: TaskStore>(
     }
     .instrument(span)
     .await
+}
+
+/// Where an attempt's log is uploaded.
+struct Remote<'a> {
+    upload: &'a crate::config::LogUpload,
+    key: String,
+    uri: String,
+}
+
+/// The longest the last upload of a log may take: half of what the final
+/// write has left, so that the end is still written in time.
+fn upload_deadline(lease: &Lease) -> Duration {
+    lease.write_deadline() / 2
 }
 
 /// A renewal in flight: the store's answer (or its deadline passing), and
@@ -298,17 +338,23 @@ async fn conclude<S: TaskStore>(
     task: &Task,
     ended: Ended,
     started: Timestamp,
-    log_path: &Path,
+    (log_path, remote): (&Path, Option<&Remote<'_>>),
     lease: &mut Lease,
 ) -> AttemptEnd {
     let ended = match ended {
         Ended::StoreGone(e) => return AttemptEnd::StoreGone(e),
+        Ended::LeaseLost => {
+            // The attempt is over for us; its log still goes up whole.
+            if let Some(r) = remote {
+                log_upload::last(r.upload, &r.key, log_path, LOST_UPLOAD_DEADLINE).await;
+            }
+            return AttemptEnd::Lost;
+        }
         other => other,
     };
     let now = Timestamp::now();
     let (exit_code, signal, class) = match &ended {
-        Ended::LeaseLost => return AttemptEnd::Lost,
-        Ended::StoreGone(_) => unreachable!("handled above"),
+        Ended::LeaseLost | Ended::StoreGone(_) => unreachable!("handled above"),
         Ended::Exited(status) if status.success() => (Some(0), None, None),
         Ended::Exited(status) => (
             status.code(),
@@ -332,30 +378,15 @@ async fn conclude<S: TaskStore>(
             (None, None, Some(FailureClass::Host))
         }
     };
-    let counts_as_failure = !matches!(
-        class,
-        None | Some(FailureClass::Interrupted | FailureClass::Host | FailureClass::Spot)
-    );
-    let next = match class {
-        None => TaskState::Done,
-        Some(FailureClass::Interrupted | FailureClass::Host | FailureClass::Spot) => {
-            TaskState::Pending
-        }
-        Some(_) if task.failed_attempts + 1 >= meta.settings.max_attempts => TaskState::Failed,
-        Some(_) => TaskState::Pending,
-    };
-    let ready_at = if counts_as_failure {
-        let factor = 1u32 << task.failed_attempts.min(16);
-        now.plus(cfg.retry_delay.saturating_mul(factor).min(MAX_RETRY_DELAY))
-    } else {
-        now
-    };
+    let (next, counts_as_failure, ready_at) = next_state(task, meta, cfg, class, now);
     let (log_uri, output_tail) = match &ended {
         // The log may be what could not be written.
         Ended::HostTrouble(why) => (None, Some(format!("agent: {why}"))),
         _ => (
-            Some(format!("file://{}", log_path.display())),
-            Some(read_tail(log_path, cfg.tail_bytes)),
+            Some(keep_log(log_path, remote, lease).await),
+            meta.settings
+                .output_tail
+                .then(|| read_tail(log_path, cfg.tail_bytes)),
         ),
     };
     let finish = Finish {
@@ -396,6 +427,48 @@ async fn conclude<S: TaskStore>(
             _ => AttemptEnd::StoreFailed(e),
         },
     }
+}
+
+/// Where a task goes after an attempt that ended as `class` (`None`:
+/// success), whether the attempt counts against its limit, and when it
+/// may be claimed again.
+fn next_state(
+    task: &Task,
+    meta: &StepMeta,
+    cfg: &AgentConfig,
+    class: Option<FailureClass>,
+    now: Timestamp,
+) -> (TaskState, bool, Timestamp) {
+    let counts_as_failure = !matches!(
+        class,
+        None | Some(FailureClass::Interrupted | FailureClass::Host | FailureClass::Spot)
+    );
+    let next = match class {
+        None => TaskState::Done,
+        Some(FailureClass::Interrupted | FailureClass::Host | FailureClass::Spot) => {
+            TaskState::Pending
+        }
+        Some(_) if task.failed_attempts + 1 >= meta.settings.max_attempts => TaskState::Failed,
+        Some(_) => TaskState::Pending,
+    };
+    let ready_at = if counts_as_failure {
+        let factor = 1u32 << task.failed_attempts.min(16);
+        now.plus(cfg.retry_delay.saturating_mul(factor).min(MAX_RETRY_DELAY))
+    } else {
+        now
+    };
+    (next, counts_as_failure, ready_at)
+}
+
+/// Where an ended attempt's log is kept: uploaded once more (in time for
+/// the final write) when it goes to S3, else the file on this host.
+async fn keep_log(log_path: &Path, remote: Option<&Remote<'_>>, lease: &Lease) -> String {
+    if let Some(r) = remote
+        && log_upload::last(r.upload, &r.key, log_path, upload_deadline(lease)).await
+    {
+        return r.uri.clone();
+    }
+    format!("file://{}", log_path.display())
 }
 
 /// The final write, repeated until the store takes it or the lease is

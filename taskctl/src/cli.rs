@@ -111,8 +111,13 @@ pub enum Command {
     /// million.
     Status(StatusArgs),
     /// One task's whole record: state, attempts, environment, script,
-    /// output tail and history.
+    /// output tail and history with each attempt's provenance; or, with
+    /// --step, a step's settings and the record of each of its loads.
     Show(ShowArgs),
+    /// Print an attempt's log, from S3 (agents given --log-bucket) or from
+    /// the file an agent on this machine wrote; --follow prints a running
+    /// attempt's log as it grows.
+    Logs(LogsArgs),
     /// Start workers for a step: EC2 instances from the step's launch
     /// template, or with --local, agent processes on this machine.
     ///
@@ -333,6 +338,8 @@ pub struct StopArgs {
 
 /// `taskctl load`.
 #[derive(Debug, Args)]
+// Flags of a command line are bools by nature; they are not a state machine.
+#[allow(clippy::struct_excessive_bools)]
 #[command(group = clap::ArgGroup::new("script_source").required(true).args(["script", "command"]))]
 pub struct LoadArgs {
     /// The step to load into (a letter, then letters, digits, '-', '_').
@@ -392,6 +399,17 @@ pub struct LoadArgs {
     /// script and row. Running tasks are never touched.
     #[arg(long)]
     pub replace: bool,
+    /// Keep the attempts' output out of the table: no output tail on the
+    /// tasks (`status --failed` then shows exit code, class and log); the
+    /// output stays in the logs alone (S3 with `agent --log-bucket`), for
+    /// data that must not be copied into the table. Applies to the step.
+    #[arg(long)]
+    pub no_output_tail: bool,
+    /// Refuse a --script file that is not committed in git, or that has
+    /// uncommitted changes, so that every task's script can be found at
+    /// the commit the step records (`taskctl show --step STEP`).
+    #[arg(long, conflicts_with = "command")]
+    pub require_clean: bool,
     /// Batches of 25 tasks in flight at once.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
@@ -445,13 +463,45 @@ pub struct RecountArgs {
     pub json: bool,
 }
 
-/// `taskctl show`.
+/// `taskctl logs`.
 #[derive(Debug, Args)]
-pub struct ShowArgs {
+#[command(
+    after_help = "Examples:\n  taskctl logs align HG00096               the latest attempt's log\n  taskctl logs align HG00096 --attempt 1   the first attempt's\n  taskctl logs align HG00096 --follow      a running attempt's, as it grows"
+)]
+pub struct LogsArgs {
     /// The step.
     pub step: String,
     /// The task id.
     pub task: String,
+    /// Which attempt [default: the latest].
+    #[arg(long, value_name = "N")]
+    pub attempt: Option<u32>,
+    /// Keep printing while the attempt runs (agents upload a running
+    /// attempt's log every --log-upload-every, 2m by default).
+    #[arg(long)]
+    pub follow: bool,
+    /// An S3 endpoint instead of the SDK's (AWS_ENDPOINT_URL_S3,
+    /// AWS_ENDPOINT_URL, then the region's).
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint_url: Option<String>,
+}
+
+/// `taskctl show`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  taskctl show align HG00096      one task: state, attempts, environment, history\n  taskctl show --step align       the step: settings, and who loaded which sheet and script when"
+)]
+pub struct ShowArgs {
+    /// The step.
+    #[arg(required_unless_present = "step_flag")]
+    pub step: Option<String>,
+    /// The task id; without it, the step's settings and loads.
+    pub task: Option<String>,
+    /// Show the step itself: its settings and the record of each load
+    /// (sheet digest and rows, script digest and git commit, who, where,
+    /// the command line).
+    #[arg(long = "step", value_name = "STEP", conflicts_with_all = ["step", "task"])]
+    pub step_flag: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -9,16 +9,16 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use taskfleet::load::{self, LoadRequest};
-use taskfleet::model::{FailedTask, StepStatus, Task};
+use taskfleet::model::{FailedTask, StepStatus};
 use taskfleet::sheet::{Format, Sheet, SheetInput, SheetOptions};
 use taskfleet::store::dynamo::InitOutcome;
 use taskfleet::store::{SettingsChange, Store, TaskStore};
 
 use crate::cli::{
-    AgentCommand, Cli, Command, FleetArgs, LoadArgs, RecountArgs, SheetFormat, ShowArgs,
-    StatusArgs, TemplateCommand,
+    AgentCommand, Cli, Command, FleetArgs, LoadArgs, RecountArgs, SheetFormat, StatusArgs,
+    TemplateCommand,
 };
-use crate::connect;
+use crate::{connect, provenance};
 
 /// Runs the command `cli` names.
 pub async fn run(cli: Cli) -> Result<()> {
@@ -26,7 +26,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Init => init(&cli.global).await,
         Command::Load(args) => load(&cli.global, args).await,
         Command::Status(args) => status(&cli.global, &args).await,
-        Command::Show(args) => show(&cli.global, &args).await,
+        Command::Show(args) => crate::show::show(&cli.global, &args).await,
+        Command::Logs(args) => crate::logs::logs(&cli.global, &args).await,
         Command::Recount(args) => recount(&cli.global, &args).await,
         Command::Launch(args) => {
             let store = connect::open(&cli.global).await?;
@@ -175,29 +176,14 @@ async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
         (None, Some(text)) => text.clone(),
         (None, None) => unreachable!("clap requires --script or --command"),
     };
-    let options = SheetOptions {
-        id_columns: args.id_column.clone(),
-        row_ids: args.row_ids,
-        format: args.format.map(|f| match f {
-            SheetFormat::Csv => Format::Csv,
-            SheetFormat::Tsv => Format::Tsv,
-        }),
-        section: args.section.clone(),
-        renames: args.renames.clone(),
-    };
-    let (sheet, _spooled) = open_sheet(global, &args.sheet, &options).await?;
-    let request = LoadRequest {
-        step: args.step.clone(),
-        script,
-        settings: SettingsChange {
-            max_attempts: args.max_attempts,
-            lease: args.lease,
-            timeout: args.timeout,
-            shards: args.shards,
-        },
-        replace: args.replace,
-        concurrency: args.concurrency,
-    };
+    let git = args.script.as_deref().map(provenance::git_state);
+    if args.require_clean
+        && let (Some(path), Some(state)) = (&args.script, &git)
+    {
+        provenance::require_clean(path, state)?;
+    }
+    let (sheet, _spooled) = open_sheet(global, &args.sheet, &sheet_options(&args)).await?;
+    let request = load_request(&args, script);
     // A named store must exist (a mistyped path or table name must not
     // start a new one), and is checked before the sheet is read through;
     // the default embedded store is made on first use, once the sheet has
@@ -244,9 +230,19 @@ async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
     let report = load::load(&store, &prepared, &|n| bar.set_position(n as u64)).await;
     bar.finish_and_clear();
     let report = report?;
+    let record = provenance::keep(
+        &store,
+        &report,
+        &args.sheet.to_string_lossy(),
+        args.script.as_deref(),
+        git.and_then(Result::ok),
+    )
+    .await?;
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut out = serde_json::to_value(&report)?;
+        out["record"] = serde_json::to_value(&record)?;
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     if report.step_created {
@@ -267,6 +263,37 @@ async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
     }
     println!("{line}");
     Ok(())
+}
+
+/// How `args` say the sheet is read.
+fn sheet_options(args: &LoadArgs) -> SheetOptions {
+    SheetOptions {
+        id_columns: args.id_column.clone(),
+        row_ids: args.row_ids,
+        format: args.format.map(|f| match f {
+            SheetFormat::Csv => Format::Csv,
+            SheetFormat::Tsv => Format::Tsv,
+        }),
+        section: args.section.clone(),
+        renames: args.renames.clone(),
+    }
+}
+
+/// The load `args` ask for, with `script`.
+fn load_request(args: &LoadArgs, script: String) -> LoadRequest {
+    LoadRequest {
+        step: args.step.clone(),
+        script,
+        settings: SettingsChange {
+            max_attempts: args.max_attempts,
+            lease: args.lease,
+            timeout: args.timeout,
+            shards: args.shards,
+            output_tail: args.no_output_tail.then_some(false),
+        },
+        replace: args.replace,
+        concurrency: args.concurrency,
+    }
 }
 
 fn read_script(path: &Path) -> Result<String> {
@@ -485,112 +512,8 @@ fn print_failed(failed: &[FailedTask]) {
                 println!("    | {line}");
             }
         }
-    }
-}
-
-async fn show(global: &crate::cli::GlobalArgs, args: &ShowArgs) -> Result<()> {
-    let store = connect::open(global).await?;
-    let Some(task) = store.task(&args.step, &args.task).await? else {
-        anyhow::bail!(
-            "step '{}' has no task '{}'; `taskctl status --step {}` shows what it has",
-            args.step,
-            args.task,
-            args.step
-        );
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&task)?);
-    } else {
-        print!("{}", task_text(&task));
-    }
-    Ok(())
-}
-
-/// A task's record as text.
-pub fn task_text(t: &Task) -> String {
-    let mut out = String::new();
-    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
-    let _ = writeln!(out, "step:            {}", t.step);
-    let _ = writeln!(out, "task:            {}", t.task_id);
-    let _ = writeln!(out, "state:           {}", t.state);
-    let _ = writeln!(
-        out,
-        "attempt:         {} ({} failed)",
-        t.attempt, t.failed_attempts
-    );
-    let _ = writeln!(out, "owner:           {}", opt(t.owner.clone()));
-    let _ = writeln!(
-        out,
-        "lease expires:   {}",
-        opt(t.lease_expires_at.map(|v| v.to_string()))
-    );
-    let _ = writeln!(out, "created:         {}", t.created_at);
-    let _ = writeln!(
-        out,
-        "started:         {}",
-        opt(t.started_at.map(|v| v.to_string()))
-    );
-    let _ = writeln!(
-        out,
-        "finished:        {}",
-        opt(t.finished_at.map(|v| v.to_string()))
-    );
-    let _ = writeln!(
-        out,
-        "exit code:       {}",
-        opt(t.exit_code.map(|v| v.to_string()))
-    );
-    let _ = writeln!(
-        out,
-        "signal:          {}",
-        opt(t.signal.map(|v| v.to_string()))
-    );
-    let _ = writeln!(
-        out,
-        "failure class:   {}",
-        opt(t.failure_class.map(|v| v.to_string()))
-    );
-    let _ = writeln!(out, "log:             {}", opt(t.log_uri.clone()));
-    let _ = writeln!(out, "script digest:   {}", t.script_digest);
-    let _ = writeln!(out, "environment:");
-    for (k, v) in &t.env {
-        // The column it came from, where that is written otherwise (a
-        // dsub column shows its kind: `--input VCF_FILE`).
-        match t.columns.get(k) {
-            Some(column) => {
-                let _ = writeln!(out, "  {k}={v}    (column '{column}')");
-            }
-            None => {
-                let _ = writeln!(out, "  {k}={v}");
-            }
+        if let Some(log) = &f.log_uri {
+            println!("    log: {log} (taskctl logs {} {})", f.step, f.task_id);
         }
     }
-    let _ = writeln!(out, "script:");
-    for line in t.script.lines() {
-        let _ = writeln!(out, "  {line}");
-    }
-    if !t.history.is_empty() {
-        let _ = writeln!(out, "history:");
-        for a in &t.history {
-            let _ = writeln!(
-                out,
-                "  attempt {} by {}: {} -> {} ({}{})",
-                a.attempt,
-                a.owner,
-                a.started_at,
-                a.finished_at,
-                a.outcome,
-                a.failure_class
-                    .map(|c| format!(", {c}"))
-                    .unwrap_or_default()
-            );
-        }
-    }
-    if let Some(tail) = &t.output_tail {
-        let _ = writeln!(out, "output tail:");
-        for line in tail.lines() {
-            let _ = writeln!(out, "  | {line}");
-        }
-    }
-    out
 }

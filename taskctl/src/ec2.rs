@@ -147,13 +147,20 @@ pub async fn launch(global: &GlobalArgs, store: &Store, args: &LaunchArgs) -> Re
         );
     };
     let client = connect::ec2(global).await?;
-    if template::describe(&client, &template).await?.is_none() {
+    let Some(versions) = template::describe(&client, &template).await? else {
         return Err(FleetError::TemplateNotFound {
             template,
             step: args.step.clone(),
         }
         .into());
-    }
+    };
+    // The version number itself, so that the instances' tags (and every
+    // attempt's provenance) name what they were started from.
+    let template_version = match args.template_version.as_str() {
+        "$Default" => versions.default_version.to_string(),
+        "$Latest" => versions.latest_version.to_string(),
+        v => v.to_owned(),
+    };
     let active = instances::list(&client, &table, Some(&args.step), ACTIVE_STATES).await?;
     let requested = u32::try_from(args.count).unwrap_or(u32::MAX);
     let slots = u32::try_from(args.slots).unwrap_or(u32::MAX).max(1);
@@ -168,7 +175,7 @@ pub async fn launch(global: &GlobalArgs, store: &Store, args: &LaunchArgs) -> Re
         table: table.clone(),
         step: args.step.clone(),
         template: template.clone(),
-        template_version: args.template_version.clone(),
+        template_version: template_version.clone(),
         count: plan.count,
         launch_id: args.launch_id.clone().unwrap_or_else(|| {
             format!(
@@ -195,7 +202,7 @@ pub async fn launch(global: &GlobalArgs, store: &Store, args: &LaunchArgs) -> Re
             table,
             step: args.step.clone(),
             template,
-            template_version: args.template_version.clone(),
+            template_version,
             launch_id: request.launch_id.clone(),
             dry_run: args.dry_run,
             requested,

@@ -21,8 +21,11 @@ pub mod commands;
 pub mod connect;
 pub mod ec2;
 pub mod local;
+pub mod logs;
+pub mod provenance;
 pub mod publish;
 pub mod sheets;
+pub mod show;
 
 use std::process::ExitCode;
 

@@ -148,21 +148,7 @@ fn version_of(binary: &Path) -> Result<String> {
 }
 
 async fn client(global: &GlobalArgs, args: &AgentPublishArgs) -> Client {
-    s3_client(global, args.s3_endpoint_url.as_deref()).await
-}
-
-/// An S3 client under the same rules as the other clients: an explicit
-/// endpoint or region beats the environment's.
-pub async fn s3_client(global: &GlobalArgs, endpoint_url: Option<&str>) -> Client {
-    let config = taskfleet::connect::sdk_config(global.region.as_deref(), endpoint_url).await;
-    // An emulator or a custom endpoint has no per-bucket host names.
-    let custom = endpoint_url.is_some()
-        || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some()
-        || std::env::var_os("AWS_ENDPOINT_URL").is_some();
-    let s3 = aws_sdk_s3::config::Builder::from(&config)
-        .force_path_style(custom)
-        .build();
-    Client::from_conf(s3)
+    crate::connect::s3(global, args.s3_endpoint_url.as_deref()).await
 }
 
 /// The digest already published under the record's version, if any.
@@ -208,18 +194,23 @@ async fn put(client: &Client, record: &Published, key: &str, body: Vec<u8>) -> R
 }
 
 /// One sentence for an S3 failure.
-fn s3_error<E, R>(e: &SdkError<E, R>, record: &Published, verb: &str) -> anyhow::Error
+fn s3_error<E>(
+    e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    record: &Published,
+    verb: &str,
+) -> anyhow::Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
 {
     let bucket = &record.bucket;
-    match e.code() {
+    // A refused GET or HEAD comes back as a bare 403, with no error code.
+    let forbidden = e.raw_response().map(|r| r.status().as_u16()) == Some(403);
+    match e.code().or(forbidden.then_some("AccessDenied")) {
         Some("NoSuchBucket") => anyhow!(
             "the bucket {bucket} does not exist; create it (the terraform in terraform/ does) or give another --bucket"
         ),
         Some("AccessDenied" | "AllAccessDisabled") => anyhow!(
-            "no permission to {verb} s3://{bucket}/{AGENT_KEY_PREFIX}; use credentials that may (s3:GetObject and s3:PutObject on it)"
+            "no permission to {verb} s3://{bucket}/{AGENT_KEY_PREFIX}; use credentials that may (s3:GetObject and s3:PutObject on it), over HTTPS if the bucket's policy asks for it"
         ),
         Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken") => anyhow!(
             "the AWS credentials were refused ({}); renew them (aws sso login, or check AWS_ACCESS_KEY_ID)",

@@ -62,7 +62,7 @@ pub async fn spool(global: &GlobalArgs, source: &Source<'_>) -> Result<tempfile:
                 .context("cannot read the sheet from standard input")?;
         }
         Source::S3 { bucket, key } => {
-            let client = crate::publish::s3_client(global, None).await;
+            let client = crate::connect::s3(global, None).await;
             let out = client
                 .get_object()
                 .bucket(bucket)

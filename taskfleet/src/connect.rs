@@ -12,10 +12,14 @@
 //! The binaries read flags and environment at their edge into
 //! [`AwsOptions`] and pass them here.
 //!
-//! EC2 clients (for launch templates and the fleet) are built here too,
-//! by [`ec2`], under the same rule: an explicit endpoint or region beats
-//! the environment's (`AWS_ENDPOINT_URL_EC2`, `AWS_ENDPOINT_URL`,
-//! `AWS_REGION`, the profile).
+//! EC2 clients (for launch templates and the fleet) and S3 clients (agent
+//! binaries, sheets) are built here too, by [`ec2`] and [`s3`], under the
+//! same rule: an explicit endpoint or region beats the environment's
+//! (`AWS_ENDPOINT_URL_EC2`, `AWS_ENDPOINT_URL`, `AWS_REGION`, the profile).
+//!
+//! Every client carries the [`crate::iam::Guard`] of its caller (the
+//! options' `caller`): it refuses an operation the binary's IAM policy
+//! does not grant before sending it.
 
 use std::time::Duration;
 
@@ -24,6 +28,7 @@ use aws_config::timeout::TimeoutConfig;
 
 use std::path::PathBuf;
 
+use crate::iam::{Caller, Guard};
 use crate::store::dynamo::DynamoStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
@@ -90,6 +95,8 @@ pub struct AwsOptions {
     pub endpoint_url: Option<String>,
     /// An explicit region.
     pub region: Option<String>,
+    /// Whose calls these are: the binary's IAM policy.
+    pub caller: Caller,
 }
 
 /// The table name in a `--table` value, checked against DynamoDB's rules.
@@ -130,8 +137,11 @@ pub async fn dynamo(
         .clone()
         .or(endpoint_env)
         .unwrap_or_else(|| format!("DynamoDB in {region}"));
+    let conf = aws_sdk_dynamodb::config::Builder::from(&config)
+        .interceptor(Guard(options.caller))
+        .build();
     Ok(DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&config),
+        aws_sdk_dynamodb::Client::from_conf(conf),
         table,
         endpoint,
     ))
@@ -146,6 +156,8 @@ pub struct Ec2Options {
     pub endpoint_url: Option<String>,
     /// An explicit region.
     pub region: Option<String>,
+    /// Whose calls these are: the binary's IAM policy.
+    pub caller: Caller,
 }
 
 /// An EC2 client for `options`, configured like the DynamoDB one (the
@@ -155,7 +167,35 @@ pub async fn ec2(options: &Ec2Options) -> Result<aws_sdk_ec2::Client, ConnectErr
     if config.region().is_none() {
         return Err(ConnectError::Store(StoreError::NoRegion));
     }
-    Ok(aws_sdk_ec2::Client::new(&config))
+    let conf = aws_sdk_ec2::config::Builder::from(&config)
+        .interceptor(Guard(options.caller))
+        .build();
+    Ok(aws_sdk_ec2::Client::from_conf(conf))
+}
+
+/// How to reach S3: the flags that beat the environment.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// An explicit S3 endpoint; without it the SDK's rules apply
+    /// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, then the region's).
+    pub endpoint_url: Option<String>,
+    /// An explicit region.
+    pub region: Option<String>,
+    /// Address buckets by path: an emulator or a custom endpoint has no
+    /// per-bucket host names.
+    pub path_style: bool,
+    /// Whose calls these are: the binary's IAM policy.
+    pub caller: Caller,
+}
+
+/// An S3 client for `options`, configured like the others.
+pub async fn s3(options: &S3Options) -> aws_sdk_s3::Client {
+    let config = sdk_config(options.region.as_deref(), options.endpoint_url.as_deref()).await;
+    let conf = aws_sdk_s3::config::Builder::from(&config)
+        .force_path_style(options.path_style)
+        .interceptor(Guard(options.caller))
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
 }
 
 /// The SDK configuration every client starts from: the standard chain, a

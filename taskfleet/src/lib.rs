@@ -15,9 +15,13 @@
 //! - [`envrules`]: what a script's environment holds: the names a column
 //!   may not become, what the agent passes on, the kernel's size limits.
 //! - [`load`]: loading a validated sheet into a store, with progress.
+//! - [`logs`]: attempt logs in S3: their keys, streamed uploads, reading
+//!   a log back from its URI.
 //! - [`store`]: the stores. [`store::dynamo`] talks to DynamoDB.
 //! - [`connect`]: building a store (and an EC2 client) from AWS
 //!   configuration.
+//! - [`iam`]: every AWS call each binary makes and the IAM actions that
+//!   grant it; the interceptor that holds clients to it.
 //! - [`fleet`]: the EC2 fleet: launch templates per step, launching
 //!   workers, listing and terminating a step's instances.
 //! - [`retry`]: the jittered exponential backoff used around batch writes.
@@ -28,7 +32,9 @@
 pub mod connect;
 pub mod envrules;
 pub mod fleet;
+pub mod iam;
 pub mod load;
+pub mod logs;
 pub mod model;
 pub mod retry;
 pub mod schema;

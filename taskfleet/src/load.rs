@@ -89,6 +89,8 @@ pub struct LoadReport {
     pub rows: usize,
     /// SHA-256 of the sheet, hex.
     pub sheet_sha256: String,
+    /// SHA-256 of the script, hex (every task records it too).
+    pub script_sha256: String,
     /// New tasks written.
     pub loaded: usize,
     /// Rows whose task existed and was left alone.
@@ -329,6 +331,7 @@ async fn load_rows<S: TaskStore>(
         step: request.step.clone(),
         rows: prepared.sheet.rows,
         sheet_sha256: prepared.sheet.sha256.clone(),
+        script_sha256: prepared.digest.clone(),
         step_created: change == StepChange::Created,
         settings_changed: change == StepChange::Updated,
         ..LoadReport::default()

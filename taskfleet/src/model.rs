@@ -225,6 +225,21 @@ pub struct StepSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// Whether the tail of each attempt's output is kept on the task
+    /// (`taskctl status --failed` shows it). Off (`load
+    /// --no-output-tail`), output stays in the log alone, for data that
+    /// must not be copied into the table.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub output_tail: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
+fn is_true(v: &bool) -> bool {
+    *v
 }
 
 impl Default for StepSettings {
@@ -233,6 +248,7 @@ impl Default for StepSettings {
             max_attempts: 3,
             lease: Duration::from_secs(300),
             timeout: None,
+            output_tail: true,
         }
     }
 }
@@ -256,6 +272,55 @@ pub struct StepMeta {
     /// so no other load may write the step meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_load: Option<LoadLock>,
+}
+
+/// What one `taskctl load` of a step was: where the sheet and the script
+/// came from and who ran it, kept on the step (newest first in
+/// `taskctl show --step`) so that a result can be traced back to its
+/// inputs a year later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadRecord {
+    /// When the load finished writing.
+    pub at: Timestamp,
+    /// The user who ran it (`$USER`, else the uid).
+    pub user: String,
+    /// The host it ran on.
+    pub host: String,
+    /// The exact command line, one element per argument.
+    pub command: Vec<String>,
+    /// The sheet as given: a path, `s3://BUCKET/KEY` or `-`.
+    pub sheet: String,
+    /// SHA-256 of the sheet, hex.
+    pub sheet_sha256: String,
+    /// Rows in the sheet.
+    pub rows: u64,
+    /// New tasks written.
+    pub loaded: u64,
+    /// Rows whose task existed and was left alone.
+    pub skipped_existing: u64,
+    /// Existing tasks given the new script and row (`--replace`).
+    #[serde(default)]
+    pub replaced: u64,
+    /// The script file, or `None` for `--command TEXT`.
+    pub script_file: Option<String>,
+    /// SHA-256 of the script text, hex (as on every task).
+    pub script_sha256: String,
+    /// The script file's git state, when it is in a git work tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitState>,
+}
+
+/// Where a script file stands in git.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitState {
+    /// The commit checked out (`HEAD`).
+    pub commit: String,
+    /// The file's path in the repository.
+    pub path: String,
+    /// Whether the file is committed (tracked) at all.
+    pub tracked: bool,
+    /// Whether the file differs from `HEAD` (uncommitted changes).
+    pub dirty: bool,
 }
 
 /// Who holds a step's first load, and until when unless renewed.
@@ -379,8 +444,12 @@ pub struct FailedTask {
     pub failure_class: Option<FailureClass>,
     /// When it failed.
     pub finished_at: Option<Timestamp>,
-    /// The end of its output.
+    /// The end of its output (none for a step loaded with
+    /// `--no-output-tail`).
     pub output_tail: Option<String>,
+    /// Where its last attempt's log is.
+    #[serde(default)]
+    pub log_uri: Option<String>,
 }
 
 mod duration_ms {

@@ -16,6 +16,12 @@
 //! | task    | `{step}#{shard:03}`      | task id     |
 //! | step    | `@steps`                 | step name   |
 //! | counter | `@counts#{step}`         | `{shard:03}`|
+//! | load    | `@loads#{step}`          | `{at:013}#{nonce}` |
+//!
+//! A load item records one `taskctl load` of the step
+//! ([`crate::model::LoadRecord`], as JSON in `record`): its own partition,
+//! so that a step's history of loads never grows its step item and is
+//! read newest first with one query.
 //!
 //! A task's shard is `xxh3(task id) mod shards`, with `shards` fixed when
 //! the step is created. Spreading a step over shards keeps loads, claims and
@@ -126,6 +132,8 @@ pub mod attr {
     pub const FAILED: &str = "failed";
     /// Counter: tasks waiting (N).
     pub const WAITING: &str = "waiting";
+    /// Load item: the [`crate::model::LoadRecord`] as JSON (S).
+    pub const RECORD: &str = "record";
 }
 
 /// The global secondary index over task states.
@@ -194,6 +202,17 @@ pub fn task_pk(step: &str, shard: u16) -> String {
 /// Partition key of a step's counters.
 pub fn counts_pk(step: &str) -> String {
     format!("@counts#{step}")
+}
+
+/// The partition key of a step's load records.
+pub fn loads_pk(step: &str) -> String {
+    format!("@loads#{step}")
+}
+
+/// The sort key of a load record: its time, so that a query reads them in
+/// order, and a nonce, so that two loads in one millisecond both stay.
+pub fn load_sk(at: crate::time::Timestamp, nonce: u32) -> String {
+    format!("{:013}#{nonce:08x}", at.as_millis())
 }
 
 /// Sort key of a shard's counter.

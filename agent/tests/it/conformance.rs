@@ -23,6 +23,7 @@ per_store!(
     recount_makes_the_counters_what_the_tasks_say,
 );
 
+mod loads;
 mod shards;
 
 /// Where candidate queries read from, unless a case says otherwise.

@@ -74,6 +74,20 @@ impl TaskStore for Hang {
     async fn step(&self, step: &str) -> Result<Option<StepMeta>, StoreError> {
         self.inner.step(step).await
     }
+    async fn record_load(
+        &self,
+        step: &str,
+        record: &taskfleet::model::LoadRecord,
+    ) -> Result<(), StoreError> {
+        self.inner.record_load(step, record).await
+    }
+    async fn loads(
+        &self,
+        step: &str,
+        limit: usize,
+    ) -> Result<Vec<taskfleet::model::LoadRecord>, StoreError> {
+        self.inner.loads(step, limit).await
+    }
     async fn running(
         &self,
         meta: &StepMeta,

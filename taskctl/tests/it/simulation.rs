@@ -490,7 +490,7 @@ async fn three_instances_boot_from_user_data_run_every_task_and_terminate_themse
     let (sim, ids, hosts) = Sim::fleet(
         "sim-all",
         &[("taskfleet:idle-timeout", "2s"), ("taskfleet:grace", "5s")],
-        (9, "sleep 0.5; echo \"$sample\""),
+        (9, "sleep 0.5; echo \"$SAMPLE\""),
         3,
     )
     .await;
@@ -523,6 +523,34 @@ async fn three_instances_boot_from_user_data_run_every_task_and_terminate_themse
             ids.iter().any(|id| owner.starts_with(&format!("{id}/"))),
             "{} was run by an agent named after its instance: {owner}",
             task.task_id
+        );
+        // Its log went to the bucket the agent came from, as printed.
+        let uri = task.history[0].log_uri.as_deref().unwrap_or_default();
+        let key = uri
+            .strip_prefix(&format!("s3://{}/taskfleet/logs/align/", sim.bucket))
+            .unwrap_or_else(|| panic!("{}: log at {uri}", task.task_id));
+        let object = sim
+            .s3
+            .get_object()
+            .bucket(&sim.bucket)
+            .key(format!("taskfleet/logs/align/{key}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{uri}: {e:?}"));
+        let text = object.body.collect().await.unwrap().into_bytes();
+        assert_eq!(
+            String::from_utf8_lossy(&text),
+            format!("{}\n", task.env["SAMPLE"]),
+            "{uri}"
+        );
+        // Its provenance names the instance and the template version.
+        let provenance = task.history[0].provenance.as_deref().unwrap_or_default();
+        assert!(
+            provenance.contains(&format!(
+                "template {} version 1",
+                sim.pattern.replace("{step}", "align")
+            )),
+            "{provenance}"
         );
     }
     let report = sim.run(&["status", "--json"]);

@@ -25,7 +25,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{
-    FleetError, TAG_LAUNCH, TAG_NAME, TAG_SLOTS, TAG_STEP, TAG_TABLE, classify, error_code,
+    FleetError, TAG_LAUNCH, TAG_NAME, TAG_SLOTS, TAG_STEP, TAG_TABLE, TAG_TEMPLATE,
+    TAG_TEMPLATE_VERSION, classify, error_code,
 };
 
 /// What bounds a launch.
@@ -128,6 +129,8 @@ impl LaunchRequest {
             (TAG_STEP, self.step.clone()),
             (TAG_LAUNCH, self.launch_id.clone()),
             (TAG_SLOTS, self.slots.to_string()),
+            (TAG_TEMPLATE, self.template.clone()),
+            (TAG_TEMPLATE_VERSION, self.template_version.clone()),
         ]
     }
 

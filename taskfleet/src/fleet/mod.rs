@@ -40,6 +40,11 @@ pub const TAG_STEP: &str = "taskfleet:step";
 pub const TAG_LAUNCH: &str = "taskfleet:launch-id";
 /// Tag holding the tasks an instance's agent runs at once.
 pub const TAG_SLOTS: &str = "taskfleet:slots";
+/// Tag naming the launch template an instance was started from.
+pub const TAG_TEMPLATE: &str = "taskfleet:template";
+/// Tag holding the number of the template version it was started from
+/// (`taskctl launch` resolves `$Default` and `$Latest` to it).
+pub const TAG_TEMPLATE_VERSION: &str = "taskfleet:template-version";
 /// The console's name tag: the step.
 pub const TAG_NAME: &str = "Name";
 /// Tag set by `taskctl stop` on instances to drain: their agents claim

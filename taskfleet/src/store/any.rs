@@ -130,6 +130,22 @@ impl TaskStore for Store {
         each!(self, s => TaskStore::step(s, step).await)
     }
 
+    async fn record_load(
+        &self,
+        step: &str,
+        record: &crate::model::LoadRecord,
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.record_load(step, record).await)
+    }
+
+    async fn loads(
+        &self,
+        step: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::model::LoadRecord>, StoreError> {
+        each!(self, s => s.loads(step, limit).await)
+    }
+
     async fn running(&self, meta: &StepMeta) -> Result<Vec<super::RunningTask>, StoreError> {
         each!(self, s => s.running(meta).await)
     }

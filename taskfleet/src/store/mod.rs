@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use crate::model::{
-    FailedTask, LoadLock, NewTask, StepMeta, StepSettings, StepStatus, Task, TaskState,
+    FailedTask, LoadLock, LoadRecord, NewTask, StepMeta, StepSettings, StepStatus, Task, TaskState,
 };
 use crate::time::Timestamp;
 
@@ -175,6 +175,8 @@ pub struct SettingsChange {
     pub timeout: Option<std::time::Duration>,
     /// Shard count of a new step.
     pub shards: Option<u16>,
+    /// Whether attempts' output tails are kept on the tasks.
+    pub output_tail: Option<bool>,
 }
 
 impl SettingsChange {
@@ -220,6 +222,7 @@ impl SettingsChange {
             max_attempts: self.max_attempts.unwrap_or(base.max_attempts),
             lease: self.lease.unwrap_or(base.lease),
             timeout: self.timeout.or(base.timeout),
+            output_tail: self.output_tail.unwrap_or(base.output_tail),
         }
     }
 }
@@ -450,6 +453,21 @@ pub trait TaskStore: Sync {
     /// The stored step, if any.
     fn step(&self, step: &str)
     -> impl Future<Output = Result<Option<StepMeta>, StoreError>> + Send;
+
+    /// Keeps the record of one load of `step`, beside the step.
+    fn record_load(
+        &self,
+        step: &str,
+        record: &LoadRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The newest `limit` load records of `step`, newest first: one
+    /// request whatever the step's size.
+    fn loads(
+        &self,
+        step: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LoadRecord>, StoreError>> + Send;
 
     /// The running tasks of a step, their owners and lease expiries
     /// (bounded by the fleet).

@@ -45,6 +45,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     PRIMARY KEY (step, task_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (step, state, shard, state_at);
+CREATE TABLE IF NOT EXISTS loads (
+    step   TEXT NOT NULL,
+    at     INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS loads_by_step ON loads (step, at);
 ";
 
 /// How long a writer waits for another process's transaction.
@@ -98,6 +104,9 @@ impl SqliteStore {
                 differences: vec!["it is not a task store (no steps and tasks tables)".into()],
             });
         }
+        // A store made before load records were kept gets their table.
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| sql_error(path, &e))?;
         Ok(Self::from_conn(path, conn))
     }
 
@@ -368,6 +377,7 @@ impl TaskStore for SqliteStore {
                         failure_class: t.failure_class,
                         finished_at: t.finished_at,
                         output_tail: t.output_tail,
+                        log_uri: t.log_uri,
                     });
                 }
             }
@@ -394,6 +404,54 @@ impl TaskStore for SqliteStore {
     async fn step(&self, step: &str) -> Result<Option<StepMeta>, StoreError> {
         let step = step.to_owned();
         self.tx(move |tx| read_step(tx, &step)).await
+    }
+
+    async fn record_load(
+        &self,
+        step: &str,
+        record: &crate::model::LoadRecord,
+    ) -> Result<(), StoreError> {
+        let step = step.to_owned();
+        let at = record.at.as_millis();
+        let body = serde_json::to_string(record).expect("a load record always serialises");
+        self.tx(move |tx| {
+            tx.execute(
+                "INSERT INTO loads (step, at, record) VALUES (?1, ?2, ?3)",
+                rusqlite::params![step, at, body],
+            )
+            .map_err(q)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn loads(
+        &self,
+        step: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::model::LoadRecord>, StoreError> {
+        let step = step.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.tx(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT record FROM loads WHERE step = ?1 ORDER BY at DESC, rowid DESC LIMIT ?2",
+                )
+                .map_err(q)?;
+            let rows = stmt
+                .query_map(rusqlite::params![step, limit], |r| r.get::<_, String>(0))
+                .map_err(q)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let text = row.map_err(q)?;
+                out.push(serde_json::from_str(&text).map_err(|e| StoreError::Service {
+                    operation: "SQLite",
+                    message: format!("a load record of step '{step}' cannot be read: {e}"),
+                })?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn running(&self, meta: &StepMeta) -> Result<Vec<super::RunningTask>, StoreError> {

@@ -193,6 +193,9 @@ fn claim_changes(owner: &str, now: Timestamp, until: Timestamp) -> Vec<Change> {
         Change::Remove(attr::EXIT_CODE),
         Change::Remove(attr::SIGNAL),
         Change::Remove(attr::FAILURE_CLASS),
+        // The earlier attempt's log is in its history record; a log of
+        // this one is named by its renewals.
+        Change::Remove(attr::LOG_URI),
     ]
 }
 
@@ -288,13 +291,19 @@ pub fn reclaim(
 
 /// Lease renewal of a task we hold, until `until`.
 pub fn heartbeat(task: &Task, until: Timestamp, now: Timestamp) -> Transition {
+    let mut changes = vec![
+        Change::Set(attr::LEASE_EXPIRES_AT, ms(until)),
+        Change::Set(attr::UPDATED_AT, ms(now)),
+    ];
+    // Where the running attempt's log goes, as its owner holds the task:
+    // so that a reclaim records it for the lost attempt.
+    if let Some(uri) = &task.log_uri {
+        changes.push(Change::Set(attr::LOG_URI, Value::from(uri.as_str())));
+    }
     Transition {
         name: "heartbeat",
         guard: fence(task),
-        write: Write::Update(vec![
-            Change::Set(attr::LEASE_EXPIRES_AT, ms(until)),
-            Change::Set(attr::UPDATED_AT, ms(now)),
-        ]),
+        write: Write::Update(changes),
         to: TaskState::Running,
         state_at: until,
         counters: Vec::new(),

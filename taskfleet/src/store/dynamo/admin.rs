@@ -6,20 +6,73 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::client::Waiters;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+    TimeToLiveStatus,
 };
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::{DynamoStore, InitOutcome, n, s};
-use crate::model::{LoadLock, StepMeta};
-use crate::schema::{BY_STATE_INDEX, BY_STATE_PROJECTED, STEPS_PK, attr};
+use crate::model::{LoadLock, LoadRecord, StepMeta};
+use crate::schema::{self, BY_STATE_INDEX, BY_STATE_PROJECTED, STEPS_PK, attr};
 use crate::store::{SettingsChange, StepChange, StoreError};
 
 /// Table creation waits this long for the table to become active.
 const CREATE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl DynamoStore {
+    /// Writes a load record item of `step` (see [`crate::schema`]).
+    pub(super) async fn put_load_record(
+        &self,
+        step: &str,
+        record: &LoadRecord,
+    ) -> Result<(), StoreError> {
+        let body = serde_json::to_string(record).expect("a load record always serialises");
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item(attr::PK, s(&schema::loads_pk(step)))
+            .item(attr::SK, s(&schema::load_sk(record.at, rand::random())))
+            .item(attr::RECORD, s(&body))
+            .send()
+            .await
+            .map_err(|e| self.classify("PutItem", &e))?;
+        Ok(())
+    }
+
+    /// The newest `limit` load records of `step`: one query, newest first.
+    pub(super) async fn load_records(
+        &self,
+        step: &str,
+        limit: usize,
+    ) -> Result<Vec<LoadRecord>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_values(":pk", s(&schema::loads_pk(step)))
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit.max(1)).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| self.classify("Query", &e))?;
+        out.items()
+            .iter()
+            .map(|item| {
+                let text = match item.get(attr::RECORD) {
+                    Some(AttributeValue::S(t)) => t.as_str(),
+                    _ => "",
+                };
+                serde_json::from_str(text).map_err(|e| StoreError::Service {
+                    operation: "Query",
+                    message: format!("a load record of step '{step}' cannot be read: {e}"),
+                })
+            })
+            .collect()
+    }
+
     /// Creates the table with its index and TTL, and waits until it is
     /// active; on an existing table, checks that it matches.
     pub async fn init(&self) -> Result<InitOutcome, StoreError> {

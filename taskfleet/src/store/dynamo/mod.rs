@@ -295,6 +295,22 @@ impl TaskStore for DynamoStore {
         self.read_step(step).await
     }
 
+    async fn record_load(
+        &self,
+        step: &str,
+        record: &crate::model::LoadRecord,
+    ) -> Result<(), StoreError> {
+        self.put_load_record(step, record).await
+    }
+
+    async fn loads(
+        &self,
+        step: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::model::LoadRecord>, StoreError> {
+        self.load_records(step, limit).await
+    }
+
     async fn running(&self, meta: &StepMeta) -> Result<Vec<crate::store::RunningTask>, StoreError> {
         self.running_of(meta).await
     }

@@ -167,8 +167,10 @@ impl DynamoStore {
         entries.sort_by_key(|i| std::cmp::Reverse(finished(i)));
         entries.truncate(limit);
 
-        // The index holds no output; read the tails of the listed tasks.
+        // The index holds no output; read the tails and logs of the listed
+        // tasks.
         let mut tails: HashMap<String, String> = HashMap::new();
+        let mut logs: HashMap<String, String> = HashMap::new();
         for chunk in entries.chunks(100) {
             let keys: Vec<Item> = chunk
                 .iter()
@@ -179,11 +181,18 @@ impl DynamoStore {
                     ])
                 })
                 .collect();
-            for item in self.batch_get(keys, &[attr::SK, attr::OUTPUT_TAIL]).await? {
-                if let (Some(AttributeValue::S(id)), Some(AttributeValue::S(tail))) =
-                    (item.get(attr::SK), item.get(attr::OUTPUT_TAIL))
-                {
+            for item in self
+                .batch_get(keys, &[attr::SK, attr::OUTPUT_TAIL, attr::LOG_URI])
+                .await?
+            {
+                let Some(AttributeValue::S(id)) = item.get(attr::SK) else {
+                    continue;
+                };
+                if let Some(AttributeValue::S(tail)) = item.get(attr::OUTPUT_TAIL) {
                     tails.insert(id.clone(), tail.clone());
+                }
+                if let Some(AttributeValue::S(log)) = item.get(attr::LOG_URI) {
+                    logs.insert(id.clone(), log.clone());
                 }
             }
         }
@@ -212,6 +221,7 @@ impl DynamoStore {
                         .and_then(|v| serde_dynamo::from_attribute_value(v.clone()).ok()),
                     finished_at: num(i, attr::FINISHED_AT).map(Timestamp::from_millis),
                     output_tail: tails.remove(&id),
+                    log_uri: logs.remove(&id),
                     task_id: id,
                 }
             })
