@@ -30,9 +30,20 @@ locals {
     StringEquals = { "aws:ResourceTag/taskfleet:table" = aws_dynamodb_table.tasks.name }
   }
 
+  # With a customer KMS key on the bucket, reading and writing its objects
+  # needs the key too (not a call of the code: implied by the setting).
+  bucket_key_statements = var.bucket_kms_key_arn == null ? [] : [
+    {
+      Sid      = "UseTheBucketKey"
+      Effect   = "Allow"
+      Action   = ["kms:Decrypt", "kms:GenerateDataKey"]
+      Resource = [var.bucket_kms_key_arn]
+    },
+  ]
+
   agent_policy = jsonencode({
     Version = "2012-10-17"
-    Statement = [
+    Statement = concat([
       {
         # Claim, renew, finish and release tasks; read counters and steps.
         # Exactly the agent's list in taskfleet/src/iam.rs (a test checks).
@@ -69,7 +80,7 @@ locals {
         Resource  = [local.instances]
         Condition = local.this_fleet
       },
-    ]
+    ], local.bucket_key_statements)
   })
 
   operator_policy = jsonencode({
@@ -111,6 +122,15 @@ locals {
           Effect   = "Allow"
           Action   = ["s3:GetObject"]
           Resource = [local.log_objects]
+        },
+        {
+          # Without it S3 answers a missing key with 403, not NoSuchKey:
+          # agent publish looks for an existing version that way.
+          Sid       = "ListTaskfleetKeys"
+          Effect    = "Allow"
+          Action    = ["s3:ListBucket"]
+          Resource  = [aws_s3_bucket.this.arn]
+          Condition = { StringLike = { "s3:prefix" = ["taskfleet/*"] } }
         },
         {
           # Describe* calls have no resource-level permissions in EC2.
@@ -175,6 +195,7 @@ locals {
           Condition = { StringEquals = { "iam:PassedToService" = "ec2.amazonaws.com" } }
         },
       ],
+      local.bucket_key_statements,
       # taskctl load reads sample sheets given as s3:// URLs.
       length(var.sheet_object_arns) == 0 ? [] : [
         {

@@ -12,6 +12,7 @@
 //! way, and the task's outcome never depends on it.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use taskfleet::Task;
@@ -28,15 +29,19 @@ pub fn target(upload: &LogUpload, task: &Task) -> (String, String) {
     (key, uri)
 }
 
-/// Uploads the log at `path` every `upload.every`, forever (the caller
-/// drops this future when the script ends).
-pub async fn periodically(upload: &LogUpload, key: &str, path: &Path) {
+/// Uploads the log at `path` at once (so that the object the renewals
+/// name exists) and then every `upload.every`, forever: the caller drops
+/// this future when the script ends. Sets `uploaded` once an upload made
+/// it.
+pub async fn periodically(upload: &LogUpload, key: &str, path: &Path, uploaded: &AtomicBool) {
     loop {
-        tokio::time::sleep(upload.every).await;
-        if let Err(e) = taskfleet::logs::upload(&upload.client, &upload.to.bucket, key, path).await
-        {
-            tracing::warn!(error = %e, "cannot upload the running attempt's log; trying again later");
+        match taskfleet::logs::upload(&upload.client, &upload.to.bucket, key, path).await {
+            Ok(_) => uploaded.store(true, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot upload the running attempt's log; trying again later");
+            }
         }
+        tokio::time::sleep(upload.every).await;
     }
 }
 

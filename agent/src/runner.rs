@@ -23,6 +23,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::pin::Pin;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -42,6 +43,13 @@ use crate::stats::Stats;
 
 /// How long the last upload of a lost attempt's log may take.
 const LOST_UPLOAD_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The longest the last upload of an ended attempt's log may hold up its
+/// final write.
+const LAST_UPLOAD_MAX: Duration = Duration::from_secs(300);
+
+/// The same while the agent stops.
+const STOPPING_UPLOAD_MAX: Duration = Duration::from_secs(10);
 
 /// Longest wait before a failed task is retried.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
@@ -116,12 +124,13 @@ pub async fn run_attempt<S: TaskStore>(
                 upload: u,
                 key,
                 uri,
+                uploaded: AtomicBool::new(false),
             }
         });
         let run = execute(store, meta, cfg, shutdown, counters, &task, &log_path);
         let (mut ended, mut lease) = match &remote {
             Some(r) => {
-                let uploads = log_upload::periodically(r.upload, &r.key, &log_path);
+                let uploads = log_upload::periodically(r.upload, &r.key, &log_path, &r.uploaded);
                 tokio::select! {
                     // The script's end ends the periodic uploads.
                     out = run => out,
@@ -134,12 +143,15 @@ pub async fn run_attempt<S: TaskStore>(
         if matches!(ended, Ended::Interrupted) && shutdown.is_spot() {
             ended = Ended::Reclaimed;
         }
+        // A stopping agent (a spot notice, a supervisor's stop) has little
+        // time left for the last upload.
+        let log = (log_path.as_path(), remote.as_ref(), shutdown.is_stopping());
         let end = conclude(
             (store, meta, cfg, counters),
             &task,
             ended,
             started,
-            (&log_path, remote.as_ref()),
+            log,
             &mut lease,
         )
         .await;
@@ -155,12 +167,21 @@ struct Remote<'a> {
     upload: &'a crate::config::LogUpload,
     key: String,
     uri: String,
+    /// Whether an upload of the running attempt's log made it.
+    uploaded: AtomicBool,
 }
 
 /// The longest the last upload of a log may take: half of what the final
-/// write has left, so that the end is still written in time.
-fn upload_deadline(lease: &Lease) -> Duration {
-    lease.write_deadline() / 2
+/// write has left, so that the end is still written in time, at most
+/// [`LAST_UPLOAD_MAX`], and [`STOPPING_UPLOAD_MAX`] when the agent is
+/// stopping (a spot notice leaves two minutes for everything).
+fn upload_deadline(lease: &Lease, stopping: bool) -> Duration {
+    let cap = if stopping {
+        STOPPING_UPLOAD_MAX
+    } else {
+        LAST_UPLOAD_MAX
+    };
+    (lease.write_deadline() / 2).min(cap)
 }
 
 /// A renewal in flight: the store's answer (or its deadline passing), and
@@ -338,7 +359,7 @@ async fn conclude<S: TaskStore>(
     task: &Task,
     ended: Ended,
     started: Timestamp,
-    (log_path, remote): (&Path, Option<&Remote<'_>>),
+    (log_path, remote, stopping): (&Path, Option<&Remote<'_>>, bool),
     lease: &mut Lease,
 ) -> AttemptEnd {
     let ended = match ended {
@@ -383,7 +404,7 @@ async fn conclude<S: TaskStore>(
         // The log may be what could not be written.
         Ended::HostTrouble(why) => (None, Some(format!("agent: {why}"))),
         _ => (
-            Some(keep_log(log_path, remote, lease).await),
+            Some(keep_log(log_path, remote, upload_deadline(lease, stopping)).await),
             meta.settings
                 .output_tail
                 .then(|| read_tail(log_path, cfg.tail_bytes)),
@@ -460,13 +481,16 @@ fn next_state(
     (next, counts_as_failure, ready_at)
 }
 
-/// Where an ended attempt's log is kept: uploaded once more (in time for
-/// the final write) when it goes to S3, else the file on this host.
-async fn keep_log(log_path: &Path, remote: Option<&Remote<'_>>, lease: &Lease) -> String {
-    if let Some(r) = remote
-        && log_upload::last(r.upload, &r.key, log_path, upload_deadline(lease)).await
-    {
-        return r.uri.clone();
+/// Where an ended attempt's log is kept: uploaded once more within
+/// `deadline` when it goes to S3, and named there if that or an earlier
+/// upload made it (the host, and its file, may be gone soon); else the
+/// file on this host.
+async fn keep_log(log_path: &Path, remote: Option<&Remote<'_>>, deadline: Duration) -> String {
+    if let Some(r) = remote {
+        let last = log_upload::last(r.upload, &r.key, log_path, deadline).await;
+        if last || r.uploaded.load(Ordering::Relaxed) {
+            return r.uri.clone();
+        }
     }
     format!("file://{}", log_path.display())
 }

@@ -118,6 +118,11 @@ pub enum Command {
     /// the file an agent on this machine wrote; --follow prints a running
     /// attempt's log as it grows.
     Logs(LogsArgs),
+    /// Put failed tasks of a step back to pending with a fresh attempt
+    /// budget: all of them, those of a failure class or exit code, or the
+    /// tasks named. Their attempt numbers go on from where they were, and
+    /// who retried them and when is recorded. --dry-run lists them only.
+    Retry(RetryArgs),
     /// Start workers for a step: EC2 instances from the step's launch
     /// template, or with --local, agent processes on this machine.
     ///
@@ -461,6 +466,44 @@ pub struct RecountArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `taskctl retry`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  taskctl retry --step align --dry-run           what would be retried: every failed task\n  taskctl retry --step align --exit 137          those killed for memory, after raising it\n  taskctl retry --step align --class lost        those whose worker vanished\n  taskctl retry --step align --task HG00096      one task"
+)]
+pub struct RetryArgs {
+    /// The step.
+    #[arg(long)]
+    pub step: String,
+    /// Only these tasks (repeatable); each must be failed.
+    #[arg(long = "task", value_name = "ID")]
+    pub tasks: Vec<String>,
+    /// Only failed tasks of this failure class (exit, signal, timeout,
+    /// lost, launch, ...).
+    #[arg(long, value_name = "CLASS", value_parser = parse_class)]
+    pub class: Option<taskfleet::model::FailureClass>,
+    /// Only failed tasks whose last attempt exited with this code.
+    #[arg(long = "exit", value_name = "CODE")]
+    pub exit_code: Option<i32>,
+    /// At most this many failed tasks, newest first (run again for more).
+    #[arg(long, default_value_t = 10_000)]
+    pub limit: usize,
+    /// List what would be retried; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_class(text: &str) -> Result<taskfleet::model::FailureClass, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+        format!(
+            "'{text}' is not a failure class: exit, signal, timeout, lost, interrupted, launch, spot, host"
+        )
+    })
 }
 
 /// `taskctl logs`.

@@ -28,6 +28,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => status(&cli.global, &args).await,
         Command::Show(args) => crate::show::show(&cli.global, &args).await,
         Command::Logs(args) => crate::logs::logs(&cli.global, &args).await,
+        Command::Retry(args) => crate::retry::retry(&cli.global, &args).await,
         Command::Recount(args) => recount(&cli.global, &args).await,
         Command::Launch(args) => {
             let store = connect::open(&cli.global).await?;
@@ -176,7 +177,10 @@ async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
         (None, Some(text)) => text.clone(),
         (None, None) => unreachable!("clap requires --script or --command"),
     };
-    let git = args.script.as_deref().map(provenance::git_state);
+    let git = args
+        .script
+        .as_deref()
+        .map(|path| provenance::git_state(path, &script));
     if args.require_clean
         && let (Some(path), Some(state)) = (&args.script, &git)
     {

@@ -8,29 +8,48 @@
 //! `--require-clean` refuses it, as it refuses a file that is not
 //! committed or differs from the commit.
 
+use std::io::Write as _;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use taskfleet::load::{LoadError, LoadReport};
 use taskfleet::model::{GitState, LoadRecord};
 use taskfleet::time::Timestamp;
 
-/// The git state of `file`, or why there is none.
-pub fn git_state(file: &Path) -> Result<GitState, String> {
-    let dir = match file.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = file
+/// The git state of `file`, whose loaded text is `text`, or why there is
+/// none. A symbolic link is followed to the file it names, and the text is
+/// compared with the committed blob itself: what is loaded is what counts,
+/// whatever the index says (`assume-unchanged`, `skip-worktree`) or the
+/// file became after it was read.
+pub fn git_state(file: &Path, text: &str) -> Result<GitState, String> {
+    let real = std::fs::canonicalize(file)
+        .map_err(|e| format!("cannot resolve {} ({e})", file.display()))?;
+    let dir = real.parent().unwrap_or_else(|| Path::new("/"));
+    let name = real
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| format!("{} is not a file", file.display()))?;
-    let git = |args: &[&str]| -> Result<(bool, String), String> {
-        let out = Command::new("git")
-            .arg("-C")
+    let git = |args: &[&str], stdin: Option<&str>| -> Result<(bool, String), String> {
+        let mut cmd = Command::new("git");
+        cmd.arg("-C")
             .arg(dir)
             .args(args)
-            .output()
+            // File names are names, never patterns.
+            .env("GIT_LITERAL_PATHSPECS", "1")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run git ({e})"))?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes())
+                .map_err(|e| format!("cannot talk to git ({e})"))?;
+        }
+        let out = child
+            .wait_with_output()
             .map_err(|e| format!("cannot run git ({e})"))?;
         let text = if out.status.success() {
             String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -39,7 +58,7 @@ pub fn git_state(file: &Path) -> Result<GitState, String> {
         };
         Ok((out.status.success(), text))
     };
-    let (in_tree, why) = git(&["rev-parse", "--is-inside-work-tree"])?;
+    let (in_tree, why) = git(&["rev-parse", "--is-inside-work-tree"], None)?;
     if !in_tree {
         return Err(format!(
             "{} is not in a git work tree ({})",
@@ -47,24 +66,25 @@ pub fn git_state(file: &Path) -> Result<GitState, String> {
             why.lines().next().unwrap_or("git said no")
         ));
     }
-    let (has_head, commit) = git(&["rev-parse", "--verify", "-q", "HEAD"])?;
+    let (has_head, commit) = git(&["rev-parse", "--verify", "-q", "HEAD"], None)?;
     let commit = if has_head { commit } else { String::new() };
-    let (_, path) = git(&["ls-files", "--full-name", "--", &name])?;
-    let tracked =
-        has_head && git(&["cat-file", "-e", &format!("HEAD:./{name}")])?.0 && !path.is_empty();
-    let path = if path.is_empty() {
-        // Not in the index: name it from the top of the work tree.
-        let (_, prefix) = git(&["rev-parse", "--show-prefix"])?;
-        format!("{prefix}{name}")
+    let (_, prefix) = git(&["rev-parse", "--show-prefix"], None)?;
+    let path = format!("{prefix}{name}");
+    let (tracked, committed) = if has_head {
+        git(
+            &["rev-parse", "--verify", "-q", &format!("HEAD:./{name}")],
+            None,
+        )?
     } else {
-        path
+        (false, String::new())
     };
-    let (_, status) = git(&["status", "--porcelain", "--", &name])?;
+    // The blob of what was loaded, byte for byte (no filters).
+    let (_, loaded) = git(&["hash-object", "--no-filters", "--stdin"], Some(text))?;
     Ok(GitState {
         commit,
         path,
         tracked,
-        dirty: !status.is_empty(),
+        dirty: !tracked || committed != loaded,
     })
 }
 
@@ -115,9 +135,7 @@ pub fn record(
     LoadRecord {
         at: Timestamp::now(),
         user: user(),
-        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_default(),
+        host: host(),
         command: std::env::args().collect(),
         sheet: sheet.to_owned(),
         sheet_sha256: report.sheet_sha256.clone(),
@@ -136,8 +154,15 @@ pub fn record(
     }
 }
 
+/// This host's name.
+pub fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// Who runs this: `$USER`, `$LOGNAME`, else the user id.
-fn user() -> String {
+pub fn user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| {

@@ -186,6 +186,9 @@ pub fn task_text(t: &Task) -> String {
         opt(t.failure_class.map(|v| v.to_string()))
     );
     let _ = writeln!(out, "log:             {}", opt(t.log_uri.clone()));
+    if let (Some(by), Some(at)) = (&t.retried_by, t.retried_at) {
+        let _ = writeln!(out, "retried:         by {by} at {at}");
+    }
     let _ = writeln!(out, "script digest:   {}", t.script_digest);
     let _ = writeln!(out, "environment:");
     for (k, v) in &t.env {

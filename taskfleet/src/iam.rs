@@ -262,10 +262,12 @@ pub const OPERATOR: &[Call] = &[
         &["ec2:TerminateInstances"],
         "stop --now",
     ),
+    // Without s3:ListBucket, S3 answers a missing key with 403 instead
+    // of NoSuchKey: publish looks for an existing version that way.
     call(
         "S3",
         "GetObject",
-        &["s3:GetObject"],
+        &["s3:GetObject", "s3:ListBucket"],
         "agent publish, sheets from S3, logs",
     ),
     call("S3", "PutObject", &["s3:PutObject"], "agent publish"),
@@ -358,7 +360,35 @@ pub fn granted_actions(policy: &serde_json::Value) -> Result<BTreeSet<String>, S
     Ok(out)
 }
 
-/// The interceptor that keeps a client to its binary's list.
+/// A call the [`Guard`] refused: the binary's IAM policy does not grant it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{binary} called {service} {operation}, which is not in its list of AWS calls (taskfleet/src/iam.rs) and so not granted by terraform/iam.tf; add it to both"
+)]
+pub struct NotGranted {
+    /// The binary.
+    pub binary: &'static str,
+    /// The SDK's service name.
+    pub service: String,
+    /// The operation.
+    pub operation: String,
+}
+
+/// The [`NotGranted`] somewhere in `err`'s chain of causes, if any.
+pub fn not_granted<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a NotGranted> {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(refused) = e.downcast_ref::<NotGranted>() {
+            return Some(refused);
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// The interceptor that keeps a client to its binary's list. An operation
+/// without metadata (none the SDKs generate) is refused too: it could not
+/// be checked.
 #[derive(Debug, Clone, Copy)]
 pub struct Guard(pub Caller);
 
@@ -373,19 +403,19 @@ impl Intercept for Guard {
         _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let Some(meta) = cfg.load::<Metadata>() else {
-            return Ok(());
-        };
-        if allowed(self.0, meta.service(), meta.name()) {
+        let (service, operation) = cfg
+            .load::<Metadata>()
+            .map_or(("?", "an operation without metadata"), |m| {
+                (m.service(), m.name())
+            });
+        if allowed(self.0, service, operation) {
             return Ok(());
         }
-        Err(format!(
-            "{} called {} {}, which is not in its list of AWS calls (taskfleet/src/iam.rs) and so not granted by terraform/iam.tf; add it to both",
-            self.0.binary(),
-            meta.service(),
-            meta.name()
-        )
-        .into())
+        Err(Box::new(NotGranted {
+            binary: self.0.binary(),
+            service: service.to_owned(),
+            operation: operation.to_owned(),
+        }))
     }
 }
 

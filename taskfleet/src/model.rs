@@ -194,6 +194,12 @@ pub struct Task {
     /// Where the last attempt's full log is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_uri: Option<String>,
+    /// Who last put the task back from `failed` (`taskctl retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_by: Option<String>,
+    /// When.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_at: Option<Timestamp>,
     /// The last attempts, oldest first, bounded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<AttemptRecord>,
@@ -319,7 +325,8 @@ pub struct GitState {
     pub path: String,
     /// Whether the file is committed (tracked) at all.
     pub tracked: bool,
-    /// Whether the file differs from `HEAD` (uncommitted changes).
+    /// Whether what was loaded differs from the file at `HEAD`
+    /// (uncommitted changes), byte for byte.
     pub dirty: bool,
 }
 

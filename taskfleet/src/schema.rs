@@ -114,6 +114,10 @@ pub mod attr {
     pub const OUTPUT_TAIL: &str = "output_tail";
     /// Task: location of the last full log (S).
     pub const LOG_URI: &str = "log_uri";
+    /// Task: who last put it back from failed (`taskctl retry`) (S).
+    pub const RETRIED_BY: &str = "retried_by";
+    /// Task: when (N, epoch ms).
+    pub const RETRIED_AT: &str = "retried_at";
     /// Task: bounded list of past attempts (L of M).
     pub const HISTORY: &str = "history";
 
@@ -304,6 +308,8 @@ mod tests {
             failure_class: Some(FailureClass::Exit),
             output_tail: Some("x".into()),
             log_uri: Some("s3://b/k".into()),
+            retried_by: Some("ana".into()),
+            retried_at: Some(t),
             history: vec![AttemptRecord {
                 attempt: 1,
                 owner: "o".into(),
@@ -344,6 +350,8 @@ mod tests {
             attr::FAILURE_CLASS,
             attr::OUTPUT_TAIL,
             attr::LOG_URI,
+            attr::RETRIED_BY,
+            attr::RETRIED_AT,
             attr::HISTORY,
         ];
         let mut serialized: Vec<&str> = item.keys().map(String::as_str).collect();

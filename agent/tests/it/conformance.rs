@@ -21,6 +21,7 @@ per_store!(
     a_retry_records_its_ready_time,
     a_finish_too_large_for_an_item_is_trimmed_not_refused,
     recount_makes_the_counters_what_the_tasks_say,
+    a_retry_puts_a_failed_task_back_with_a_fresh_budget_once,
 );
 
 mod loads;
@@ -597,4 +598,60 @@ async fn recount_makes_the_counters_what_the_tasks_say(t: TestStore) {
         assert_eq!(fixed, [(shard, "done", 3), (shard, "loaded", -2)]);
     }
     assert_eq!(counts(&t.store, "qc").await, (40, 39, 0, 1, 0));
+}
+
+async fn a_retry_puts_a_failed_task_back_with_a_fresh_budget_once(t: TestStore) {
+    load_text(&t.store, "qc", "true", &generated_sheet(2), settings(1, 60)).await;
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    let first = claimed(&t.store, "qc", "S0000000", "a/w").await;
+    let failed = finish(
+        1,
+        TaskState::Failed,
+        Some(FailureClass::Exit),
+        Timestamp::now(),
+    );
+    assert_eq!(
+        t.store.finish(&meta, &first, &failed).await.unwrap(),
+        Fence::Held
+    );
+    assert_eq!(t.store.status(Some("qc")).await.unwrap()[0].failed, 1);
+
+    // A retry of another attempt than the stored one changes nothing.
+    assert_eq!(
+        t.store
+            .retry(&meta, "S0000000", 2, "ana@login")
+            .await
+            .unwrap(),
+        taskfleet::store::ReplaceOutcome::Changed
+    );
+    assert_eq!(
+        t.store
+            .retry(&meta, "S0000000", 1, "ana@login")
+            .await
+            .unwrap(),
+        taskfleet::store::ReplaceOutcome::Replaced
+    );
+    let task = t.store.task("qc", "S0000000").await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Pending);
+    assert_eq!(task.attempt, 1, "the attempt number stays");
+    assert_eq!(task.failed_attempts, 0, "a fresh attempt budget");
+    assert_eq!(task.retried_by.as_deref(), Some("ana@login"));
+    assert_eq!(
+        task.history.len(),
+        1,
+        "the failed attempt stays in the history"
+    );
+    let s = &t.store.status(Some("qc")).await.unwrap()[0];
+    assert_eq!((s.failed, s.pending, s.total), (0, 2, 2), "{s:?}");
+    // Only once: it is no longer failed.
+    assert_eq!(
+        t.store
+            .retry(&meta, "S0000000", 1, "ana@login")
+            .await
+            .unwrap(),
+        taskfleet::store::ReplaceOutcome::Changed
+    );
+    // And it runs again, as attempt 2.
+    let again = claimed(&t.store, "qc", "S0000000", "b/w").await;
+    assert_eq!(again.attempt, 2);
 }

@@ -74,6 +74,15 @@ impl TaskStore for Hang {
     async fn step(&self, step: &str) -> Result<Option<StepMeta>, StoreError> {
         self.inner.step(step).await
     }
+    async fn retry(
+        &self,
+        meta: &StepMeta,
+        task_id: &str,
+        attempt: u32,
+        by: &str,
+    ) -> Result<ReplaceOutcome, StoreError> {
+        self.inner.retry(meta, task_id, attempt, by).await
+    }
     async fn record_load(
         &self,
         step: &str,

@@ -241,6 +241,47 @@ async fn a_task_killed_mid_run_leaves_its_log_up_to_the_last_periodic_upload() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn logs_follow_prints_a_running_attempt_to_its_end() {
+    let l = Logged::new("followlog").await;
+    l.load(
+        "grow",
+        "for i in $(seq 1 40); do echo \"line $i\"; sleep 0.1; done",
+        1,
+        &["--lease", "6s"],
+    );
+    let mut agent = l.agent(
+        "grow",
+        &["--idle-timeout", "1s", "--log-upload-every", "1s"],
+    );
+    // Follow from the moment the running attempt names its log.
+    let started = Instant::now();
+    while l.show("grow", "S1")["log_uri"].is_null() {
+        assert!(started.elapsed() < Duration::from_secs(30), "no log URI");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let followed = l.table.taskctl(&[
+        "logs",
+        "grow",
+        "S1",
+        "--follow",
+        "--s3-endpoint-url",
+        &l.moto,
+    ]);
+    let followed = followed.ok().output.stdout.clone();
+    assert!(agent.wait().unwrap().success());
+    let task = l.show("grow", "S1");
+    assert_eq!(
+        task["state"], "done",
+        "--follow returns once the attempt ends: {task}"
+    );
+    let expected: String = (1..=40).fold(String::new(), |mut all, i| {
+        let _ = writeln!(all, "line {i}");
+        all
+    });
+    assert_eq!(String::from_utf8(followed).unwrap(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn taskctl_logs_prints_the_same_text_from_the_embedded_store_and_from_s3() {
     let command = "echo \"sample $SAMPLE\"; printf 'tab\\there\\n'; echo to stderr >&2; exit 3";
     // DynamoDB and S3.

@@ -25,6 +25,7 @@ mod mocks;
 mod provenance;
 mod readme;
 mod recount;
+mod retry;
 mod sheets;
 mod simulation;
 mod status;

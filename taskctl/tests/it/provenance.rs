@@ -130,6 +130,33 @@ fn require_clean_refuses_a_changed_or_uncommitted_script_naming_it_and_writes_no
     );
     nothing_loaded();
 
+    // Nor through a committed link to it, nor with git told to look away.
+    std::os::unix::fs::symlink("pipelines/qc.sh", dir.path().join("link.sh")).unwrap();
+    git(dir.path(), &["add", "link.sh"]);
+    git(dir.path(), &["commit", "-q", "-m", "link"]);
+    let run = taskctl_with(
+        &[
+            "--table",
+            &table,
+            "load",
+            "--step",
+            "qc",
+            "--script",
+            dir.path().join("link.sh").to_str().unwrap(),
+            "--require-clean",
+            dir.path().join("samples.csv").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(run.fails().contains("has uncommitted changes"));
+    git(
+        dir.path(),
+        &["update-index", "--assume-unchanged", "pipelines/qc.sh"],
+    );
+    let run = load(&table, dir.path(), &["--require-clean"]);
+    assert!(run.fails().contains("has uncommitted changes"));
+    nothing_loaded();
+
     let new = dir.path().join("pipelines/new.sh");
     std::fs::write(&new, "true\n").unwrap();
     let sheet = dir.path().join("samples.csv");

@@ -165,38 +165,7 @@ async fn terraform_makes_a_fleet_that_loads_runs_reports_and_is_destroyed() {
 
     run_tasks(&table, &dynamodb);
 
-    // The bucket refuses plain HTTP (its TLS-only policy, which moto
-    // enforces); with the policy off, the agent is published to it.
-    let publish = || {
-        taskctl_with(
-            &[
-                "agent",
-                "publish",
-                "--binary",
-                fresh_agent().to_str().unwrap(),
-                "--bucket",
-                &bucket,
-                "--s3-endpoint-url",
-                &moto,
-            ],
-            &[],
-        )
-    };
-    let refused = publish();
-    let err = refused.fails();
-    assert!(err.contains("no permission to read"), "{err}");
-    // Only the policy: DynamoDB Local does not report the table's
-    // encryption back, so a whole apply would try to set it again.
-    root.terraform(&[
-        "apply",
-        "-auto-approve",
-        "-no-color",
-        "-var",
-        "tls_only=false",
-        "-target",
-        "module.taskfleet.aws_s3_bucket_policy.this",
-    ]);
-    publish().ok();
+    publish_to(&root, &bucket, &moto);
     let s3 = moto_s3(&moto);
     let key = format!("taskfleet/agent/{}/agent.sha256", env!("CARGO_PKG_VERSION"));
     s3.head_object()
@@ -302,4 +271,39 @@ fn run_tasks(table: &str, dynamodb: &str) {
     let status = status.ok().json();
     assert_eq!(status[0]["total"], 3, "{status}");
     assert_eq!(status[0]["done"], 3, "{status}");
+}
+
+/// The bucket refuses plain HTTP (its TLS-only policy, which moto
+/// enforces); with the policy off, the agent is published to it.
+fn publish_to(root: &Root, bucket: &str, moto: &str) {
+    let publish = || {
+        taskctl_with(
+            &[
+                "agent",
+                "publish",
+                "--binary",
+                fresh_agent().to_str().unwrap(),
+                "--bucket",
+                bucket,
+                "--s3-endpoint-url",
+                moto,
+            ],
+            &[],
+        )
+    };
+    let refused = publish();
+    let err = refused.fails();
+    assert!(err.contains("no permission to read"), "{err}");
+    // Only the policy: DynamoDB Local does not report the table's
+    // encryption back, so a whole apply would try to set it again.
+    root.terraform(&[
+        "apply",
+        "-auto-approve",
+        "-no-color",
+        "-var",
+        "tls_only=false",
+        "-target",
+        "module.taskfleet.aws_s3_bucket_policy.this",
+    ]);
+    publish().ok();
 }

@@ -130,6 +130,16 @@ impl TaskStore for Store {
         each!(self, s => TaskStore::step(s, step).await)
     }
 
+    async fn retry(
+        &self,
+        meta: &StepMeta,
+        task_id: &str,
+        attempt: u32,
+        by: &str,
+    ) -> Result<super::ReplaceOutcome, StoreError> {
+        each!(self, s => s.retry(meta, task_id, attempt, by).await)
+    }
+
     async fn record_load(
         &self,
         step: &str,

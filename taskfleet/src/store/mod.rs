@@ -421,6 +421,18 @@ pub trait TaskStore: Sync {
         new: &Task,
     ) -> impl Future<Output = Result<ReplaceOutcome, StoreError>> + Send;
 
+    /// Puts task `task_id`, failed at `attempt`, back to pending with a
+    /// fresh attempt budget (`taskctl retry`), recording `by`; a task that
+    /// is no longer that failed attempt is left alone
+    /// ([`ReplaceOutcome::Changed`]).
+    fn retry(
+        &self,
+        meta: &StepMeta,
+        task_id: &str,
+        attempt: u32,
+        by: &str,
+    ) -> impl Future<Output = Result<ReplaceOutcome, StoreError>> + Send;
+
     /// Recomputes the counters of a step from its tasks (through the state
     /// index, never the whole table) and returns what was wrong; corrects
     /// it when `apply`.
@@ -572,6 +584,8 @@ pub fn new_pending_task(
         failure_class: None,
         output_tail: None,
         log_uri: None,
+        retried_by: None,
+        retried_at: None,
         history: Vec::new(),
     }
 }

@@ -325,6 +325,24 @@ impl TaskStore for SqliteStore {
         .await
     }
 
+    async fn retry(
+        &self,
+        meta: &StepMeta,
+        task_id: &str,
+        attempt: u32,
+        by: &str,
+    ) -> Result<ReplaceOutcome, StoreError> {
+        let t = transition::retry(attempt, by, Timestamp::now());
+        let (meta, id) = (meta.clone(), task_id.to_owned());
+        self.tx(move |tx| {
+            Ok(match apply(tx, &meta, &id, &t)? {
+                Some(_) => ReplaceOutcome::Replaced,
+                None => ReplaceOutcome::Changed,
+            })
+        })
+        .await
+    }
+
     async fn recount(&self, _meta: &StepMeta, _apply: bool) -> Result<Vec<Correction>, StoreError> {
         // Counts here are computed from the tasks on every status: there is
         // nothing stored that could drift.

@@ -490,6 +490,30 @@ pub fn replace(old: &Task, new: &Task, now: Timestamp) -> Transition {
     }
 }
 
+/// An operator's retry of a failed task, as read at `attempt`: back to
+/// pending with a fresh attempt budget, provided it is still that attempt
+/// and failed. Its attempt number (the next claim adds one) and history
+/// stay; who asked and when are recorded.
+pub fn retry(attempt: u32, by: &str, now: Timestamp) -> Transition {
+    Transition {
+        name: "retry",
+        guard: vec![Cond::State(TaskState::Failed), Cond::Attempt(attempt)],
+        write: Write::Update(vec![
+            Change::Set(attr::STATE, json(&TaskState::Pending)),
+            Change::Set(attr::FAILED_ATTEMPTS, Value::from(0)),
+            Change::Set(attr::RETRIED_BY, Value::from(by)),
+            Change::Set(attr::RETRIED_AT, ms(now)),
+            Change::Set(attr::UPDATED_AT, ms(now)),
+            Change::Remove(attr::READY_AT),
+            Change::Remove(attr::OWNER),
+            Change::Remove(attr::LEASE_EXPIRES_AT),
+        ]),
+        to: TaskState::Pending,
+        state_at: now,
+        counters: counter_moves(Some(TaskState::Failed), TaskState::Pending),
+    }
+}
+
 /// Keeps the last [`HISTORY_KEEP`] attempts.
 pub fn trim_history(history: &mut Vec<AttemptRecord>) {
     if history.len() > HISTORY_KEEP {

@@ -16,6 +16,12 @@ impl DynamoStore {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: std::fmt::Debug + Send + Sync + 'static,
     {
+        if let Some(refused) = crate::iam::not_granted(err) {
+            return StoreError::AccessDenied {
+                operation,
+                message: refused.to_string(),
+            };
+        }
         let code = err.code().map(str::to_owned);
         let text = DisplayErrorContext(err).to_string();
         let message = err.message().map_or_else(|| text.clone(), str::to_owned);

@@ -142,6 +142,20 @@ impl DynamoStore {
         Ok(out)
     }
 
+    pub(super) async fn retry_task(
+        &self,
+        meta: &StepMeta,
+        task_id: &str,
+        attempt: u32,
+        by: &str,
+    ) -> Result<ReplaceOutcome, StoreError> {
+        let t = transition::retry(attempt, by, Timestamp::now());
+        Ok(match self.apply(meta, task_id, &t, false).await? {
+            Applied::Written(_) => ReplaceOutcome::Replaced,
+            Applied::GuardFailed => ReplaceOutcome::Changed,
+        })
+    }
+
     pub(super) async fn replace_task(
         &self,
         meta: &StepMeta,

@@ -257,6 +257,16 @@ impl TaskStore for DynamoStore {
         self.replace_task(meta, old, new).await
     }
 
+    async fn retry(
+        &self,
+        meta: &StepMeta,
+        task_id: &str,
+        attempt: u32,
+        by: &str,
+    ) -> Result<ReplaceOutcome, StoreError> {
+        self.retry_task(meta, task_id, attempt, by).await
+    }
+
     async fn recount(&self, meta: &StepMeta, apply: bool) -> Result<Vec<Correction>, StoreError> {
         self.recount_step(meta, apply).await
     }

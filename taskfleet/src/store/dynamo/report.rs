@@ -144,16 +144,25 @@ impl DynamoStore {
         meta: &StepMeta,
         limit: usize,
     ) -> Result<Vec<FailedTask>, StoreError> {
-        let limit_i32 = i32::try_from(limit.min(1000)).unwrap_or(1000).max(1);
+        // Newest first in each shard, as many pages as `limit` needs.
+        let page = i32::try_from(limit.min(1000)).unwrap_or(1000).max(1);
         let per_shard: Vec<Vec<Item>> = futures::stream::iter(0..meta.shards)
             .map(|shard| async move {
-                self.state_partition(&meta.step, TaskState::Failed, shard)
+                let mut items = self
+                    .state_partition(&meta.step, TaskState::Failed, shard)
                     .scan_index_forward(false)
-                    .limit(limit_i32)
-                    .send()
-                    .await
-                    .map(|out| out.items().to_vec())
-                    .map_err(|e| self.classify("Query", &e))
+                    .limit(page)
+                    .into_paginator()
+                    .items()
+                    .send();
+                let mut out = Vec::new();
+                while out.len() < limit {
+                    match items.next().await {
+                        Some(item) => out.push(item.map_err(|e| self.classify("Query", &e))?),
+                        None => break,
+                    }
+                }
+                Ok::<_, StoreError>(out)
             })
             .buffer_unordered(STATUS_CONCURRENCY)
             .try_collect()
