@@ -123,6 +123,14 @@ pub enum Command {
     /// tasks named. Their attempt numbers go on from where they were, and
     /// who retried them and when is recorded. --dry-run lists them only.
     Retry(RetryArgs),
+    /// Where one task id stands in every step: state, attempts, exit code,
+    /// failure class, log. A batch read of keys that are known: the same
+    /// few requests for a thousand tasks or millions.
+    Where(WhereArgs),
+    /// Write every task of a step, one line each (id, state, attempts,
+    /// exit code, failure class, duration, log), as TSV or JSON Lines;
+    /// the step's partitions are read in parallel, a page at a time.
+    Export(ExportArgs),
     /// Start workers for a step: EC2 instances from the step's launch
     /// template, or with --local, agent processes on this machine.
     ///
@@ -466,6 +474,46 @@ pub struct RecountArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `taskctl where`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  taskctl where HG00096     HG00096 in align, call and qc: done, running, waiting..."
+)]
+pub struct WhereArgs {
+    /// The task id (a sample), as in every step.
+    pub task: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `taskctl export`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  taskctl export --step align > align.tsv\n  taskctl export --step align --format jsonl --output align.jsonl"
+)]
+pub struct ExportArgs {
+    /// The step.
+    #[arg(long)]
+    pub step: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Tsv)]
+    pub format: ExportFormat,
+    /// Write to this file instead of standard output (written whole or
+    /// not at all).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+}
+
+/// Formats of `taskctl export`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    /// Tab-separated, with a header line.
+    Tsv,
+    /// One JSON object per line.
+    Jsonl,
 }
 
 /// `taskctl retry`.

@@ -29,6 +29,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Show(args) => crate::show::show(&cli.global, &args).await,
         Command::Logs(args) => crate::logs::logs(&cli.global, &args).await,
         Command::Retry(args) => crate::retry::retry(&cli.global, &args).await,
+        Command::Where(args) => crate::browse::where_is(&cli.global, &args).await,
+        Command::Export(args) => crate::browse::export(&cli.global, &args).await,
         Command::Recount(args) => recount(&cli.global, &args).await,
         Command::Launch(args) => {
             let store = connect::open(&cli.global).await?;

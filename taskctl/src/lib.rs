@@ -16,6 +16,7 @@
 //! `main` parses arguments, sets up logging, runs one command, and turns an
 //! error into one `error: ...` line and an exit code.
 
+pub mod browse;
 pub mod cli;
 pub mod commands;
 pub mod connect;

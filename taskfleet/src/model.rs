@@ -399,6 +399,67 @@ fn this_host() -> String {
         .to_owned()
 }
 
+/// One task in a line: where it stands, for `taskctl where` and `taskctl
+/// export` (no script, row or history).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSummary {
+    /// The step.
+    pub step: String,
+    /// The task.
+    pub task_id: String,
+    /// Its state.
+    pub state: TaskState,
+    /// Attempts made (the last one's number).
+    pub attempt: u32,
+    /// Exit code of the last attempt.
+    pub exit_code: Option<i32>,
+    /// Signal of the last attempt.
+    pub signal: Option<i32>,
+    /// Why the last attempt failed.
+    pub failure_class: Option<FailureClass>,
+    /// When the last attempt started.
+    pub started_at: Option<Timestamp>,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+    /// Where its log is.
+    pub log_uri: Option<String>,
+}
+
+impl TaskSummary {
+    /// The fields of `task` a summary keeps.
+    pub fn of(task: &Task) -> Self {
+        Self {
+            step: task.step.clone(),
+            task_id: task.task_id.clone(),
+            state: task.state,
+            attempt: task.attempt,
+            exit_code: task.exit_code,
+            signal: task.signal,
+            failure_class: task.failure_class,
+            started_at: task.started_at,
+            finished_at: task.finished_at,
+            log_uri: task.log_uri.clone(),
+        }
+    }
+
+    /// How long the last attempt ran, if it ended.
+    pub fn duration(&self) -> Option<Duration> {
+        match (self.started_at, self.finished_at) {
+            (Some(start), Some(end)) if end >= start => Some(end.since(start)),
+            _ => None,
+        }
+    }
+}
+
+/// A page of a shard's tasks in id order, and the id to go on after.
+#[derive(Debug, Clone, Default)]
+pub struct TaskPage {
+    /// The tasks.
+    pub tasks: Vec<TaskSummary>,
+    /// Where the next page starts (after this id); `None` at the end.
+    pub next: Option<String>,
+}
+
 /// Counts of one step, as `taskctl status` shows them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StepStatus {

@@ -83,6 +83,18 @@ impl TaskStore for Hang {
     ) -> Result<ReplaceOutcome, StoreError> {
         self.inner.retry(meta, task_id, attempt, by).await
     }
+    async fn find(&self, task_id: &str) -> Result<Vec<taskfleet::model::TaskSummary>, StoreError> {
+        self.inner.find(task_id).await
+    }
+    async fn shard_page(
+        &self,
+        meta: &StepMeta,
+        shard: u16,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<taskfleet::model::TaskPage, StoreError> {
+        self.inner.shard_page(meta, shard, after, limit).await
+    }
     async fn record_load(
         &self,
         step: &str,

@@ -15,6 +15,7 @@
 mod support;
 
 mod bad_input;
+mod browse;
 mod errors;
 mod fleet;
 mod init;

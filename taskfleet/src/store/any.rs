@@ -140,6 +140,20 @@ impl TaskStore for Store {
         each!(self, s => s.retry(meta, task_id, attempt, by).await)
     }
 
+    async fn find(&self, task_id: &str) -> Result<Vec<crate::model::TaskSummary>, StoreError> {
+        each!(self, s => s.find(task_id).await)
+    }
+
+    async fn shard_page(
+        &self,
+        meta: &StepMeta,
+        shard: u16,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::model::TaskPage, StoreError> {
+        each!(self, s => s.shard_page(meta, shard, after, limit).await)
+    }
+
     async fn record_load(
         &self,
         step: &str,

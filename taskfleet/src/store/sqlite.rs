@@ -26,6 +26,7 @@ use crate::schema;
 use crate::time::Timestamp;
 use crate::transition::{self, Transition, Write};
 
+mod browse;
 mod counts;
 
 const SCHEMA: &str = "
@@ -429,18 +430,9 @@ impl TaskStore for SqliteStore {
         step: &str,
         record: &crate::model::LoadRecord,
     ) -> Result<(), StoreError> {
-        let step = step.to_owned();
-        let at = record.at.as_millis();
-        let body = serde_json::to_string(record).expect("a load record always serialises");
-        self.tx(move |tx| {
-            tx.execute(
-                "INSERT INTO loads (step, at, record) VALUES (?1, ?2, ?3)",
-                rusqlite::params![step, at, body],
-            )
-            .map_err(q)?;
-            Ok(())
-        })
-        .await
+        let (step, record) = (step.to_owned(), record.clone());
+        self.tx(move |tx| browse::record_load(tx, &step, &record))
+            .await
     }
 
     async fn loads(
@@ -449,27 +441,24 @@ impl TaskStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<crate::model::LoadRecord>, StoreError> {
         let step = step.to_owned();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.tx(move |tx| {
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT record FROM loads WHERE step = ?1 ORDER BY at DESC, rowid DESC LIMIT ?2",
-                )
-                .map_err(q)?;
-            let rows = stmt
-                .query_map(rusqlite::params![step, limit], |r| r.get::<_, String>(0))
-                .map_err(q)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let text = row.map_err(q)?;
-                out.push(serde_json::from_str(&text).map_err(|e| StoreError::Service {
-                    operation: "SQLite",
-                    message: format!("a load record of step '{step}' cannot be read: {e}"),
-                })?);
-            }
-            Ok(out)
-        })
-        .await
+        self.tx(move |tx| browse::loads(tx, &step, limit)).await
+    }
+
+    async fn find(&self, task_id: &str) -> Result<Vec<crate::model::TaskSummary>, StoreError> {
+        let id = task_id.to_owned();
+        self.tx(move |tx| browse::find(tx, &id)).await
+    }
+
+    async fn shard_page(
+        &self,
+        meta: &StepMeta,
+        shard: u16,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::model::TaskPage, StoreError> {
+        let (step, after) = (meta.step.clone(), after.map(str::to_owned));
+        self.tx(move |tx| browse::shard_page(tx, &step, shard, after.as_deref(), limit))
+            .await
     }
 
     async fn running(&self, meta: &StepMeta) -> Result<Vec<super::RunningTask>, StoreError> {

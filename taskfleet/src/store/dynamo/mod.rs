@@ -27,6 +27,7 @@
 //! - `errors`: SDK errors as [`StoreError`]s; lost races and retries.
 
 mod admin;
+mod browse;
 mod errors;
 mod expr;
 mod first_load;
@@ -303,6 +304,21 @@ impl TaskStore for DynamoStore {
 
     async fn step(&self, step: &str) -> Result<Option<StepMeta>, StoreError> {
         self.read_step(step).await
+    }
+
+    async fn find(&self, task_id: &str) -> Result<Vec<crate::model::TaskSummary>, StoreError> {
+        let steps = self.steps().await?;
+        self.find_task(&steps, task_id).await
+    }
+
+    async fn shard_page(
+        &self,
+        meta: &StepMeta,
+        shard: u16,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::model::TaskPage, StoreError> {
+        self.page_of_shard(meta, shard, after, limit).await
     }
 
     async fn record_load(

@@ -238,7 +238,7 @@ impl DynamoStore {
     }
 
     /// BatchGetItem with `projection`, repeating unprocessed keys.
-    async fn batch_get(
+    pub(super) async fn batch_get(
         &self,
         keys: Vec<Item>,
         projection: &[&str],
