@@ -58,13 +58,7 @@ pub async fn where_is(global: &GlobalArgs, args: &WhereArgs) -> Result<()> {
 /// Runs `taskctl export`.
 pub async fn export(global: &GlobalArgs, args: &ExportArgs) -> Result<()> {
     let store = connect::open(global).await?;
-    let Some(meta) = store.step(&args.step).await? else {
-        bail!(
-            "there is no step '{}' in {}; `taskctl status` lists the steps",
-            args.step,
-            store.describe()
-        );
-    };
+    let meta = connect::step(&store, &args.step).await?;
     // A file is written beside its destination and renamed into place, so
     // an interrupted export leaves no half file under that name.
     let (sink, temp): (Box<dyn Write>, Option<tempfile::NamedTempFile>) = match &args.output {

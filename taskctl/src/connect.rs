@@ -59,3 +59,15 @@ pub async fn s3(global: &GlobalArgs, endpoint_url: Option<&str>) -> aws_sdk_s3::
     })
     .await
 }
+
+/// The stored step `step`, or the error that says how to see the steps.
+pub async fn step(store: &Store, step: &str) -> Result<taskfleet::model::StepMeta> {
+    use taskfleet::store::TaskStore as _;
+    match store.step(step).await? {
+        Some(meta) => Ok(meta),
+        None => anyhow::bail!(
+            "there is no step '{step}' in {}; `taskctl status` lists the steps",
+            store.describe()
+        ),
+    }
+}

@@ -38,13 +38,7 @@ struct Report {
 /// Runs `taskctl retry`.
 pub async fn retry(global: &GlobalArgs, args: &RetryArgs) -> Result<()> {
     let store = connect::open(global).await?;
-    let Some(meta) = store.step(&args.step).await? else {
-        bail!(
-            "there is no step '{}' in {}; `taskctl status` lists the steps",
-            args.step,
-            store.describe()
-        );
-    };
+    let meta = connect::step(&store, &args.step).await?;
     let mut report = Report {
         step: meta.step.clone(),
         dry_run: args.dry_run,

@@ -22,12 +22,7 @@ pub async fn show(global: &GlobalArgs, args: &ShowArgs) -> Result<()> {
         _ => anyhow::bail!("give STEP TASK for a task, or --step STEP for the step"),
     };
     let Some(task_id) = task else {
-        let Some(meta) = store.step(step).await? else {
-            anyhow::bail!(
-                "there is no step '{step}' in {}; `taskctl status` lists the steps",
-                store.describe()
-            );
-        };
+        let meta = connect::step(&store, step).await?;
         let loads = store.loads(step, LOADS_SHOWN).await?;
         if args.json {
             let out = serde_json::json!({ "step": meta, "loads": loads });

@@ -62,16 +62,8 @@ impl DynamoStore {
         limit: usize,
     ) -> Result<TaskPage, StoreError> {
         let pk = schema::task_pk(&meta.step, shard);
-        let mut names = HashMap::from([("#pk".to_owned(), attr::PK.to_owned())]);
-        let projection = SUMMARY
-            .iter()
-            .enumerate()
-            .map(|(n, a)| {
-                names.insert(format!("#p{n}"), (*a).to_owned());
-                format!("#p{n}")
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let (projection, mut names) = super::expr::projection(&SUMMARY);
+        names.insert("#pk".to_owned(), attr::PK.to_owned());
         let mut query = self
             .client
             .query()

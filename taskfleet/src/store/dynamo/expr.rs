@@ -216,6 +216,25 @@ pub(super) fn sum_deltas(deltas: &[(&'static str, i64)]) -> Vec<(&'static str, i
     out
 }
 
+/// A projection expression of `attributes` and its attribute names
+/// (`#p0, #p1, ...`): every attribute through a name, reserved words
+/// included.
+pub(super) fn projection(
+    attributes: &[&str],
+) -> (String, std::collections::HashMap<String, String>) {
+    let mut names = std::collections::HashMap::new();
+    let expression = attributes
+        .iter()
+        .enumerate()
+        .map(|(n, a)| {
+            names.insert(format!("#p{n}"), (*a).to_owned());
+            format!("#p{n}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    (expression, names)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -243,16 +243,7 @@ impl DynamoStore {
         keys: Vec<Item>,
         projection: &[&str],
     ) -> Result<Vec<Item>, StoreError> {
-        let mut names = HashMap::new();
-        let projection_expr = projection
-            .iter()
-            .enumerate()
-            .map(|(n, a)| {
-                names.insert(format!("#p{n}"), (*a).to_owned());
-                format!("#p{n}")
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let (projection_expr, names) = super::expr::projection(projection);
         let mut found = Vec::new();
         let mut pending = keys;
         let mut tries = 0;
