@@ -142,7 +142,7 @@ async fn copy_from(
                         ),
                         _ => Err(anyhow::anyhow!(
                             "cannot read s3://{bucket}/{key}: {}",
-                            aws_sdk_s3::error::DisplayErrorContext(&e)
+                            taskfleet::logs::failure(&e)
                         )),
                     };
                 }

@@ -508,6 +508,33 @@ mod tests {
         assert!(!text.contains("not in its list"), "{text}");
     }
 
+    #[tokio::test]
+    async fn a_store_call_the_guard_refuses_is_access_denied_which_no_retry_fixes() {
+        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+        let client = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .endpoint_url("http://127.0.0.1:9")
+                .credentials_provider(Credentials::new("k", "s", None, None, "test"))
+                .interceptor(Guard(Caller::Agent))
+                .build(),
+        );
+        let store = crate::DynamoStore::new(client, "t", "test");
+        // The agent may not create tables.
+        let err = store.init().await.unwrap_err();
+        assert!(
+            matches!(err, crate::StoreError::AccessDenied { .. }),
+            "{err:?}"
+        );
+        assert!(err.is_fatal());
+        assert!(
+            err.to_string()
+                .contains("agent called DynamoDB CreateTable"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn the_guard_allows_only_listed_operations() {
         assert!(allowed(Caller::Agent, "DynamoDB", "UpdateItem"));

@@ -21,9 +21,9 @@
 use std::path::Path;
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use aws_smithy_types::error::display::DisplayErrorContext;
 
 /// Where the agent's logs go unless told otherwise, inside the bucket.
 pub const DEFAULT_PREFIX: &str = "taskfleet/logs";
@@ -82,12 +82,7 @@ pub async fn upload(client: &Client, bucket: &str, key: &str, path: &Path) -> Re
             .body(body)
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot upload s3://{bucket}/{key}: {}",
-                    DisplayErrorContext(&e)
-                )
-            })?;
+            .map_err(|e| format!("cannot upload s3://{bucket}/{key}: {}", failure(&e)))?;
         return Ok(len);
     }
     let created = client
@@ -97,12 +92,7 @@ pub async fn upload(client: &Client, bucket: &str, key: &str, path: &Path) -> Re
         .content_type("text/plain; charset=utf-8")
         .send()
         .await
-        .map_err(|e| {
-            format!(
-                "cannot upload s3://{bucket}/{key}: {}",
-                DisplayErrorContext(&e)
-            )
-        })?;
+        .map_err(|e| format!("cannot upload s3://{bucket}/{key}: {}", failure(&e)))?;
     let Some(upload_id) = created.upload_id() else {
         return Err(format!(
             "cannot upload s3://{bucket}/{key}: S3 gave no upload id"
@@ -150,7 +140,7 @@ async fn upload_parts(
             .map_err(|e| {
                 format!(
                     "cannot upload part {number} of s3://{bucket}/{key}: {}",
-                    DisplayErrorContext(&e)
+                    failure(&e)
                 )
             })?;
         parts.push(
@@ -174,13 +164,35 @@ async fn upload_parts(
         )
         .send()
         .await
-        .map_err(|e| {
-            format!(
-                "cannot upload s3://{bucket}/{key}: {}",
-                DisplayErrorContext(&e)
-            )
-        })?;
+        .map_err(|e| format!("cannot upload s3://{bucket}/{key}: {}", failure(&e)))?;
     Ok(())
+}
+
+/// What an S3 request's failure was, in one line: the service's code and
+/// message, the HTTP status of a bare refusal, or the innermost cause of a
+/// request that never got an answer (the endpoint is down, a timeout).
+pub fn failure<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    if let Some(code) = e.code() {
+        return match e.message() {
+            Some(message) => format!("{code}: {message}"),
+            None => code.to_owned(),
+        };
+    }
+    if let Some(status) = e.raw_response().map(|r| r.status().as_u16()) {
+        return match status {
+            403 => "access denied (HTTP 403)".to_owned(),
+            404 => "not found (HTTP 404)".to_owned(),
+            other => format!("HTTP {other}"),
+        };
+    }
+    let mut cause: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// `size` bytes of the file from `offset`, streamed as they are sent.
