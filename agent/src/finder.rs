@@ -10,11 +10,18 @@
 //!   [`PENDING_QUERIES`] per call, each picked as the fuller of two random
 //!   ones: agents spread out over the shards with the most work and rarely
 //!   meet. An empty step costs that one read and nothing else.
-//! - Candidates are claimed in index order, from the oldest or from the
-//!   newest end. A lost claim means another worker is taking the same
-//!   tasks: the agent drops its spare candidates and turns to the other end
-//!   of the shard, so two workers share a shard without meeting until it is
-//!   nearly empty; losing again there, it leaves the shard to the others.
+//! - A page of pending candidates is claimed in index order, from the
+//!   oldest or from the newest end, when it is full; a page that is not
+//!   full holds the shard's last tasks, which others are choosing from
+//!   too, and a few of them are claimed from a random one on.
+//! - A lost claim means another worker is taking the same tasks: the agent
+//!   drops its spare candidates and turns to the other end of the shard, so
+//!   two workers share a shard without meeting until it is nearly empty.
+//!   Losing again there, it starts from a random point between the ends
+//!   (a load spreads its tasks' places in the index over a second, so there
+//!   are points to start from), a few times, before it leaves the shard to
+//!   the others. Two lost claims in one call end the call: the agent waits
+//!   a moment ([`Finder::contended`]) instead of trying again at once.
 //! - Expired leases are looked for in the running partitions of open shards
 //!   when no pending task was found, at most every quarter of a lease: a
 //!   dead worker's task waits at most that much beyond its lease and the
@@ -32,8 +39,15 @@ use tokio::time::Instant;
 
 use crate::stats::Stats;
 
-/// Candidates asked for per index query.
+/// Candidates asked for per index query of running tasks.
 pub const CANDIDATES_PER_QUERY: usize = 10;
+
+/// Candidates asked for per index query of pending tasks: a full page
+/// means the shard has work beyond it, and its first
+/// [`CANDIDATES_PER_QUERY`] are claimed in order; a shorter one is the
+/// shard's last pending tasks, and a few of them are claimed from a random
+/// one on.
+pub const PENDING_PER_QUERY: usize = 20;
 
 /// Most pending queries one call makes once its home shard has run dry.
 pub const PENDING_QUERIES: usize = 2;
@@ -41,6 +55,18 @@ pub const PENDING_QUERIES: usize = 2;
 /// Spare candidates older than this are dropped: another worker may have
 /// claimed them meanwhile.
 const SPARE_FRESH: Duration = Duration::from_secs(5);
+
+/// Spares kept from a page that is not full: others are taking from it.
+const SHORT_SPARES: usize = 3;
+
+/// Claims lost in one call before it gives the others a moment
+/// ([`Finder::contended`]): near the end of a step many workers choose from
+/// few tasks, and trying again at once would mostly lose again.
+const LOSSES_PER_CALL: u32 = 2;
+
+/// Random starting points tried in a shard, each after a lost claim,
+/// before leaving it.
+const JUMPS: u32 = 3;
 
 /// Claims of this agent remembered, so that an index that lags behind its
 /// table (DynamoDB's indexes do) does not offer them back as pending.
@@ -64,6 +90,15 @@ pub struct Finder {
     swept_at: Option<Instant>,
     /// Open tasks of the step, if the last call read the counters.
     open: Option<u64>,
+    /// The oldest and newest place in the home shard's pending index, as
+    /// last seen from each end.
+    ends: (Option<Timestamp>, Option<Timestamp>),
+    /// Where in the home shard the next query starts, when not at an end.
+    from: Option<Timestamp>,
+    /// Random starting points taken in the home shard since joining it.
+    jumps: u32,
+    /// Claims lost in this call.
+    losses: u32,
 }
 
 impl Finder {
@@ -86,7 +121,18 @@ impl Finder {
             recent: VecDeque::new(),
             swept_at: None,
             open: None,
+            ends: (None, None),
+            from: None,
+            jumps: 0,
+            losses: 0,
         }
+    }
+
+    /// Whether the last call to [`Finder::claim_next`] found nothing
+    /// because others took the tasks it tried: there is work, and the
+    /// agent should try again shortly rather than wait as if idle.
+    pub fn contended(&self) -> bool {
+        self.losses >= LOSSES_PER_CALL
     }
 
     /// Pending and running tasks of the whole step, as the last call to
@@ -104,6 +150,7 @@ impl Finder {
         stats: &Stats,
     ) -> Result<Option<Task>, StoreError> {
         self.open = None;
+        self.losses = 0;
         if self.spare_at.is_none_or(|at| at.elapsed() > SPARE_FRESH) {
             self.spare.clear();
         }
@@ -114,6 +161,7 @@ impl Finder {
             {
                 return Ok(Some(task));
             }
+            tracing::debug!(shard = ?self.home, "spare lost");
             self.lost();
         }
         let mut tried = Vec::new();
@@ -122,11 +170,15 @@ impl Finder {
             if let Some(task) = self.take_from(store, meta, home, owner, stats).await? {
                 return Ok(Some(task));
             }
+            if self.contended() {
+                return Ok(None);
+            }
         }
 
         Stats::bump(&stats.other_reads);
         let open = store.open_per_shard(meta).await?;
         self.open = Some(open.iter().sum());
+        tracing::debug!(open = ?open, "counters read");
         let mut shards: Vec<(u16, u64)> = (0..meta.shards)
             .zip(open.iter().copied())
             .filter(|&(shard, n)| n > 0 && !tried.contains(&shard))
@@ -137,6 +189,9 @@ impl Finder {
             };
             if let Some(task) = self.take_from(store, meta, shard, owner, stats).await? {
                 return Ok(Some(task));
+            }
+            if self.contended() {
+                return Ok(None);
             }
         }
 
@@ -161,6 +216,7 @@ impl Finder {
                     Order::OldestFirst,
                 )
                 .await?;
+            tracing::debug!(shard, found = found.len(), "expired-lease query");
             for candidate in found {
                 if let Some(task) = self
                     .try_claim(store, meta, &candidate, owner, stats)
@@ -176,7 +232,9 @@ impl Finder {
 
     /// Queries one shard's pending tasks and claims the first; keeps the
     /// rest as spares and the shard as home when it wins. When it loses it
-    /// turns to the other end of the shard once, then leaves it.
+    /// turns to the other end of the shard once, then starts from random
+    /// points between the ends (the ones it has seen) a few times, then
+    /// leaves it.
     async fn take_from<S: TaskStore>(
         &mut self,
         store: &S,
@@ -185,7 +243,13 @@ impl Finder {
         owner: &str,
         stats: &Stats,
     ) -> Result<Option<Task>, StoreError> {
+        if self.home != Some(shard) {
+            self.ends = (None, None);
+            self.from = None;
+            self.jumps = 0;
+        }
         loop {
+            let order = self.from.map_or(self.order, Order::OldestFrom);
             Stats::bump(&stats.candidate_queries);
             let mut found = store
                 .candidates(
@@ -193,23 +257,55 @@ impl Finder {
                     shard,
                     TaskState::Pending,
                     Timestamp::now(),
-                    CANDIDATES_PER_QUERY,
-                    self.order,
+                    PENDING_PER_QUERY,
+                    order,
                 )
                 .await?;
+            tracing::debug!(shard, order = ?order, found = found.len(), "pending query");
+            let full = found.len() == PENDING_PER_QUERY;
+            match order {
+                Order::OldestFirst => self.ends.0 = found.first().map(|c| c.state_at),
+                Order::NewestFirst => self.ends.1 = found.first().map(|c| c.state_at),
+                Order::OldestFrom(_) if !full => {
+                    // Past the newest: the next query starts from an end.
+                    self.from = None;
+                }
+                Order::OldestFrom(_) => {
+                    // On from the last of the candidates taken.
+                    self.from = found.get(CANDIDATES_PER_QUERY - 1).map(|c| c.state_at);
+                }
+            }
             found.retain(|c| {
                 !self
                     .recent
                     .iter()
                     .any(|(id, attempt)| *id == c.task_id && c.attempt < *attempt)
             });
-            // Claimed in index order: the first is last.
-            found.reverse();
-            let Some(candidate) = found.pop() else {
+            if found.is_empty() {
+                if matches!(order, Order::OldestFrom(_)) {
+                    // Nothing from that point on: look from the end.
+                    self.from = None;
+                    continue;
+                }
                 if self.home == Some(shard) {
                     self.home = None;
                 }
                 return Ok(None);
+            }
+            let candidate = if full {
+                // Claimed in index order: the first is last.
+                found.truncate(CANDIDATES_PER_QUERY);
+                found.reverse();
+                found.pop().expect("not empty")
+            } else {
+                // A shard's last pending tasks: others choose from the same
+                // few. From a random one on, and only a few of them, they
+                // rarely meet.
+                let start = rand::rng().random_range(0..found.len());
+                found.rotate_left(start);
+                found.truncate(1 + SHORT_SPARES);
+                found.reverse();
+                found.pop().expect("not empty")
             };
             self.home = Some(shard);
             if let Some(task) = self
@@ -221,27 +317,51 @@ impl Finder {
                 self.swept_at.get_or_insert_with(Instant::now);
                 return Ok(Some(task));
             }
+            tracing::debug!(shard, order = ?order, full, "fresh candidate lost");
             self.lost();
-            if self.home != Some(shard) {
+            if self.home != Some(shard) || self.contended() {
                 return Ok(None);
             }
         }
     }
 
     /// Another worker is taking the same tasks: drop the spare candidates
-    /// and turn to the other end of the home shard, or, having turned there
-    /// already, leave it to the others.
+    /// and turn to the other end of the home shard; having turned there
+    /// already, start from a random point between its ends; having done
+    /// that [`JUMPS`] times, leave it to the others.
     fn lost(&mut self) {
         self.spare.clear();
+        self.losses += 1;
         if self.home.is_some() && self.turned != self.home {
             self.turned = self.home;
+            self.from = None;
             self.order = match self.order {
                 Order::OldestFirst => Order::NewestFirst,
-                Order::NewestFirst => Order::OldestFirst,
+                _ => Order::OldestFirst,
             };
-        } else {
-            self.left = self.home.take();
+            return;
         }
+        if self.home.is_some() && self.jump() {
+            return;
+        }
+        self.from = None;
+        self.left = self.home.take();
+    }
+
+    /// Starts the next query of the home shard at a random point between
+    /// the ends seen, unless that was done [`JUMPS`] times already.
+    fn jump(&mut self) -> bool {
+        let (Some(oldest), Some(newest)) = self.ends else {
+            return false;
+        };
+        if newest <= oldest || self.jumps >= JUMPS {
+            return false;
+        }
+        self.jumps += 1;
+        self.from = Some(Timestamp::from_millis(
+            rand::rng().random_range(oldest.as_millis()..=newest.as_millis()),
+        ));
+        true
     }
 
     async fn try_claim<S: TaskStore>(
@@ -308,7 +428,7 @@ pub async fn try_claim<S: TaskStore>(
         }
         Claim::Lost => {
             Stats::bump(&stats.claims_lost);
-            tracing::debug!(task_id = %candidate.task_id, "claim lost to another worker");
+            tracing::debug!(task_id = %candidate.task_id, state = ?candidate.state, "claim lost to another worker");
             Ok(None)
         }
         Claim::FailedLost => {

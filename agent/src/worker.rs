@@ -33,6 +33,9 @@ use crate::runner::{AttemptEnd, run_attempt};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 
+/// The wait after losing claims to other workers (jittered).
+const CONTENDED_WAIT: Duration = Duration::from_millis(200);
+
 /// Why the agent stopped without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -136,10 +139,13 @@ where
             Ok(None) => {
                 drop(permit);
                 errors = 0;
-                if slots.available_permits() < cfg.slots.max(1) {
+                // Others took what this agent tried: there is work, and a
+                // moment's wait lets them through.
+                let contended = finder.contended();
+                if contended || slots.available_permits() < cfg.slots.max(1) {
                     idle_since = Instant::now();
                 }
-                let mut wait = jitter(poll);
+                let mut wait = jitter(if contended { CONTENDED_WAIT } else { poll });
                 if let Some(limit) = cfg.idle_timeout {
                     let idle = idle_since.elapsed();
                     if idle >= limit {
@@ -161,7 +167,9 @@ where
                     }
                     wait = wait.min(limit.saturating_sub(idle));
                 }
-                poll = (poll * 2).min(cfg.poll_max);
+                if !contended {
+                    poll = (poll * 2).min(cfg.poll_max);
+                }
                 // Wake early when a slot frees up: a finished task may have
                 // made dependants claimable, and a stop must not wait.
                 tokio::select! {
@@ -294,9 +302,18 @@ async fn outstanding<S: TaskStore>(
     if counted > 0 {
         return Ok(counted);
     }
-    // Counters that trail the tasks (a first load killed before it counted
-    // its last writes) must not send the fleet home with work left: before
-    // leaving, the index itself is asked, once per shard.
+    // Counters are changed with the transitions they count, except behind
+    // a step's first load, which counts its writes after they land: one
+    // killed before it counted them all leaves its lock on the step, and
+    // the counters may trail the tasks until the next load recounts. Only
+    // then must the index itself be asked, once per shard, before the
+    // fleet goes home with work left.
+    Stats::bump(&stats.other_reads);
+    match store.step(&meta.step).await? {
+        Some(now) if now.first_load.is_some() => {}
+        _ => return Ok(0),
+    }
+    tracing::debug!("a first load of the step did not finish: asking the index");
     Stats::bump(&stats.other_reads);
     if !store.running(meta).await?.is_empty() {
         return Ok(1);

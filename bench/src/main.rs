@@ -46,6 +46,18 @@ struct Args {
     /// The taskctl binary (the scale run loads through it).
     #[arg(long)]
     taskctl: Option<PathBuf>,
+    /// Only the claim+run benchmarks (1, 4, 16 and 32 agents on each
+    /// store): the quick loop when working on how agents find tasks.
+    #[arg(long, conflicts_with_all = ["quick", "million"])]
+    claims: bool,
+    /// The numbers of agents of the claim+run benchmarks (comma-separated;
+    /// default 1,4,16,32, or 1,4 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    agents: Vec<usize>,
+    /// Keep each agent's log (at debug level) in this directory, as
+    /// `STORE-AGENTS-N.log`, to see where its calls went.
+    #[arg(long)]
+    agent_logs: Option<PathBuf>,
 }
 
 /// One row of the results.
@@ -106,40 +118,46 @@ async fn run(args: &Args) -> Result<()> {
             )
         };
 
+    let agents: &[usize] = if args.agents.is_empty() {
+        agents
+    } else {
+        &args.agents
+    };
     eprintln!("== DynamoDB Local");
     let (ceiling, batch_ceiling) = dynamo_ceiling(&mut r, args.quick).await?;
     if args.million {
         million::run(&mut r, args, ceiling, batch_ceiling).await?;
         return finish(args, &r);
     }
-    for &n in load_sizes {
-        bench_load(&mut r, Kind::Dynamo, n, Some(batch_ceiling)).await?;
-    }
-    for &n in status_sizes {
-        bench_status(&mut r, Kind::Dynamo, n).await?;
+    let logs = args.agent_logs.as_deref();
+    if !args.claims {
+        for &n in load_sizes {
+            bench_load(&mut r, Kind::Dynamo, n, Some(batch_ceiling)).await?;
+        }
+        for &n in status_sizes {
+            bench_status(&mut r, Kind::Dynamo, n).await?;
+        }
     }
     for &a in agents {
-        bench_claim_run(
-            &mut r,
-            Kind::Dynamo,
-            &args.agent,
-            run_tasks,
-            a,
-            Some(ceiling),
-        )
-        .await?;
+        let run = ClaimRun::new(&args.agent, run_tasks, a, logs);
+        bench_claim_run(&mut r, Kind::Dynamo, &run, Some(ceiling)).await?;
     }
-    bench_agent_footprint(&mut r, &args.agent, if args.quick { 3 } else { 60 }).await?;
+    if !args.claims {
+        bench_agent_footprint(&mut r, &args.agent, if args.quick { 3 } else { 60 }).await?;
+    }
 
     eprintln!("== embedded store (SQLite)");
-    for &n in load_sizes {
-        bench_load(&mut r, Kind::Sqlite, n, None).await?;
-    }
-    for &n in status_sizes {
-        bench_status(&mut r, Kind::Sqlite, n).await?;
+    if !args.claims {
+        for &n in load_sizes {
+            bench_load(&mut r, Kind::Sqlite, n, None).await?;
+        }
+        for &n in status_sizes {
+            bench_status(&mut r, Kind::Sqlite, n).await?;
+        }
     }
     for &a in agents {
-        bench_claim_run(&mut r, Kind::Sqlite, &args.agent, run_tasks, a, None).await?;
+        let run = ClaimRun::new(&args.agent, run_tasks, a, logs);
+        bench_claim_run(&mut r, Kind::Sqlite, &run, None).await?;
     }
 
     finish(args, &r)
@@ -528,10 +546,26 @@ fn spawn_agent(
     extra: &[&str],
     stats: Option<&Path>,
 ) -> Result<Child> {
+    spawn_agent_logged(agent, locator, dir, step, extra, stats, None)
+}
+
+/// [`spawn_agent`], with the agent's log at debug level in `log`.
+fn spawn_agent_logged(
+    agent: &Path,
+    locator: &str,
+    dir: &Path,
+    step: &str,
+    extra: &[&str],
+    stats: Option<&Path>,
+    log: Option<&Path>,
+) -> Result<Child> {
     let mut cmd = Command::new(agent);
     cmd.env_clear()
         .envs(testkit::child_env())
-        .env("AGENT_LOG", "warn")
+        .env(
+            "AGENT_LOG",
+            if log.is_some() { "agent=debug" } else { "warn" },
+        )
         .args([
             "--table",
             locator,
@@ -547,21 +581,45 @@ fn spawn_agent(
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).context("create agent log")?),
+            None => Stdio::null(),
+        });
     if let Some(stats) = stats {
         cmd.arg("--stats-file").arg(stats);
     }
     cmd.spawn().context("start agent")
 }
 
+/// One claim+run benchmark: `tasks` tasks of `true`, `agents` agents.
+struct ClaimRun<'a> {
+    agent: &'a Path,
+    tasks: usize,
+    agents: usize,
+    logs: Option<&'a Path>,
+}
+
+impl<'a> ClaimRun<'a> {
+    fn new(agent: &'a Path, tasks: usize, agents: usize, logs: Option<&'a Path>) -> Self {
+        Self {
+            agent,
+            tasks,
+            agents,
+            logs,
+        }
+    }
+}
+
 async fn bench_claim_run(
     r: &mut Results,
     kind: Kind,
-    agent: &Path,
-    n: usize,
-    agents: usize,
+    run: &ClaimRun<'_>,
     ceiling: Option<f64>,
 ) -> Result<()> {
+    let (agent, n, agents) = (run.agent, run.tasks, run.agents);
+    if let Some(dir) = run.logs {
+        std::fs::create_dir_all(dir).context("create the agent log directory")?;
+    }
     let t = TestStore::new(kind, "run").await;
     load_text(
         &t.store,
@@ -575,14 +633,18 @@ async fn bench_claim_run(
     let mut children = Vec::new();
     for i in 0..agents {
         let stats = t.dir.path().join(format!("stats-{i}.json"));
+        let log = run
+            .logs
+            .map(|dir| dir.join(format!("{}-{agents}-{i}.log", store_name(kind))));
         children.push((
-            spawn_agent(
+            spawn_agent_logged(
                 agent,
                 &t.locator,
                 t.dir.path(),
                 "run",
                 &["--idle-timeout", "1s", "--poll-max", "1s"],
                 Some(&stats),
+                log.as_deref(),
             )?,
             stats,
         ));

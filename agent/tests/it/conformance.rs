@@ -43,6 +43,7 @@ fn pending(id: &str) -> Candidate {
         task_id: id.into(),
         state: TaskState::Pending,
         attempt: 0,
+        state_at: taskfleet::time::Timestamp::from_millis(0),
     }
 }
 
@@ -161,6 +162,7 @@ async fn an_expired_lease_is_reclaimed_and_the_old_owner_is_fenced_out(t: TestSt
         task_id: "S0000000".into(),
         state: TaskState::Running,
         attempt: 1,
+        state_at: taskfleet::time::Timestamp::from_millis(0),
     };
     // Nothing is reclaimable before the lease and the skew margin (5 s)
     // are over, in any shard.
@@ -241,6 +243,7 @@ async fn a_dead_owner_on_the_last_attempt_leaves_the_task_failed_lost(t: TestSto
         task_id: "S0000000".into(),
         state: TaskState::Running,
         attempt: 1,
+        state_at: taskfleet::time::Timestamp::from_millis(0),
     };
     let later = Timestamp::now().plus(Duration::from_secs(9));
     assert_eq!(

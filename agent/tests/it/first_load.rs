@@ -203,3 +203,63 @@ async fn an_answer_lost_on_the_way_back_neither_loses_nor_doubles_a_task() {
             .all(|t| t.attempt == 0 && t.history.is_empty())
     );
 }
+
+#[tokio::test]
+async fn an_agent_stays_while_a_dead_first_load_leaves_tasks_uncounted_and_runs_them_once_recounted()
+ {
+    let t = TestStore::new(Kind::Dynamo, "uncounted").await;
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let lock = LoadLock::for_process(pid, Timestamp::now().plus(Duration::from_secs(600)));
+    let (meta, _) = t
+        .store
+        .ensure_step_for_load("qc", &SettingsChange::default(), &lock)
+        .await
+        .unwrap();
+    let written = tasks_in_shard(300, 2, meta.shards);
+    t.store.put_first(&meta, &lock, &written).await.unwrap();
+    assert_eq!(t.store.status(Some("qc")).await.unwrap()[0].total, 0);
+
+    // The counters say the step is empty; the lock left on it says they
+    // may trail its tasks, so the agent does not go home.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = agent::AgentConfig::new("qc", "h/w", env!("CARGO_BIN_EXE_agent"));
+    cfg.work_dir = dir.path().join("work");
+    cfg.log_dir = dir.path().join("logs");
+    cfg.idle_timeout = Some(Duration::from_secs(2));
+    cfg.poll_max = Duration::from_secs(1);
+    let endpoint = t.endpoint.clone().expect("a DynamoDB store");
+    let store = std::sync::Arc::new(DynamoStore::new(
+        client_on(&endpoint, &RequestCounter::default()),
+        &t.locator,
+        endpoint,
+    ));
+    let run = tokio::spawn(agent::run(
+        store,
+        cfg,
+        agent::Shutdown::new(),
+        std::sync::Arc::new(agent::Stats::default()),
+    ));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        !run.is_finished(),
+        "the agent left a step whose counters may trail its tasks"
+    );
+    // The next load recounts; the agent then runs every task and leaves.
+    load_sheet(&t.store, "qc", &generated_sheet(300)).await;
+    let exit = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the agent did not finish the step")
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, agent::Exit::Idle);
+    let tasks = t.tasks("qc").await;
+    assert_eq!(tasks.len(), 300);
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.state == taskfleet::model::TaskState::Done && t.attempt == 1),
+        "every task done at its first attempt"
+    );
+}

@@ -110,6 +110,7 @@ async fn export_writes_every_task_of_a_step_once_on_both_stores() {
         task_id: "S0000001".into(),
         state: TaskState::Pending,
         attempt: 0,
+        state_at: taskfleet::time::Timestamp::from_millis(0),
     };
     let Claim::Claimed(task) = t
         .store

@@ -144,6 +144,7 @@ async fn reloading_leaves_running_and_done_tasks_alone_and_replace_resets_only_t
         task_id: id.into(),
         state: TaskState::Pending,
         attempt: 0,
+        state_at: taskfleet::time::Timestamp::from_millis(0),
     };
     let Claim::Claimed(a) = t
         .store

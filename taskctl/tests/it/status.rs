@@ -51,6 +51,7 @@ async fn claim(t: &TestTable, step: &str, id: &str) -> Task {
         task_id: id.into(),
         state: TaskState::Pending,
         attempt: task.attempt,
+        state_at: taskfleet::time::Timestamp::from_millis(0),
     };
     match t
         .store

@@ -151,18 +151,23 @@ pub struct Candidate {
     pub state: TaskState,
     /// Its attempt when the index was read.
     pub attempt: u32,
+    /// Its place in the index: ready time (pending) or lease expiry
+    /// (running).
+    pub state_at: Timestamp,
 }
 
-/// Which end of a shard's index a candidate query reads from: by ready
-/// time for pending tasks, by lease expiry for running ones. Two workers on
-/// one shard that read from opposite ends do not meet until it is nearly
-/// empty.
+/// Where in a shard's index a candidate query reads: by ready time for
+/// pending tasks, by lease expiry for running ones. Two workers on one
+/// shard that read from opposite ends do not meet until it is nearly
+/// empty; more start from points in between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
     /// Earliest first.
     OldestFirst,
     /// Latest first.
     NewestFirst,
+    /// Earliest first, from this time on (inclusive).
+    OldestFrom(Timestamp),
 }
 
 /// A running task as `running` lists it.

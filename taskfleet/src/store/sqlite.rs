@@ -499,29 +499,39 @@ impl TaskStore for SqliteStore {
         };
         let step = meta.step.clone();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let from = match order {
+            Order::OldestFrom(from) => from.as_millis(),
+            Order::OldestFirst | Order::NewestFirst => i64::MIN,
+        };
         self.tx(move |tx| {
             let mut stmt = tx
                 .prepare_cached(match order {
-                    Order::OldestFirst => {
-                        "SELECT task_id, attempt FROM tasks
+                    Order::OldestFirst | Order::OldestFrom(_) => {
+                        "SELECT task_id, attempt, state_at FROM tasks
                          WHERE step = ?1 AND state = ?2 AND shard = ?5 AND state_at <= ?3
+                           AND state_at >= ?6
                          ORDER BY state_at, task_id LIMIT ?4"
                     }
                     Order::NewestFirst => {
-                        "SELECT task_id, attempt FROM tasks
+                        "SELECT task_id, attempt, state_at FROM tasks
                          WHERE step = ?1 AND state = ?2 AND shard = ?5 AND state_at <= ?3
+                           AND state_at >= ?6
                          ORDER BY state_at DESC, task_id DESC LIMIT ?4"
                     }
                 })
                 .map_err(q)?;
             let rows = stmt
-                .query_map(params![step, state.as_str(), cutoff, limit, shard], |r| {
-                    Ok(Candidate {
-                        task_id: r.get(0)?,
-                        state,
-                        attempt: r.get(1)?,
-                    })
-                })
+                .query_map(
+                    params![step, state.as_str(), cutoff, limit, shard, from],
+                    |r| {
+                        Ok(Candidate {
+                            task_id: r.get(0)?,
+                            state,
+                            attempt: r.get(1)?,
+                            state_at: Timestamp::from_millis(r.get(2)?),
+                        })
+                    },
+                )
                 .map_err(q)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(q)
         })

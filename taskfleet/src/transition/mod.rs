@@ -161,11 +161,27 @@ pub fn fence(task: &Task) -> Vec<Cond> {
     ]
 }
 
+/// How far before its load a loaded task's place in the pending index may
+/// be: each task's own offset, from its id, up to a second. The tasks of
+/// one load would otherwise share one ready time, and workers could only
+/// start at the ends of a shard; spread, they start anywhere in it.
+pub const LOAD_SPREAD_MS: u64 = 1000;
+
 /// Load-insert: writes `task` (pending or waiting) where no task of that
 /// id exists, and counts it as loaded.
 pub fn insert(task: &Task) -> Transition {
-    let state_at = match task.state {
-        TaskState::Pending | TaskState::Waiting => task.ready_at.unwrap_or(task.created_at),
+    let state_at = match (task.state, task.ready_at) {
+        (TaskState::Pending | TaskState::Waiting, Some(ready)) => ready,
+        (TaskState::Pending | TaskState::Waiting, None) => {
+            // The high bits: the low ones choose the task's shard.
+            let offset =
+                (xxhash_rust::xxh3::xxh3_64(task.task_id.as_bytes()) >> 32) % LOAD_SPREAD_MS;
+            Timestamp::from_millis(
+                task.created_at
+                    .as_millis()
+                    .saturating_sub(i64::try_from(offset).unwrap_or(0)),
+            )
+        }
         _ => task.updated_at,
     };
     Transition {

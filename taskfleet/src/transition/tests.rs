@@ -180,6 +180,29 @@ fn inserts_never_overwrite_and_count_as_loaded() {
 }
 
 #[test]
+fn a_loads_tasks_are_spread_over_the_second_before_it_in_the_pending_index() {
+    let mut places = std::collections::BTreeSet::new();
+    for i in 0..2_000 {
+        let mut task = pending();
+        task.task_id = format!("S{i:07}");
+        let at = insert(&task).state_at.as_millis();
+        assert!(
+            (1_000 - 999..=1_000).contains(&at),
+            "{} is placed at {at}, not within the second before its load at 1000",
+            task.task_id
+        );
+        places.insert((crate::schema::shard_of(&task.task_id, 16), at));
+    }
+    // Within each of 16 shards, most of its 125 tasks have a place of
+    // their own: a worker starting at a random time meets few others.
+    assert!(places.len() > 1_600, "{} distinct places", places.len());
+    // A retry's ready time is kept as it is.
+    let mut later = pending();
+    later.ready_at = Some(t(9_000));
+    assert_eq!(insert(&later).state_at, t(9_000));
+}
+
+#[test]
 fn a_finish_is_trimmed_to_fit_the_item_limit() {
     let mut c = claimed(&pending(), "w1", 2_000);
     c.env.insert("BIG".into(), "x".repeat(300 * 1024));

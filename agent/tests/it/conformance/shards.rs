@@ -2,7 +2,7 @@
 //! each shard, and either end of a shard's pending tasks.
 
 use taskfleet::model::TaskState;
-use taskfleet::store::{Fence, Order, TaskStore};
+use taskfleet::store::{Fence, Order, SettingsChange, TaskStore};
 use taskfleet::time::Timestamp;
 use testkit::{TestStore, generated_sheet, load_text};
 
@@ -66,4 +66,72 @@ async fn open_tasks_per_shard_and_both_ends_of_a_shard(t: TestStore) {
     assert!(oldest.len() >= 3, "{oldest:?}");
     newest.reverse();
     assert_eq!(oldest, newest);
+}
+
+per_store!(a_shards_pending_tasks_are_read_from_any_point_between_its_ends);
+
+async fn a_shards_pending_tasks_are_read_from_any_point_between_its_ends(t: TestStore) {
+    let before = Timestamp::now();
+    load_text(
+        &t.store,
+        "qc",
+        "true",
+        &generated_sheet(90),
+        SettingsChange {
+            shards: Some(3),
+            ..settings(3, 60)
+        },
+    )
+    .await;
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    assert_eq!(meta.shards, 3);
+    let read = |shard, order| {
+        let (store, meta) = (&t.store, &meta);
+        async move {
+            store
+                .candidates(
+                    meta,
+                    shard,
+                    TaskState::Pending,
+                    Timestamp::now(),
+                    100,
+                    order,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    for shard in 0..meta.shards {
+        let all = read(shard, Order::OldestFirst).await;
+        assert!(all.len() >= 10, "shard {shard}: {} tasks", all.len());
+        let places: Vec<i64> = all.iter().map(|c| c.state_at.as_millis()).collect();
+        assert!(places.is_sorted(), "not oldest first: {places:?}");
+        // A load places its tasks within the second before it, not all at
+        // one point.
+        assert!(
+            places[0] >= before.as_millis() - 1_000
+                && places[places.len() - 1] <= Timestamp::now().as_millis(),
+            "{places:?}"
+        );
+        let distinct: std::collections::BTreeSet<_> = places.iter().collect();
+        assert!(distinct.len() * 10 >= places.len() * 8, "{places:?}");
+
+        // From a point in between: exactly the tasks placed there or later.
+        let mid = all[all.len() / 2].state_at;
+        let from = read(shard, Order::OldestFrom(mid)).await;
+        let expected: Vec<&str> = all
+            .iter()
+            .filter(|c| c.state_at >= mid)
+            .map(|c| c.task_id.as_str())
+            .collect();
+        let mut got: Vec<&str> = from.iter().map(|c| c.task_id.as_str()).collect();
+        assert!(from.iter().all(|c| c.state_at >= mid));
+        let mut want = expected.clone();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "shard {shard} from {mid:?}");
+        // Past every claimable task: nothing, and no error.
+        let later = Timestamp::now().plus(std::time::Duration::from_secs(60));
+        assert!(read(shard, Order::OldestFrom(later)).await.is_empty());
+    }
 }

@@ -148,21 +148,27 @@ impl DynamoStore {
             TaskState::Running => reclaim_cutoff(now),
             _ => now,
         };
-        let out = self
+        let query = self
             .client
             .query()
             .table_name(&self.table)
             .index_name(BY_STATE_INDEX)
-            .key_condition_expression("#spk = :spk AND #sat <= :cutoff")
             .expression_attribute_names("#spk", attr::STATE_PK)
             .expression_attribute_names("#sat", attr::STATE_AT)
             .expression_attribute_values(":spk", s(&schema::state_pk(&meta.step, state, shard)))
             .expression_attribute_values(":cutoff", n(cutoff.as_millis()))
             .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1))
-            .scan_index_forward(order == Order::OldestFirst)
-            .send()
-            .await
-            .map_err(|e| self.classify("Query", &e))?;
+            .scan_index_forward(order != Order::NewestFirst);
+        let query = match order {
+            Order::OldestFrom(from) if from > cutoff => return Ok(Vec::new()),
+            Order::OldestFrom(from) => query
+                .key_condition_expression("#spk = :spk AND #sat BETWEEN :from AND :cutoff")
+                .expression_attribute_values(":from", n(from.as_millis())),
+            Order::OldestFirst | Order::NewestFirst => {
+                query.key_condition_expression("#spk = :spk AND #sat <= :cutoff")
+            }
+        };
+        let out = query.send().await.map_err(|e| self.classify("Query", &e))?;
         Ok(out
             .items()
             .iter()
@@ -171,6 +177,9 @@ impl DynamoStore {
                     task_id: i.get(attr::SK)?.as_s().ok()?.clone(),
                     state,
                     attempt: i.get(attr::ATTEMPT)?.as_n().ok()?.parse().ok()?,
+                    state_at: Timestamp::from_millis(
+                        i.get(attr::STATE_AT)?.as_n().ok()?.parse().ok()?,
+                    ),
                 })
             })
             .collect())
