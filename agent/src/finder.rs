@@ -152,6 +152,11 @@ impl Finder {
         self.open = None;
         self.losses = 0;
         if self.spare_at.is_none_or(|at| at.elapsed() > SPARE_FRESH) {
+            // Walking from a point, go on from the first candidate not
+            // taken rather than past the dropped ones.
+            if let (Some(_), Some(next)) = (self.from, self.spare.last()) {
+                self.from = Some(next.state_at);
+            }
             self.spare.clear();
         }
         while let Some(candidate) = self.spare.pop() {

@@ -33,7 +33,8 @@ use crate::runner::{AttemptEnd, run_attempt};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 
-/// The wait after losing claims to other workers (jittered).
+/// The first wait after losing claims to other workers (jittered; it
+/// doubles while the losses go on, up to the longest poll).
 const CONTENDED_WAIT: Duration = Duration::from_millis(200);
 
 /// Why the agent stopped without an error.
@@ -114,7 +115,7 @@ where
     let slots = Arc::new(Semaphore::new(cfg.slots.max(1)));
     let mut finder = Finder::new(&cfg.owner);
     let mut idle_since = Instant::now();
-    let mut poll = cfg.poll_min;
+    let mut waits = Waits::new(&cfg);
     let mut errors = 0u32;
     tracing::info!(step = %cfg.step, owner = %cfg.owner, slots = cfg.slots, "agent started");
 
@@ -127,7 +128,7 @@ where
         match finder.claim_next(&*store, &meta, &cfg.owner, &stats).await {
             Ok(Some(task)) => {
                 errors = 0;
-                poll = cfg.poll_min;
+                waits = Waits::new(&cfg);
                 spawn_attempt(
                     &tracker,
                     (&store, &meta, &cfg, &shutdown, &stats, &trouble),
@@ -140,12 +141,12 @@ where
                 drop(permit);
                 errors = 0;
                 // Others took what this agent tried: there is work, and a
-                // moment's wait lets them through.
+                // moment's wait, longer each time in a row, lets them through.
                 let contended = finder.contended();
                 if contended || slots.available_permits() < cfg.slots.max(1) {
                     idle_since = Instant::now();
                 }
-                let mut wait = jitter(if contended { CONTENDED_WAIT } else { poll });
+                let mut wait = waits.next(contended);
                 if let Some(limit) = cfg.idle_timeout {
                     let idle = idle_since.elapsed();
                     if idle >= limit {
@@ -166,9 +167,6 @@ where
                         }
                     }
                     wait = wait.min(limit.saturating_sub(idle));
-                }
-                if !contended {
-                    poll = (poll * 2).min(cfg.poll_max);
                 }
                 // Wake early when a slot frees up: a finished task may have
                 // made dependants claimable, and a stop must not wait.
@@ -192,10 +190,10 @@ where
                     });
                 }
                 tokio::select! {
-                    () = tokio::time::sleep(jitter(poll.max(Duration::from_secs(1)))) => {}
+                    () = tokio::time::sleep(jitter(waits.poll.max(Duration::from_secs(1)))) => {}
                     () = shutdown.stopping() => break Ok(Exit::Stopped),
                 }
-                poll = (poll * 2).min(cfg.poll_max);
+                waits.poll = (waits.poll * 2).min(waits.max);
             }
         }
     };
@@ -335,6 +333,38 @@ async fn outstanding<S: TaskStore>(
         }
     }
     Ok(0)
+}
+
+/// The claim loop's waits: polls that grow while nothing is claimable,
+/// and the shorter waits after lost claims, growing while the losses go on;
+/// both back to their start after a claim.
+struct Waits {
+    poll: Duration,
+    contended: Duration,
+    max: Duration,
+}
+
+impl Waits {
+    fn new(cfg: &AgentConfig) -> Self {
+        Self {
+            poll: cfg.poll_min,
+            contended: CONTENDED_WAIT,
+            max: cfg.poll_max,
+        }
+    }
+
+    /// The next wait (jittered), after a call that lost its claims
+    /// (`contended`) or found nothing; grows the one it used.
+    fn next(&mut self, contended: bool) -> Duration {
+        let (used, most) = if contended {
+            (&mut self.contended, self.max.max(CONTENDED_WAIT))
+        } else {
+            (&mut self.poll, self.max)
+        };
+        let wait = jitter(*used);
+        *used = (*used * 2).min(most);
+        wait
+    }
 }
 
 /// `d` scaled by a random factor in [0.5, 1.0]: agents that went idle

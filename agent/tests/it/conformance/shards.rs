@@ -130,6 +130,23 @@ async fn a_shards_pending_tasks_are_read_from_any_point_between_its_ends(t: Test
         got.sort_unstable();
         want.sort_unstable();
         assert_eq!(got, want, "shard {shard} from {mid:?}");
+        // Oldest first, and a limit keeps the oldest of them.
+        let from_places: Vec<i64> = from.iter().map(|c| c.state_at.as_millis()).collect();
+        assert!(from_places.is_sorted(), "not oldest first: {from_places:?}");
+        let first_five = t
+            .store
+            .candidates(
+                &meta,
+                shard,
+                TaskState::Pending,
+                Timestamp::now(),
+                5,
+                Order::OldestFrom(mid),
+            )
+            .await
+            .unwrap();
+        let five: Vec<i64> = first_five.iter().map(|c| c.state_at.as_millis()).collect();
+        assert_eq!(five, from_places[..5.min(from_places.len())]);
         // Past every claimable task: nothing, and no error.
         let later = Timestamp::now().plus(std::time::Duration::from_secs(60));
         assert!(read(shard, Order::OldestFrom(later)).await.is_empty());
