@@ -538,19 +538,9 @@ async fn bench_status(r: &mut Results, kind: Kind, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// Starts an agent on `step`; with `stats`, it writes its counts there at
+/// exit, and with `log`, its log at debug level.
 fn spawn_agent(
-    agent: &Path,
-    locator: &str,
-    dir: &Path,
-    step: &str,
-    extra: &[&str],
-    stats: Option<&Path>,
-) -> Result<Child> {
-    spawn_agent_logged(agent, locator, dir, step, extra, stats, None)
-}
-
-/// [`spawn_agent`], with the agent's log at debug level in `log`.
-fn spawn_agent_logged(
     agent: &Path,
     locator: &str,
     dir: &Path,
@@ -637,7 +627,7 @@ async fn bench_claim_run(
             .logs
             .map(|dir| dir.join(format!("{}-{agents}-{i}.log", store_name(kind))));
         children.push((
-            spawn_agent_logged(
+            spawn_agent(
                 agent,
                 &t.locator,
                 t.dir.path(),
@@ -757,9 +747,10 @@ async fn bench_agent_footprint(r: &mut Results, agent: &Path, idle_secs: u64) ->
         "idle",
         &["--idle-timeout", "1s"],
         None,
+        None,
     )?;
     drain.wait()?;
-    let mut idle = spawn_agent(agent, &t.locator, t.dir.path(), "idle", &[], None)?;
+    let mut idle = spawn_agent(agent, &t.locator, t.dir.path(), "idle", &[], None, None)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = idle.id();
     let ticks = |pid: u32| -> f64 {
@@ -817,6 +808,7 @@ async fn bench_agent_footprint(r: &mut Results, agent: &Path, idle_secs: u64) ->
         t.dir.path(),
         "busy",
         &["--slots", "8", "--idle-timeout", "1s"],
+        None,
         None,
     )?;
     tokio::time::sleep(Duration::from_secs(2)).await;

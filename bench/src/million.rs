@@ -187,6 +187,7 @@ async fn run_agents(
                 "big",
                 &["--idle-timeout", "1s", "--poll-max", "1s"],
                 Some(&stats),
+                None,
             )?,
             stats,
         ));

@@ -470,12 +470,11 @@ mod tests {
         assert!(granted_actions(&not).unwrap_err().contains("NotAction"));
     }
 
-    #[tokio::test]
-    async fn a_guarded_client_refuses_an_unlisted_call_before_sending_it() {
+    /// The agent's guarded DynamoDB client, pointed at port 9 (discard) on
+    /// loopback: nothing there answers.
+    fn agent_client_on_port_9() -> aws_sdk_dynamodb::Client {
         use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-        // Port 9 (discard) on loopback: nothing answers, so only a call
-        // refused before it is sent can fail with the guard's message.
-        let client = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::Client::from_conf(
             aws_sdk_dynamodb::Config::builder()
                 .behavior_version(BehaviorVersion::latest())
                 .region(Region::new("us-east-1"))
@@ -483,7 +482,14 @@ mod tests {
                 .credentials_provider(Credentials::new("k", "s", None, None, "test"))
                 .interceptor(Guard(Caller::Agent))
                 .build(),
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn a_guarded_client_refuses_an_unlisted_call_before_sending_it() {
+        // Nothing answers on port 9, so only a call refused before it is
+        // sent can fail with the guard's message.
+        let client = agent_client_on_port_9();
         let err = client.scan().table_name("t").send().await.unwrap_err();
         let text = format!(
             "{}",
@@ -510,16 +516,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_store_call_the_guard_refuses_is_access_denied_which_no_retry_fixes() {
-        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-        let client = aws_sdk_dynamodb::Client::from_conf(
-            aws_sdk_dynamodb::Config::builder()
-                .behavior_version(BehaviorVersion::latest())
-                .region(Region::new("us-east-1"))
-                .endpoint_url("http://127.0.0.1:9")
-                .credentials_provider(Credentials::new("k", "s", None, None, "test"))
-                .interceptor(Guard(Caller::Agent))
-                .build(),
-        );
+        let client = agent_client_on_port_9();
         let store = crate::DynamoStore::new(client, "t", "test");
         // The agent may not create tables.
         let err = store.init().await.unwrap_err();

@@ -58,6 +58,15 @@ async fn outcome(t: &TestStore, step: &str) -> (u64, usize, bool) {
     (total, tasks.len(), locked)
 }
 
+/// A first-load lock, ten minutes from lapsing, of a process of this host
+/// that has exited.
+fn lock_of_a_gone_process() -> LoadLock {
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    LoadLock::for_process(pid, Timestamp::now().plus(Duration::from_secs(600)))
+}
+
 /// The tasks of `rows` generated rows that fall in `shard` of `shards`.
 fn tasks_in_shard(rows: usize, shard: u16, shards: u16) -> Vec<taskfleet::Task> {
     (0..rows)
@@ -134,10 +143,7 @@ async fn the_lock_of_a_first_load_that_died_elsewhere_is_waited_out_then_the_ste
 async fn the_lock_of_a_first_load_whose_process_is_gone_from_this_host_is_taken_without_waiting_it_out()
  {
     let t = TestStore::new(Kind::Dynamo, "dead-here").await;
-    let mut gone = std::process::Command::new("true").spawn().unwrap();
-    let pid = gone.id();
-    gone.wait().unwrap();
-    let lock = LoadLock::for_process(pid, Timestamp::now().plus(Duration::from_secs(600)));
+    let lock = lock_of_a_gone_process();
     assert!(lock.holder_is_gone());
     let (meta, _) = t
         .store
@@ -208,10 +214,7 @@ async fn an_answer_lost_on_the_way_back_neither_loses_nor_doubles_a_task() {
 async fn an_agent_stays_while_a_dead_first_load_leaves_tasks_uncounted_and_runs_them_once_recounted()
  {
     let t = TestStore::new(Kind::Dynamo, "uncounted").await;
-    let mut gone = std::process::Command::new("true").spawn().unwrap();
-    let pid = gone.id();
-    gone.wait().unwrap();
-    let lock = LoadLock::for_process(pid, Timestamp::now().plus(Duration::from_secs(600)));
+    let lock = lock_of_a_gone_process();
     let (meta, _) = t
         .store
         .ensure_step_for_load("qc", &SettingsChange::default(), &lock)

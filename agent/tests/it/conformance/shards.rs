@@ -1,14 +1,35 @@
 //! What a claiming agent reads to choose where to look: the open tasks of
 //! each shard, and either end of a shard's pending tasks.
 
-use taskfleet::model::TaskState;
-use taskfleet::store::{Fence, Order, SettingsChange, TaskStore};
+use taskfleet::model::{StepMeta, TaskState};
+use taskfleet::store::{Candidate, Fence, Order, SettingsChange, TaskStore};
 use taskfleet::time::Timestamp;
 use testkit::{TestStore, generated_sheet, load_text};
 
 use super::{claimed, finish, settings};
 
 per_store!(open_tasks_per_shard_and_both_ends_of_a_shard);
+
+/// Up to `limit` claimable pending tasks of `shard`, read in `order`.
+async fn pending<S: TaskStore>(
+    store: &S,
+    meta: &StepMeta,
+    shard: u16,
+    limit: usize,
+    order: Order,
+) -> Vec<Candidate> {
+    store
+        .candidates(
+            meta,
+            shard,
+            TaskState::Pending,
+            Timestamp::now(),
+            limit,
+            order,
+        )
+        .await
+        .unwrap()
+}
 
 async fn open_tasks_per_shard_and_both_ends_of_a_shard(t: TestStore) {
     load_text(
@@ -45,17 +66,8 @@ async fn open_tasks_per_shard_and_both_ends_of_a_shard(t: TestStore) {
     let ids = |order| {
         let (store, meta) = (&t.store, &meta);
         async move {
-            store
-                .candidates(
-                    meta,
-                    fullest,
-                    TaskState::Pending,
-                    Timestamp::now(),
-                    100,
-                    order,
-                )
+            pending(store, meta, fullest, 100, order)
                 .await
-                .unwrap()
                 .into_iter()
                 .map(|c| c.task_id)
                 .collect::<Vec<_>>()
@@ -85,22 +97,7 @@ async fn a_shards_pending_tasks_are_read_from_any_point_between_its_ends(t: Test
     .await;
     let meta = t.store.step("qc").await.unwrap().unwrap();
     assert_eq!(meta.shards, 3);
-    let read = |shard, order| {
-        let (store, meta) = (&t.store, &meta);
-        async move {
-            store
-                .candidates(
-                    meta,
-                    shard,
-                    TaskState::Pending,
-                    Timestamp::now(),
-                    100,
-                    order,
-                )
-                .await
-                .unwrap()
-        }
-    };
+    let read = |shard, order| pending(&t.store, &meta, shard, 100, order);
     for shard in 0..meta.shards {
         let all = read(shard, Order::OldestFirst).await;
         assert!(all.len() >= 10, "shard {shard}: {} tasks", all.len());
@@ -133,18 +130,7 @@ async fn a_shards_pending_tasks_are_read_from_any_point_between_its_ends(t: Test
         // Oldest first, and a limit keeps the oldest of them.
         let from_places: Vec<i64> = from.iter().map(|c| c.state_at.as_millis()).collect();
         assert!(from_places.is_sorted(), "not oldest first: {from_places:?}");
-        let first_five = t
-            .store
-            .candidates(
-                &meta,
-                shard,
-                TaskState::Pending,
-                Timestamp::now(),
-                5,
-                Order::OldestFrom(mid),
-            )
-            .await
-            .unwrap();
+        let first_five = pending(&t.store, &meta, shard, 5, Order::OldestFrom(mid)).await;
         let five: Vec<i64> = first_five.iter().map(|c| c.state_at.as_millis()).collect();
         assert_eq!(five, from_places[..5.min(from_places.len())]);
         // Past every claimable task: nothing, and no error.
