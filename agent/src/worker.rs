@@ -285,6 +285,32 @@ fn spawn_attempt<S>(
 
 /// Tasks of the step running anywhere, or pending (claimable now or once
 /// their retry delay is over): what the finder last read, else one read.
+/// Whether tasks of the step wait for upstream steps that still have work
+/// (waiting, pending or running): they become pending as it is done.
+async fn upstream_open<S: TaskStore>(
+    store: &S,
+    meta: &StepMeta,
+    stats: &Stats,
+) -> Result<bool, StoreError> {
+    Stats::bump(&stats.other_reads);
+    if store
+        .status(Some(&meta.step))
+        .await?
+        .iter()
+        .all(|s| s.waiting == 0)
+    {
+        return Ok(false);
+    }
+    for up in &meta.after {
+        Stats::bump(&stats.other_reads);
+        let open = store.status(Some(up)).await?;
+        if open.iter().any(|s| s.waiting + s.pending + s.running > 0) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 async fn outstanding<S: TaskStore>(
     store: &S,
     meta: &StepMeta,
@@ -299,6 +325,9 @@ async fn outstanding<S: TaskStore>(
     };
     if counted > 0 {
         return Ok(counted);
+    }
+    if !meta.after.is_empty() && upstream_open(store, meta, stats).await? {
+        return Ok(1);
     }
     // Counters are changed with the transitions they count, except behind
     // a step's first load, which counts its writes after they land: one

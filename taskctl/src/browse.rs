@@ -51,6 +51,9 @@ pub async fn where_is(global: &GlobalArgs, args: &WhereArgs) -> Result<()> {
             end,
             t.log_uri.as_deref().unwrap_or("-")
         );
+        if let Some(reason) = &t.reason {
+            println!("{:<width$}  {reason}", "");
+        }
     }
     Ok(())
 }

@@ -418,6 +418,12 @@ pub struct LoadArgs {
     /// data that must not be copied into the table. Applies to the step.
     #[arg(long)]
     pub no_output_tail: bool,
+    /// Each task waits until the task of the same id in STEP is done
+    /// (repeatable: all of them). A task whose upstream task fails ends
+    /// `failed` with class `upstream`; retrying the upstream task puts it
+    /// back to waiting. Stored on the step: later loads of it keep it.
+    #[arg(long, value_name = "STEP")]
+    pub after: Vec<String>,
     /// Refuse a --script file that is not committed in git, or that has
     /// uncommitted changes, so that every task's script can be found at
     /// the commit the step records (`taskctl show --step STEP`).

@@ -296,6 +296,7 @@ fn load_request(args: &LoadArgs, script: String) -> LoadRequest {
             timeout: args.timeout,
             shards: args.shards,
             output_tail: args.no_output_tail.then_some(false),
+            after: (!args.after.is_empty()).then(|| args.after.clone()),
         },
         replace: args.replace,
         concurrency: args.concurrency,
@@ -364,8 +365,8 @@ async fn watch(store: &Store, step: Option<&str>) -> Result<()> {
             finished.saturating_sub(base) as f64 / started.elapsed().as_secs_f64().max(0.001);
         for s in &steps {
             let msg = format!(
-                "{} running, {} pending, {} failed, {rate:.1} tasks/s",
-                s.running, s.pending, s.failed
+                "{} running, {} pending, {} waiting, {} failed, {rate:.1} tasks/s",
+                s.running, s.pending, s.waiting, s.failed
             );
             if tty {
                 let bar = if let Some((_, bar)) = bars.iter().find(|(name, _)| name == &s.step) {

@@ -66,6 +66,13 @@ pub fn step_text(meta: &StepMeta, loads: &[LoadRecord]) -> String {
             |t| humantime::format_duration(t).to_string()
         )
     );
+    if !meta.after.is_empty() {
+        let _ = writeln!(
+            out,
+            "after:           {} (each task waits for its sample's task there)",
+            meta.after.join(", ")
+        );
+    }
     if loads.is_empty() {
         let _ = writeln!(out, "loads:           none recorded");
     }
@@ -181,6 +188,20 @@ pub fn task_text(t: &Task) -> String {
         opt(t.failure_class.map(|v| v.to_string()))
     );
     let _ = writeln!(out, "log:             {}", opt(t.log_uri.clone()));
+    if !t.after.is_empty() {
+        let waiting = if t.waiting_on.is_empty() {
+            "all done".to_owned()
+        } else {
+            format!("waiting on {}", t.waiting_on.join(", "))
+        };
+        let _ = writeln!(out, "after:           {} ({waiting})", t.after.join(", "));
+    }
+    if !t.dependents.is_empty() {
+        let _ = writeln!(out, "dependents:      {}", t.dependents.join(", "));
+    }
+    if let Some(reason) = &t.reason {
+        let _ = writeln!(out, "reason:          {reason}");
+    }
     if let (Some(by), Some(at)) = (&t.retried_by, t.retried_at) {
         let _ = writeln!(out, "retried:         by {by} at {at}");
     }

@@ -60,6 +60,17 @@ pub struct LoadRequest {
     pub concurrency: usize,
 }
 
+impl LoadRequest {
+    /// The steps this load's tasks wait for: the ones asked for, else the
+    /// step's stored ones.
+    fn after<'a>(&'a self, meta: &'a StepMeta) -> &'a [String] {
+        match &self.settings.after {
+            Some(after) => after,
+            None => &meta.after,
+        }
+    }
+}
+
 /// A load that passed validation.
 #[derive(Debug, Clone)]
 pub struct PreparedLoad {
@@ -115,6 +126,18 @@ pub fn prepare(request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, LoadE
             request.step
         )));
     }
+    for up in request.settings.after.iter().flatten() {
+        if !schema::is_valid_step_name(up) {
+            return Err(LoadError::Input(format!(
+                "--after '{up}' is not a valid step name: use a letter, then letters, digits, '-' or '_' (at most 64)"
+            )));
+        }
+        if *up == request.step {
+            return Err(LoadError::Input(format!(
+                "--after {up}: a step cannot wait for itself; name the step whose tasks must be done first"
+            )));
+        }
+    }
     if request.script.trim().is_empty() {
         return Err(LoadError::Input(
             "the script is empty; give --script FILE or --command TEXT".into(),
@@ -150,7 +173,7 @@ pub fn prepare(request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, LoadE
         let size = schema::item_size(&task_item(
             &meta,
             &task,
-            crate::transition::insert(&task).state_at,
+            crate::transition::load_place(&task),
         ));
         if size > budget {
             return Err(SheetError {
@@ -241,9 +264,8 @@ async fn load_rows<S: TaskStore>(
     let started = Instant::now();
     let request = &prepared.request;
     let mut lock = LoadLock::new(Timestamp::now().plus(LOCK_LEASE));
-    let (meta, change) = store
-        .ensure_step_for_load(&request.step, &request.settings, &lock)
-        .await?;
+    let (meta, change) = ensure_step(store, request, &lock).await?;
+    let after = request.after(&meta).to_vec();
     // The first load of a new step, under its lock, writes without
     // per-task conditions and counts behind its writes.
     let first = meta.first_load.as_ref() == Some(&lock);
@@ -283,10 +305,17 @@ async fn load_rows<S: TaskStore>(
             let Some((shard, batch)) = batches.start() else {
                 break;
             };
-            let (meta, lock) = (&meta, lock.clone());
+            let (meta, lock, after) = (&meta, lock.clone(), &after);
             in_flight.push(async move {
-                let outcome =
-                    write(store, meta, first.then_some(&lock), &batch, request.replace).await;
+                let outcome = write(
+                    store,
+                    meta,
+                    first.then_some(&lock),
+                    &batch,
+                    request.replace,
+                    after,
+                )
+                .await;
                 (shard, batch.len(), outcome)
             });
         }
@@ -327,6 +356,16 @@ async fn load_rows<S: TaskStore>(
         store.end_first_load(&meta, &lock).await?;
     }
 
+    Ok(report(prepared, change, &totals, started))
+}
+
+fn report(
+    prepared: &PreparedLoad,
+    change: StepChange,
+    totals: &BatchOutcome,
+    started: Instant,
+) -> LoadReport {
+    let request = &prepared.request;
     let mut report = LoadReport {
         step: request.step.clone(),
         rows: prepared.sheet.rows,
@@ -341,7 +380,29 @@ async fn load_rows<S: TaskStore>(
     report.replaced = totals.replaced;
     report.skipped_running = totals.skipped_running;
     report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    report
+}
+
+/// The step `request` loads into, created or updated as it asks. A step
+/// whose tasks wait for others links each task to its upstream tasks as it
+/// writes it: conditional writes, never a first load's.
+async fn ensure_step<S: TaskStore>(
+    store: &S,
+    request: &LoadRequest,
+    lock: &LoadLock,
+) -> Result<(StepMeta, StepChange), StoreError> {
+    if request
+        .settings
+        .after
+        .as_ref()
+        .is_some_and(|a| !a.is_empty())
+    {
+        store.ensure_step(&request.step, &request.settings).await
+    } else {
+        store
+            .ensure_step_for_load(&request.step, &request.settings, lock)
+            .await
+    }
 }
 
 /// How long a first-load lock lasts unless renewed.
@@ -364,9 +425,13 @@ async fn write<S: TaskStore>(
     lock: Option<&LoadLock>,
     batch: &[Task],
     replace: bool,
+    after: &[String],
 ) -> Result<(BatchOutcome, Vec<(&'static str, i64)>), StoreError> {
     let Some(lock) = lock else {
-        return Ok((write_batch(store, meta, batch, replace).await?, Vec::new()));
+        return Ok((
+            write_batch(store, meta, batch, replace, after).await?,
+            Vec::new(),
+        ));
     };
     // Every task of the batch is new and ends up written by this load; `k`
     // of them are not counted yet.
@@ -498,8 +563,13 @@ async fn write_batch<S: TaskStore>(
     meta: &StepMeta,
     batch: &[Task],
     replace: bool,
+    after: &[String],
 ) -> Result<BatchOutcome, StoreError> {
-    let inserted = store.insert(meta, batch).await?;
+    let inserted = if after.is_empty() {
+        store.insert(meta, batch).await?
+    } else {
+        store.insert_after(meta, batch, after).await?
+    };
     let mut outcome = BatchOutcome {
         loaded: inserted.inserted,
         ..BatchOutcome::default()

@@ -80,6 +80,9 @@ pub enum FailureClass {
     /// directory it cannot write). Not the task's fault: the task is
     /// released without using an attempt, and the worker stops.
     Host,
+    /// A task this one waits for (`load --after`) failed; this one never
+    /// ran. Retrying the upstream task puts it back to `waiting`.
+    Upstream,
 }
 
 impl FailureClass {
@@ -94,6 +97,7 @@ impl FailureClass {
             FailureClass::Launch => "launch",
             FailureClass::Host => "host",
             FailureClass::Spot => "spot",
+            FailureClass::Upstream => "upstream",
         }
     }
 }
@@ -203,6 +207,22 @@ pub struct Task {
     /// The last attempts, oldest first, bounded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<AttemptRecord>,
+    /// The steps whose task of the same id this one waits for (`load
+    /// --after`), as loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Of those, the ones not `done` yet, while the task is `waiting` (or
+    /// `failed` because one of them failed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_on: Vec<String>,
+    /// The steps whose task of the same id waits for this one: the worker
+    /// that ends this task moves them on, in the same write.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependents: Vec<String>,
+    /// Why a task waits (an upstream task that does not exist) or failed
+    /// without running (the upstream task that failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A task to be loaded: its id and its sheet row as environment variables.
@@ -278,6 +298,10 @@ pub struct StepMeta {
     /// so no other load may write the step meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_load: Option<LoadLock>,
+    /// The steps this step's tasks wait for, sample by sample (`load
+    /// --after`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
 }
 
 /// What one `taskctl load` of a step was: where the sheet and the script
@@ -423,6 +447,9 @@ pub struct TaskSummary {
     pub finished_at: Option<Timestamp>,
     /// Where its log is.
     pub log_uri: Option<String>,
+    /// Why it waits, or failed without running (`load --after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl TaskSummary {
@@ -439,6 +466,7 @@ impl TaskSummary {
             started_at: task.started_at,
             finished_at: task.finished_at,
             log_uri: task.log_uri.clone(),
+            reason: task.reason.clone(),
         }
     }
 

@@ -120,6 +120,14 @@ pub mod attr {
     pub const RETRIED_AT: &str = "retried_at";
     /// Task: bounded list of past attempts (L of M).
     pub const HISTORY: &str = "history";
+    /// Task: the steps it waits for, as loaded (L of S).
+    pub const AFTER: &str = "after";
+    /// Task: those not done yet (L of S).
+    pub const WAITING_ON: &str = "waiting_on";
+    /// Task: the steps whose task of this id waits for it (L of S).
+    pub const DEPENDENTS: &str = "dependents";
+    /// Task: why it waits, or failed without running (S).
+    pub const REASON: &str = "reason";
 
     /// Step: number of shards (N).
     pub const SHARDS: &str = "shards";
@@ -322,6 +330,10 @@ mod tests {
                 log_uri: None,
                 provenance: None,
             }],
+            after: vec!["align".into()],
+            waiting_on: vec!["align".into()],
+            dependents: vec!["qc".into()],
+            reason: Some("r".into()),
         }
     }
 
@@ -353,6 +365,10 @@ mod tests {
             attr::RETRIED_BY,
             attr::RETRIED_AT,
             attr::HISTORY,
+            attr::AFTER,
+            attr::WAITING_ON,
+            attr::DEPENDENTS,
+            attr::REASON,
         ];
         let mut serialized: Vec<&str> = item.keys().map(String::as_str).collect();
         serialized.sort_unstable();

@@ -38,3 +38,4 @@ mod script_env;
 mod stopping;
 mod supervision;
 mod task_paths;
+mod workflow;

@@ -31,6 +31,7 @@ fn meta() -> StepMeta {
         created_at: Timestamp::from_millis(0),
         updated_at: Timestamp::from_millis(0),
         first_load: None,
+        after: Vec::new(),
     }
 }
 

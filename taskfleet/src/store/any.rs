@@ -97,6 +97,15 @@ impl TaskStore for Store {
         each!(self, s => s.insert(meta, tasks).await)
     }
 
+    async fn insert_after(
+        &self,
+        meta: &StepMeta,
+        tasks: &[Task],
+        after: &[String],
+    ) -> Result<InsertOutcome, StoreError> {
+        each!(self, s => s.insert_after(meta, tasks, after).await)
+    }
+
     async fn replace(
         &self,
         meta: &StepMeta,

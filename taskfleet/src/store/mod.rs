@@ -42,6 +42,8 @@ pub struct SettingsChange {
     pub shards: Option<u16>,
     /// Whether attempts' output tails are kept on the tasks.
     pub output_tail: Option<bool>,
+    /// The steps the step's tasks wait for (`load --after`).
+    pub after: Option<Vec<String>>,
 }
 
 impl SettingsChange {
@@ -55,6 +57,7 @@ impl SettingsChange {
             created_at: now,
             updated_at: now,
             first_load: None,
+            after: self.after.clone().unwrap_or_default(),
         }
     }
 
@@ -71,11 +74,13 @@ impl SettingsChange {
             });
         }
         let settings = self.apply(&meta.settings);
-        if settings == meta.settings {
+        let after = self.after.clone().unwrap_or_else(|| meta.after.clone());
+        if settings == meta.settings && after == meta.after {
             return Ok(None);
         }
         Ok(Some(StepMeta {
             settings,
+            after,
             updated_at: Timestamp::now(),
             ..meta.clone()
         }))
@@ -281,6 +286,25 @@ pub trait TaskStore: Sync {
         tasks: &[Task],
     ) -> impl Future<Output = Result<InsertOutcome, StoreError>> + Send;
 
+    /// [`TaskStore::insert`] for a step loaded after the steps `after`
+    /// (`load --after`): each new task starts as its upstream tasks say
+    /// (pending, waiting or failed) and is linked to them, in one atomic
+    /// write with them, so that whoever ends an upstream task moves it on.
+    fn insert_after(
+        &self,
+        meta: &StepMeta,
+        tasks: &[Task],
+        after: &[String],
+    ) -> impl Future<Output = Result<InsertOutcome, StoreError>> + Send {
+        let _ = (meta, tasks, after);
+        async {
+            Err(StoreError::Service {
+                operation: "load --after",
+                message: "this store does not keep dependencies between steps".into(),
+            })
+        }
+    }
+
     /// Gives `old` (as read; never `running`) the script and row of `new`
     /// with a fresh attempt budget, provided it is still that attempt in
     /// that state. Its attempt number and history stay.
@@ -477,5 +501,9 @@ pub fn new_pending_task(
         retried_by: None,
         retried_at: None,
         history: Vec::new(),
+        after: Vec::new(),
+        waiting_on: Vec::new(),
+        dependents: Vec::new(),
+        reason: None,
     }
 }

@@ -28,6 +28,7 @@ use crate::transition::{self, Transition, Write};
 
 mod browse;
 mod counts;
+mod deps;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS steps (
@@ -239,7 +240,8 @@ fn apply(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
         }
         Write::Update(_) => {
-            "UPDATE tasks SET state = ?3, state_at = ?4, attempt = ?5, owner = ?6, body = ?7
+            "UPDATE tasks SET state = ?3, state_at = coalesce(?4, state_at), attempt = ?5,
+                owner = ?6, body = ?7
              WHERE step = ?1 AND task_id = ?2 AND shard = ?8"
         }
     };
@@ -249,7 +251,7 @@ fn apply(
             meta.step,
             task_id,
             t.to.as_str(),
-            t.state_at.as_millis(),
+            t.state_at.map(Timestamp::as_millis),
             after.attempt,
             after.owner,
             to_json(&after),
@@ -309,16 +311,27 @@ impl TaskStore for SqliteStore {
         .await
     }
 
+    async fn insert_after(
+        &self,
+        meta: &StepMeta,
+        tasks: &[Task],
+        after: &[String],
+    ) -> Result<InsertOutcome, StoreError> {
+        let (tasks, meta, after) = (tasks.to_vec(), meta.clone(), after.to_vec());
+        self.tx(move |tx| deps::insert_after_in(tx, &meta, &tasks, &after))
+            .await
+    }
+
     async fn replace(
         &self,
         meta: &StepMeta,
         old: &Task,
         new: &Task,
     ) -> Result<ReplaceOutcome, StoreError> {
-        let t = transition::replace(old, new, Timestamp::now());
-        let (meta, id) = (meta.clone(), old.task_id.clone());
+        let (meta, old, new) = (meta.clone(), old.clone(), new.clone());
         self.tx(move |tx| {
-            Ok(match apply(tx, &meta, &id, &t)? {
+            let make = |t: &Task| transition::replace(t, &new, Timestamp::now());
+            Ok(match deps::end_in(tx, &meta, &old, &make)? {
                 Some(_) => ReplaceOutcome::Replaced,
                 None => ReplaceOutcome::Changed,
             })
@@ -333,10 +346,13 @@ impl TaskStore for SqliteStore {
         attempt: u32,
         by: &str,
     ) -> Result<ReplaceOutcome, StoreError> {
-        let t = transition::retry(attempt, by, Timestamp::now());
-        let (meta, id) = (meta.clone(), task_id.to_owned());
+        let (meta, id, by) = (meta.clone(), task_id.to_owned(), by.to_owned());
         self.tx(move |tx| {
-            Ok(match apply(tx, &meta, &id, &t)? {
+            let Some(old) = read_task(tx, &meta.step, &id)? else {
+                return Ok(ReplaceOutcome::Changed);
+            };
+            let make = |_: &Task| transition::retry(attempt, &by, Timestamp::now());
+            Ok(match deps::end_in(tx, &meta, &old, &make)? {
                 Some(_) => ReplaceOutcome::Replaced,
                 None => ReplaceOutcome::Changed,
             })
@@ -593,8 +609,15 @@ impl TaskStore for SqliteStore {
         task: &Task,
         finish: &Finish,
     ) -> Result<Fence, StoreError> {
-        let t = transition::finish(task, finish);
-        self.fenced_write(meta, task, t).await
+        let (meta, task, finish) = (meta.clone(), task.clone(), finish.clone());
+        self.tx(move |tx| {
+            let make = |t: &Task| transition::finish(t, &finish);
+            Ok(match deps::end_in(tx, &meta, &task, &make)? {
+                Some(_) => Fence::Held,
+                None => Fence::Lost,
+            })
+        })
+        .await
     }
 }
 
@@ -624,14 +647,16 @@ fn reclaim_in(
     owner: &str,
     now: Timestamp,
 ) -> Result<Claim, StoreError> {
-    let t = transition::reclaim(
-        old,
-        owner,
-        now,
-        meta.settings.lease,
-        meta.settings.max_attempts,
-    );
-    Ok(match apply(tx, meta, &old.task_id, &t)? {
+    let make = |t: &Task| {
+        transition::reclaim(
+            t,
+            owner,
+            now,
+            meta.settings.lease,
+            meta.settings.max_attempts,
+        )
+    };
+    Ok(match deps::end_in(tx, meta, old, &make)? {
         Some(task) if task.state == TaskState::Running => Claim::Claimed(Box::new(task)),
         Some(_) => Claim::FailedLost,
         None => Claim::Lost,

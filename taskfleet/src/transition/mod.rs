@@ -31,6 +31,8 @@ use crate::model::{AttemptRecord, FailureClass, Task, TaskState};
 use crate::schema::{self, attr};
 use crate::time::Timestamp;
 
+pub mod deps;
+
 /// Most attempts a task's history keeps (the oldest are dropped).
 pub const HISTORY_KEEP: usize = 10;
 
@@ -51,6 +53,12 @@ pub enum Cond {
     Absent,
     /// The task is in this state.
     State(TaskState),
+    /// The task's dependents are exactly these.
+    Dependents(Vec<String>),
+    /// The steps the task waits on are exactly these.
+    WaitingOn(Vec<String>),
+    /// The task's failure class is this one.
+    Class(FailureClass),
     /// The task's attempt is this one.
     Attempt(u32),
     /// The task's owner is this one.
@@ -68,6 +76,9 @@ impl Cond {
             (Cond::Absent, t) => t.is_none(),
             (_, None) => false,
             (Cond::State(s), Some(t)) => t.state == *s,
+            (Cond::Dependents(d), Some(t)) => t.dependents == *d,
+            (Cond::WaitingOn(w), Some(t)) => t.waiting_on == *w,
+            (Cond::Class(c), Some(t)) => t.failure_class == Some(*c),
             (Cond::Attempt(a), Some(t)) => t.attempt == *a,
             (Cond::Owner(o), Some(t)) => t.owner.as_deref() == Some(o.as_str()),
             (Cond::ReadyBy(at), Some(t)) => t.ready_at.is_none_or(|r| r <= *at),
@@ -109,8 +120,9 @@ pub struct Transition {
     pub write: Write,
     /// The state afterwards.
     pub to: TaskState,
-    /// The index time in that state (see [`crate::schema`]).
-    pub state_at: Timestamp,
+    /// The index time in that state (see [`crate::schema`]); `None` keeps
+    /// the task where it is in the index (its state does not change).
+    pub state_at: Option<Timestamp>,
     /// Counter attribute and delta, applied in the same write.
     pub counters: Vec<(&'static str, i64)>,
 }
@@ -167,10 +179,10 @@ pub fn fence(task: &Task) -> Vec<Cond> {
 /// start at the ends of a shard; spread, they start anywhere in it.
 pub const LOAD_SPREAD_MS: u64 = 1000;
 
-/// Load-insert: writes `task` (pending or waiting) where no task of that
-/// id exists, and counts it as loaded.
-pub fn insert(task: &Task) -> Transition {
-    let state_at = match (task.state, task.ready_at) {
+/// Where a loaded task sits in the state index: its ready time if it has
+/// one, else its load time less its own spread offset.
+pub fn load_place(task: &Task) -> Timestamp {
+    match (task.state, task.ready_at) {
         (TaskState::Pending | TaskState::Waiting, Some(ready)) => ready,
         (TaskState::Pending | TaskState::Waiting, None) => {
             // The high bits: the low ones choose the task's shard.
@@ -183,13 +195,19 @@ pub fn insert(task: &Task) -> Transition {
             )
         }
         _ => task.updated_at,
-    };
+    }
+}
+
+/// Load-insert: writes `task` (pending, waiting, or failed because what it
+/// waits for failed) where no task of that id exists, and counts it as
+/// loaded.
+pub fn insert(task: &Task) -> Transition {
     Transition {
         name: "insert",
         guard: vec![Cond::Absent],
         write: Write::Put(Box::new(task.clone())),
         to: task.state,
-        state_at,
+        state_at: Some(load_place(task)),
         counters: counter_moves(None, task.state),
     }
 }
@@ -223,7 +241,7 @@ pub fn claim(owner: &str, now: Timestamp, lease: Duration) -> Transition {
         guard: vec![Cond::State(TaskState::Pending), Cond::ReadyBy(now)],
         write: Write::Update(claim_changes(owner, now, until)),
         to: TaskState::Running,
-        state_at: until,
+        state_at: Some(until),
         counters: Vec::new(),
     }
 }
@@ -284,7 +302,7 @@ pub fn reclaim(
             guard,
             write: Write::Update(changes),
             to: TaskState::Failed,
-            state_at: now,
+            state_at: Some(now),
             counters: counter_moves(Some(TaskState::Running), TaskState::Failed),
         };
     }
@@ -300,7 +318,7 @@ pub fn reclaim(
         guard,
         write: Write::Update(changes),
         to: TaskState::Running,
-        state_at: until,
+        state_at: Some(until),
         counters: Vec::new(),
     }
 }
@@ -321,7 +339,7 @@ pub fn heartbeat(task: &Task, until: Timestamp, now: Timestamp) -> Transition {
         guard: fence(task),
         write: Write::Update(changes),
         to: TaskState::Running,
-        state_at: until,
+        state_at: Some(until),
         counters: Vec::new(),
     }
 }
@@ -442,7 +460,7 @@ fn finish_unchecked(task: &Task, finish: &Finish) -> Transition {
         guard: fence(task),
         write: Write::Update(changes),
         to: finish.next,
-        state_at,
+        state_at: Some(state_at),
         counters: counter_moves(Some(TaskState::Running), finish.next),
     }
 }
@@ -468,19 +486,26 @@ pub fn release(task: &Task, record: AttemptRecord, tail: Option<String>) -> Tran
 }
 
 /// Replace: gives `old` (not running) the script and row of `new` and
-/// puts it back to pending with a fresh attempt budget. The attempt number
-/// and the history stay: attempt numbers name logs and work directories
-/// and only ever go up.
+/// puts it back to pending with a fresh attempt budget, or to waiting if
+/// it still waits for upstream tasks. The attempt number and the history
+/// stay: attempt numbers name logs and work directories and only ever go
+/// up.
 pub fn replace(old: &Task, new: &Task, now: Timestamp) -> Transition {
     assert!(
         old.state != TaskState::Running,
         "running tasks are never replaced"
     );
+    let to = if old.waiting_on.is_empty() {
+        TaskState::Pending
+    } else {
+        TaskState::Waiting
+    };
     Transition {
         name: "replace",
         guard: vec![Cond::State(old.state), Cond::Attempt(old.attempt)],
         write: Write::Update(vec![
-            Change::Set(attr::STATE, json(&TaskState::Pending)),
+            Change::Set(attr::STATE, json(&to)),
+            Change::Remove(attr::REASON),
             Change::Set(attr::TASK_SCRIPT, Value::from(new.script.as_str())),
             Change::Set(attr::SCRIPT_DIGEST, Value::from(new.script_digest.as_str())),
             Change::Set(attr::ENV, json(&new.env)),
@@ -500,9 +525,9 @@ pub fn replace(old: &Task, new: &Task, now: Timestamp) -> Transition {
             Change::Remove(attr::FAILURE_CLASS),
             Change::Remove(attr::OUTPUT_TAIL),
         ]),
-        to: TaskState::Pending,
-        state_at: now,
-        counters: counter_moves(Some(old.state), TaskState::Pending),
+        to,
+        state_at: Some(now),
+        counters: counter_moves(Some(old.state), to),
     }
 }
 
@@ -525,7 +550,7 @@ pub fn retry(attempt: u32, by: &str, now: Timestamp) -> Transition {
             Change::Remove(attr::LEASE_EXPIRES_AT),
         ]),
         to: TaskState::Pending,
-        state_at: now,
+        state_at: Some(now),
         counters: counter_moves(Some(TaskState::Failed), TaskState::Pending),
     }
 }
@@ -549,6 +574,11 @@ impl Transition {
         if !self.allows(current) {
             return None;
         }
+        debug_assert!(
+            self.state_at.is_some() || current.is_some_and(|c| c.state == self.to),
+            "{} keeps the index place but changes the state",
+            self.name
+        );
         match &self.write {
             Write::Put(task) => Some((**task).clone()),
             Write::Update(changes) => {

@@ -12,7 +12,7 @@ use crate::schema::{self, attr};
 use crate::store::StoreError;
 
 /// The attributes a [`TaskSummary`] is read from.
-const SUMMARY: [&str; 10] = [
+const SUMMARY: [&str; 11] = [
     attr::STEP,
     attr::TASK_ID,
     attr::STATE,
@@ -23,6 +23,7 @@ const SUMMARY: [&str; 10] = [
     attr::STARTED_AT,
     attr::FINISHED_AT,
     attr::LOG_URI,
+    attr::REASON,
 ];
 
 /// Keys of one BatchGetItem at most.

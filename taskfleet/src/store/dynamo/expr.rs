@@ -51,6 +51,15 @@ impl Expr {
                 let (a, v) = (self.name(attr::STATE), self.value(s(state.as_str())));
                 format!("{a} = {v}")
             }
+            Cond::Dependents(list) => self.list_is(attr::DEPENDENTS, list),
+            Cond::WaitingOn(list) => self.list_is(attr::WAITING_ON, list),
+            Cond::Class(class) => {
+                let (a, v) = (
+                    self.name(attr::FAILURE_CLASS),
+                    self.value(s(class.as_str())),
+                );
+                format!("{a} = {v}")
+            }
             Cond::Attempt(attempt) => {
                 let (a, v) = (self.name(attr::ATTEMPT), self.value(n(i64::from(*attempt))));
                 format!("{a} = {v}")
@@ -72,6 +81,17 @@ impl Expr {
             }
         };
         self.conditions.push(text);
+    }
+
+    /// "The list attribute is exactly `list`"; an empty list is never
+    /// stored (the attribute is removed instead).
+    fn list_is(&mut self, attr: &str, list: &[String]) -> String {
+        let a = self.name(attr);
+        if list.is_empty() {
+            return format!("attribute_not_exists({a})");
+        }
+        let v = self.value(AttributeValue::L(list.iter().map(|x| s(x)).collect()));
+        format!("{a} = {v}")
     }
 
     /// The update expression.
@@ -132,11 +152,14 @@ pub(super) fn render_update(meta: &StepMeta, task_id: &str, t: &Transition) -> E
         debug_assert!(!touched.contains(name), "{} changes {name} twice", t.name);
         touched.push(name);
     }
-    e.set(
-        attr::STATE_PK,
-        s(&schema::state_pk(&meta.step, t.to, shard)),
-    );
-    e.set(attr::STATE_AT, n(t.state_at.as_millis()));
+    // A transition that keeps the task's state keeps its index place.
+    if let Some(at) = t.state_at {
+        e.set(
+            attr::STATE_PK,
+            s(&schema::state_pk(&meta.step, t.to, shard)),
+        );
+        e.set(attr::STATE_AT, n(at.as_millis()));
+    }
     e
 }
 
@@ -169,7 +192,11 @@ pub(super) fn put_in_transaction(table: &str, meta: &StepMeta, t: &Transition) -
     for cond in &t.guard {
         e.condition(cond);
     }
-    let item: Item = task_item(meta, task, t.state_at);
+    let item: Item = task_item(
+        meta,
+        task,
+        t.state_at.expect("a whole item has its index place"),
+    );
     Put::builder()
         .table_name(table)
         .set_item(Some(item))
@@ -252,6 +279,7 @@ mod tests {
             created_at: Timestamp::from_millis(0),
             updated_at: Timestamp::from_millis(0),
             first_load: None,
+            after: Vec::new(),
         }
     }
 

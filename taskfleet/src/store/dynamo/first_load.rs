@@ -156,7 +156,7 @@ impl DynamoStore {
         let mut requests: Vec<WriteRequest> = chunk
             .iter()
             .map(|t| {
-                let item = task_item(meta, t, transition::insert(t).state_at);
+                let item = task_item(meta, t, transition::load_place(t));
                 WriteRequest::builder()
                     .put_request(
                         PutRequest::builder()

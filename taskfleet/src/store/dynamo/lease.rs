@@ -227,9 +227,20 @@ impl DynamoStore {
             meta.settings.max_attempts,
         );
         if t.to == TaskState::Failed {
-            return Ok(match self.apply(meta, &old.task_id, &t, false).await? {
-                Applied::Written(_) => Claim::FailedLost,
-                Applied::GuardFailed => Claim::Lost,
+            // Its dependents fail with it.
+            let make = |t: &Task| {
+                transition::reclaim(
+                    t,
+                    owner,
+                    now,
+                    meta.settings.lease,
+                    meta.settings.max_attempts,
+                )
+            };
+            return Ok(if self.end_write(meta, old, &make).await? {
+                Claim::FailedLost
+            } else {
+                Claim::Lost
             });
         }
         self.claimed(meta, &old.task_id, &t).await
@@ -266,8 +277,12 @@ impl DynamoStore {
         task: &Task,
         finish: &Finish,
     ) -> Result<Fence, StoreError> {
-        let t = transition::finish(task, finish);
-        self.fenced(meta, task, &t).await
+        let make = |t: &Task| transition::finish(t, finish);
+        Ok(if self.end_write(meta, task, &make).await? {
+            Fence::Held
+        } else {
+            Fence::Lost
+        })
     }
 
     async fn fenced(

@@ -14,7 +14,6 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::errors::{Reason, cancellation_reasons, is_throttled_transaction, reason_kind};
 use super::expr::{counter_update, put_in_transaction, sum_deltas};
-use super::lease::Applied;
 use super::{DynamoStore, decode, task_item};
 use crate::model::{StepMeta, Task};
 use crate::schema::{self, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_ITEMS};
@@ -46,7 +45,7 @@ impl DynamoStore {
             let mut end = start;
             while end < tasks.len() && end - start < MAX_TRANSACTION_ITEMS - 1 {
                 let t = &tasks[end];
-                let size = schema::item_size(&task_item(meta, t, transition::insert(t).state_at));
+                let size = schema::item_size(&task_item(meta, t, transition::load_place(t)));
                 if end > start && bytes + size > MAX_TRANSACTION_BYTES {
                     break;
                 }
@@ -149,10 +148,14 @@ impl DynamoStore {
         attempt: u32,
         by: &str,
     ) -> Result<ReplaceOutcome, StoreError> {
-        let t = transition::retry(attempt, by, Timestamp::now());
-        Ok(match self.apply(meta, task_id, &t, false).await? {
-            Applied::Written(_) => ReplaceOutcome::Replaced,
-            Applied::GuardFailed => ReplaceOutcome::Changed,
+        let Some(old) = self.read_task(meta, task_id).await? else {
+            return Ok(ReplaceOutcome::Changed);
+        };
+        let make = |_: &Task| transition::retry(attempt, by, Timestamp::now());
+        Ok(if self.end_write(meta, &old, &make).await? {
+            ReplaceOutcome::Replaced
+        } else {
+            ReplaceOutcome::Changed
         })
     }
 
@@ -162,10 +165,11 @@ impl DynamoStore {
         old: &Task,
         new: &Task,
     ) -> Result<ReplaceOutcome, StoreError> {
-        let t = transition::replace(old, new, Timestamp::now());
-        Ok(match self.apply(meta, &old.task_id, &t, false).await? {
-            Applied::Written(_) => ReplaceOutcome::Replaced,
-            Applied::GuardFailed => ReplaceOutcome::Changed,
+        let make = |t: &Task| transition::replace(t, new, Timestamp::now());
+        Ok(if self.end_write(meta, old, &make).await? {
+            ReplaceOutcome::Replaced
+        } else {
+            ReplaceOutcome::Changed
         })
     }
 }

@@ -28,6 +28,7 @@
 
 mod admin;
 mod browse;
+mod deps;
 mod errors;
 mod expr;
 mod first_load;
@@ -58,6 +59,9 @@ pub struct DynamoStore {
     table: String,
     endpoint: String,
     retry: RetryPolicy,
+    /// Steps whose tasks this store wrote as dependents: their key layout
+    /// (a step's shard count never changes).
+    layouts: std::sync::Arc<std::sync::Mutex<HashMap<String, StepMeta>>>,
 }
 
 /// What `init` found or did.
@@ -78,6 +82,7 @@ impl DynamoStore {
             table: table.into(),
             endpoint: endpoint.into(),
             retry: RetryPolicy::default(),
+            layouts: std::sync::Arc::default(),
         }
     }
 
@@ -247,6 +252,15 @@ impl TaskStore for DynamoStore {
 
     async fn insert(&self, meta: &StepMeta, tasks: &[Task]) -> Result<InsertOutcome, StoreError> {
         self.insert_tasks(meta, tasks).await
+    }
+
+    async fn insert_after(
+        &self,
+        meta: &StepMeta,
+        tasks: &[Task],
+        after: &[String],
+    ) -> Result<InsertOutcome, StoreError> {
+        self.insert_after_tasks(meta, tasks, after).await
     }
 
     async fn replace(

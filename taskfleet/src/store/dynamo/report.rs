@@ -237,7 +237,8 @@ impl DynamoStore {
             .collect())
     }
 
-    /// BatchGetItem with `projection`, repeating unprocessed keys.
+    /// BatchGetItem with `projection` (whole items when empty), repeating
+    /// unprocessed keys.
     pub(super) async fn batch_get(
         &self,
         keys: Vec<Item>,
@@ -249,13 +250,16 @@ impl DynamoStore {
         let mut tries = 0;
         while !pending.is_empty() {
             tries += 1;
-            let request = KeysAndAttributes::builder()
+            let mut request = KeysAndAttributes::builder()
                 .set_keys(Some(pending.clone()))
-                .projection_expression(&projection_expr)
-                .set_expression_attribute_names(Some(names.clone()))
-                .consistent_read(true)
-                .build()
-                .expect("keys are set");
+                .consistent_read(true);
+            // No projection: whole items.
+            if !projection.is_empty() {
+                request = request
+                    .projection_expression(&projection_expr)
+                    .set_expression_attribute_names(Some(names.clone()));
+            }
+            let request = request.build().expect("keys are set");
             match self
                 .client
                 .batch_get_item()

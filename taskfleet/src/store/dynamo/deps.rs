@@ -1,0 +1,381 @@
+//! Dependent tasks (`load --after`) on DynamoDB: the plan of what a write
+//! carries to the dependents is the shared one
+//! ([`crate::transition::deps`]); here it is read with strongly consistent
+//! reads and written as one `TransactWriteItems`, every task guarded on
+//! what was read. A guard that fails means something changed since: read
+//! again and plan again, a bounded number of times.
+//!
+//! - An end write (done, failed) or a put-back from failed is guarded on
+//!   the task's own fence and its `dependents` as read. A load that linked
+//!   a new dependent meanwhile makes it fail; the task is read again and,
+//!   if it is still the caller's, written with the new dependent included.
+//! - A load `--after` writes each new task together with the link on each
+//!   upstream task (guarded on its state, attempt and dependents as read),
+//!   or a check that the upstream task still does not exist.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_dynamodb::types::{ConditionCheck, TransactWriteItem};
+use aws_smithy_types::error::display::DisplayErrorContext;
+
+use super::errors::{Reason, cancellation_reasons, is_throttled_transaction, reason_kind};
+use super::expr::{counter_update, put_in_transaction, sum_deltas, update_in_transaction};
+use super::lease::Applied;
+use super::{DynamoStore, decode};
+use crate::model::{StepMeta, Task};
+use crate::schema::{self, MAX_TRANSACTION_ITEMS, attr};
+use crate::store::{InsertOutcome, StoreError};
+use crate::time::Timestamp;
+use crate::transition::deps::{self, Cascade, Planned};
+use crate::transition::{self, Transition};
+
+/// Plans made again before an end write gives up (every one of them lost
+/// to a change of a dependent or of the task's dependents).
+const PLAN_TRIES: u32 = 8;
+
+/// Most tasks one load transaction writes with their links.
+const TASKS_PER_TRANSACTION: usize = 24;
+
+impl DynamoStore {
+    /// The stored step `step` for its key layout, read once per store.
+    async fn layout(&self, step: &str) -> Result<Option<StepMeta>, StoreError> {
+        if let Some(meta) = self
+            .layouts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(step)
+        {
+            return Ok(Some(meta.clone()));
+        }
+        let Some(meta) = crate::store::TaskStore::step(self, step).await? else {
+            return Ok(None);
+        };
+        self.layouts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(step.to_owned(), meta.clone());
+        Ok(Some(meta))
+    }
+
+    /// Writes `make(base)` on `base`'s task (as the caller holds it) and
+    /// what it carries to the task's dependents. `false` when the task is
+    /// no longer as the caller holds it (the guard of `make` fails on it).
+    pub(super) async fn end_write(
+        &self,
+        meta: &StepMeta,
+        base: &Task,
+        make: &(dyn Fn(&Task) -> Transition + Sync),
+    ) -> Result<bool, StoreError> {
+        let mut base = base.clone();
+        for _ in 0..PLAN_TRIES {
+            let own = make(&base);
+            if !deps::cascades(base.state, own.to) {
+                return Ok(matches!(
+                    self.apply(meta, &base.task_id, &own, false).await?,
+                    Applied::Written(_)
+                ));
+            }
+            let mut cascade = Cascade::new(&base, own, Timestamp::now());
+            self.plan(&mut cascade).await?;
+            let failed = if cascade.is_single() {
+                let t = &cascade.writes()[0].transition;
+                match self.apply(meta, &base.task_id, t, false).await? {
+                    Applied::Written(_) => None,
+                    Applied::GuardFailed => Some(0),
+                }
+            } else {
+                self.write_planned(meta, cascade.writes()).await?
+            };
+            match failed {
+                None => return Ok(true),
+                // The task itself changed: still the caller's, with other
+                // dependents? Then again with those.
+                Some(0) => {
+                    let Some(current) = self.read_task(meta, &base.task_id).await? else {
+                        return Ok(false);
+                    };
+                    base.dependents.clone_from(&current.dependents);
+                    if !make(&base).allows(Some(&current)) {
+                        return Ok(false);
+                    }
+                }
+                // A dependent changed: plan again.
+                Some(_) => {}
+            }
+        }
+        Err(StoreError::Service {
+            operation: "ending a task with dependents",
+            message: format!(
+                "{}/{}: its dependent tasks kept changing while it was written; run the command again",
+                meta.step, base.task_id
+            ),
+        })
+    }
+
+    /// Reads what `cascade` wants until its plan is complete.
+    async fn plan(&self, cascade: &mut Cascade) -> Result<(), StoreError> {
+        loop {
+            let wanted = cascade.wanted();
+            if wanted.is_empty() {
+                return Ok(());
+            }
+            let mut read = Vec::with_capacity(wanted.len());
+            for (step, id) in &wanted {
+                read.push(match self.layout(step).await? {
+                    Some(m) => self.read_task(&m, id).await?,
+                    None => None,
+                });
+            }
+            cascade.feed(&read);
+        }
+    }
+
+    /// Writes `writes` (the first on a task of `meta`) and their counters
+    /// in one transaction. `Some(i)`: the guard of write `i` failed and
+    /// nothing was written.
+    async fn write_planned(
+        &self,
+        meta: &StepMeta,
+        writes: &[Planned],
+    ) -> Result<Option<usize>, StoreError> {
+        let mut items = Vec::with_capacity(2 * writes.len());
+        let mut counters: BTreeMap<(String, u16), Vec<(&'static str, i64)>> = BTreeMap::new();
+        for (i, p) in writes.iter().enumerate() {
+            let m = if i == 0 {
+                meta.clone()
+            } else {
+                self.layout(&p.step)
+                    .await?
+                    .ok_or_else(|| StoreError::Service {
+                        operation: "ending a task with dependents",
+                        message: format!("step {} of a dependent task is gone", p.step),
+                    })?
+            };
+            items.push(
+                TransactWriteItem::builder()
+                    .update(update_in_transaction(
+                        &self.table,
+                        &m,
+                        &p.task_id,
+                        &p.transition,
+                    ))
+                    .build(),
+            );
+            counters
+                .entry((p.step.clone(), schema::shard_of(&p.task_id, m.shards)))
+                .or_default()
+                .extend(p.transition.counters.iter().copied());
+        }
+        for ((step, shard), deltas) in counters {
+            let deltas = sum_deltas(&deltas);
+            if deltas.iter().any(|(_, by)| *by != 0) {
+                items.push(
+                    TransactWriteItem::builder()
+                        .update(counter_update(&self.table, &step, shard, &deltas))
+                        .build(),
+                );
+            }
+        }
+        debug_assert!(items.len() <= MAX_TRANSACTION_ITEMS);
+        Ok(self.transact(items).await?.first().copied())
+    }
+
+    /// One transaction, repeated while it conflicts with another one or is
+    /// throttled. Returns the items whose condition failed (none: written).
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Vec<usize>, StoreError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let Err(err) = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await
+            else {
+                return Ok(Vec::new());
+            };
+            let kinds: Vec<Reason> = cancellation_reasons(&err)
+                .unwrap_or_default()
+                .iter()
+                .map(reason_kind)
+                .collect();
+            let failed: Vec<usize> = (0..kinds.len())
+                .filter(|&i| kinds[i] == Reason::ConditionFailed)
+                .collect();
+            if !failed.is_empty() {
+                return Ok(failed);
+            }
+            let again = is_throttled_transaction(&err) || kinds.contains(&Reason::Retry);
+            if !again || kinds.contains(&Reason::Other) {
+                return Err(self.classify("TransactWriteItems", &err));
+            }
+            tracing::debug!(tries, error = %DisplayErrorContext(&err), "transaction repeated");
+            self.backoff("TransactWriteItems", tries, items.len())
+                .await?;
+        }
+    }
+
+    /// `load --after`: inserts `tasks` (one shard of `meta`), each as its
+    /// upstream tasks say and linked to them in the same transaction.
+    pub(super) async fn insert_after_tasks(
+        &self,
+        meta: &StepMeta,
+        tasks: &[Task],
+        after: &[String],
+    ) -> Result<InsertOutcome, StoreError> {
+        let mut metas = Vec::with_capacity(after.len());
+        for step in after {
+            metas.push((step.clone(), self.layout(step).await?));
+        }
+        let mut out = InsertOutcome::default();
+        for chunk in tasks.chunks(TASKS_PER_TRANSACTION) {
+            let mut remaining: Vec<Task> = chunk.to_vec();
+            let mut tries = 0;
+            while !remaining.is_empty() {
+                tries += 1;
+                if tries > PLAN_TRIES {
+                    return Err(StoreError::Service {
+                        operation: "load --after",
+                        message: format!(
+                            "the upstream tasks of {} kept changing while it was loaded; load again",
+                            remaining[0].task_id
+                        ),
+                    });
+                }
+                let upstream = self.read_upstream(&metas, &remaining).await?;
+                let (items, owners) = self.insert_items(meta, &metas, &remaining, &upstream);
+                let failed = self.transact(items).await?;
+                if failed.is_empty() {
+                    out.inserted += remaining.len();
+                    break;
+                }
+                // Tasks that exist leave the batch as stored; if only
+                // upstream tasks changed, they are read again.
+                let mut existing: Vec<usize> = failed
+                    .iter()
+                    .filter(|&&i| owners[i].1)
+                    .map(|&i| owners[i].0)
+                    .collect();
+                if !existing.is_empty() {
+                    tries -= 1;
+                }
+                existing.sort_unstable();
+                for &t in existing.iter().rev() {
+                    let id = remaining.remove(t).task_id;
+                    out.existing.extend(self.read_task(meta, &id).await?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The upstream tasks of `tasks`, per task in the order of `metas`.
+    async fn read_upstream(
+        &self,
+        metas: &[(String, Option<StepMeta>)],
+        tasks: &[Task],
+    ) -> Result<Vec<Vec<(String, Option<Task>)>>, StoreError> {
+        let mut keys = Vec::new();
+        for task in tasks {
+            for (_, m) in metas {
+                if let Some(m) = m {
+                    keys.push(schema::task_key(&m.step, m.shards, &task.task_id));
+                }
+            }
+        }
+        let mut found: BTreeMap<(String, String), Task> = BTreeMap::new();
+        for part in keys.chunks(100) {
+            for item in self.batch_get(part.to_vec(), &[]).await? {
+                let task: Task = decode("an upstream task", item)?;
+                found.insert((task.step.clone(), task.task_id.clone()), task);
+            }
+        }
+        Ok(tasks
+            .iter()
+            .map(|t| {
+                metas
+                    .iter()
+                    .map(|(step, _)| {
+                        let up = found.remove(&(step.clone(), t.task_id.clone()));
+                        (step.clone(), up)
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// The transaction that inserts `tasks` with their links, and for each
+    /// item the task it belongs to and whether it is the task's own put.
+    fn insert_items(
+        &self,
+        meta: &StepMeta,
+        metas: &[(String, Option<StepMeta>)],
+        tasks: &[Task],
+        upstream: &[Vec<(String, Option<Task>)>],
+    ) -> (Vec<TransactWriteItem>, Vec<(usize, bool)>) {
+        let now = Timestamp::now();
+        let mut items = Vec::new();
+        let mut owners = Vec::new();
+        let mut deltas = Vec::new();
+        for (i, (task, ups)) in tasks.iter().zip(upstream).enumerate() {
+            let mut task = task.clone();
+            deps::start(&mut task, ups, now);
+            let insert = transition::insert(&task);
+            deltas.extend(insert.counters.iter().copied());
+            items.push(
+                TransactWriteItem::builder()
+                    .put(put_in_transaction(&self.table, meta, &insert))
+                    .build(),
+            );
+            owners.push((i, true));
+            for ((_, up), (_, up_meta)) in ups.iter().zip(metas) {
+                let Some(up_meta) = up_meta else { continue };
+                let item = match up {
+                    Some(up) => match deps::link(up, &meta.step) {
+                        Some(link) => TransactWriteItem::builder()
+                            .update(update_in_transaction(
+                                &self.table,
+                                up_meta,
+                                &up.task_id,
+                                &link,
+                            ))
+                            .build(),
+                        None => continue,
+                    },
+                    // Not loaded yet: the insert holds only while it is not.
+                    None => TransactWriteItem::builder()
+                        .condition_check(
+                            ConditionCheck::builder()
+                                .table_name(&self.table)
+                                .set_key(Some(schema::task_key(
+                                    &up_meta.step,
+                                    up_meta.shards,
+                                    &task.task_id,
+                                )))
+                                .condition_expression("attribute_not_exists(#pk)")
+                                .expression_attribute_names("#pk", attr::PK)
+                                .build()
+                                .expect("table, key and condition are set"),
+                        )
+                        .build(),
+                };
+                items.push(item);
+                owners.push((i, false));
+            }
+        }
+        let shard = schema::shard_of(&tasks[0].task_id, meta.shards);
+        items.push(
+            TransactWriteItem::builder()
+                .update(counter_update(
+                    &self.table,
+                    &meta.step,
+                    shard,
+                    &sum_deltas(&deltas),
+                ))
+                .build(),
+        );
+        owners.push((0, false));
+        (items, owners)
+    }
+}

@@ -1,0 +1,318 @@
+//! Tasks that wait for the task of the same id in other steps (`load
+//! --after`): what a dependent starts as, how an upstream task learns of
+//! it, and what the end of an upstream task does to its dependents.
+//!
+//! The links are on the tasks themselves, so the work per completion is
+//! bounded by the workflow's steps, never by the step's size:
+//!
+//! - a dependent lists the steps it waits for (`after`) and those not done
+//!   yet (`waiting_on`);
+//! - its upstream task lists the steps that wait for it (`dependents`),
+//!   written by the dependent's load in the same atomic write as the
+//!   dependent, guarded on the upstream task as read;
+//! - the write that ends an upstream task (done, failed, or back from
+//!   failed) is guarded on its `dependents` as read and carries what it
+//!   does to each of them ([`Cascade`]): promotion to `pending` when the
+//!   last upstream task is done, `failed` with class `upstream` when one
+//!   fails (and on down the chain), `waiting` again when a failed one is
+//!   put back.
+//!
+//! A load that links a dependent while the upstream task runs changes the
+//! upstream's `dependents`, so the worker's end write fails its guard; the
+//! worker reads the task again and, still its owner, ends it with the
+//! dependent included. Neither side can miss the other.
+
+use serde_json::Value;
+
+use super::{Change, Cond, Transition, Write, counter_moves, json, ms};
+use crate::model::{FailureClass, Task, TaskState};
+use crate::schema::attr;
+use crate::time::Timestamp;
+
+/// Most dependent tasks one end write carries (each with its counter
+/// update, within a transaction's 100 items): a chain of 40 steps after
+/// one sample's task.
+pub const MAX_CASCADE: usize = 40;
+
+/// The list as a change: set, or removed when empty (an empty list is
+/// never stored, so "exactly these" conditions can say "none").
+fn set_list(name: &'static str, list: &[String]) -> Change {
+    if list.is_empty() {
+        Change::Remove(name)
+    } else {
+        Change::Set(name, json(&list))
+    }
+}
+
+/// Sets `task` (new, pending, of a step loaded `--after` the steps of
+/// `upstream`) to what its upstream tasks say, as read: `failed` with class
+/// `upstream` if one failed, `pending` if all are done, else `waiting` on
+/// those not done (with the reason when one does not exist).
+pub fn start(task: &mut Task, upstream: &[(String, Option<Task>)], now: Timestamp) {
+    task.after = upstream.iter().map(|(s, _)| s.clone()).collect();
+    task.waiting_on = upstream
+        .iter()
+        .filter(|(_, t)| t.as_ref().is_none_or(|t| t.state != TaskState::Done))
+        .map(|(s, _)| s.clone())
+        .collect();
+    let failed = upstream
+        .iter()
+        .find_map(|(_, t)| t.as_ref().filter(|t| t.state == TaskState::Failed));
+    let missing: Vec<String> = upstream
+        .iter()
+        .filter(|(_, t)| t.is_none())
+        .map(|(s, _)| format!("{s}/{}", task.task_id))
+        .collect();
+    if let Some(up) = failed {
+        task.state = TaskState::Failed;
+        task.failure_class = Some(FailureClass::Upstream);
+        task.finished_at = Some(now);
+        task.reason = Some(failed_reason(up));
+    } else if task.waiting_on.is_empty() {
+        task.state = TaskState::Pending;
+    } else {
+        task.state = TaskState::Waiting;
+        if !missing.is_empty() {
+            task.reason = Some(format!(
+                "{} not loaded: the task waits until it is loaded and done",
+                missing.join(", ")
+            ));
+        }
+    }
+}
+
+fn failed_reason(up: &Task) -> String {
+    let how = match (up.exit_code, up.signal, up.failure_class) {
+        (Some(code), _, _) => format!("exit {code}"),
+        (None, Some(sig), _) => format!("signal {sig}"),
+        (None, None, Some(class)) => class.as_str().to_owned(),
+        (None, None, None) => "failed".to_owned(),
+    };
+    format!(
+        "upstream task {}/{} failed ({how}, attempt {})",
+        up.step, up.task_id, up.attempt
+    )
+}
+
+/// Link: adds `step` to the dependents of `upstream` (as read), provided it
+/// is still that state, attempt and dependents. Its state and index place
+/// stay. `None` when it lists `step` already.
+pub fn link(upstream: &Task, step: &str) -> Option<Transition> {
+    if upstream.dependents.iter().any(|d| d == step) {
+        return None;
+    }
+    let mut dependents = upstream.dependents.clone();
+    dependents.push(step.to_owned());
+    dependents.sort();
+    Some(Transition {
+        name: "link dependent",
+        guard: vec![
+            Cond::State(upstream.state),
+            Cond::Attempt(upstream.attempt),
+            Cond::Dependents(upstream.dependents.clone()),
+        ],
+        write: Write::Update(vec![set_list(attr::DEPENDENTS, &dependents)]),
+        to: upstream.state,
+        state_at: None,
+        counters: Vec::new(),
+    })
+}
+
+/// What `upstream`, as its own write leaves it, does to `dep` (one of its
+/// dependents, as read): `None` when nothing.
+pub fn follow(upstream: &Task, dep: &Task, now: Timestamp) -> Option<Transition> {
+    let step = upstream.step.as_str();
+    if !dep.waiting_on.iter().any(|s| s == step) {
+        return None;
+    }
+    let mut guard = vec![
+        Cond::State(dep.state),
+        Cond::Attempt(dep.attempt),
+        Cond::WaitingOn(dep.waiting_on.clone()),
+    ];
+    let rest: Vec<String> = dep
+        .waiting_on
+        .iter()
+        .filter(|s| *s != step)
+        .cloned()
+        .collect();
+    let (name, to, mut changes) = match (upstream.state, dep.state) {
+        (TaskState::Done, TaskState::Waiting) if rest.is_empty() => (
+            "promote",
+            TaskState::Pending,
+            vec![
+                Change::Set(attr::STATE, json(&TaskState::Pending)),
+                Change::Remove(attr::REASON),
+                Change::Remove(attr::READY_AT),
+            ],
+        ),
+        // One of several done; or done while the dependent is failed
+        // because another failed: it no longer waits for this one.
+        (TaskState::Done, _) => ("upstream done", dep.state, Vec::new()),
+        (TaskState::Failed, TaskState::Waiting) => {
+            guard.push(Cond::Dependents(dep.dependents.clone()));
+            (
+                "fail upstream",
+                TaskState::Failed,
+                vec![
+                    Change::Set(attr::STATE, json(&TaskState::Failed)),
+                    Change::Set(attr::FAILURE_CLASS, json(&FailureClass::Upstream)),
+                    Change::Set(attr::REASON, Value::from(failed_reason(upstream))),
+                    Change::Set(attr::FINISHED_AT, ms(now)),
+                ],
+            )
+        }
+        (TaskState::Pending | TaskState::Waiting, TaskState::Failed)
+            if dep.failure_class == Some(FailureClass::Upstream) =>
+        {
+            guard.push(Cond::Class(FailureClass::Upstream));
+            guard.push(Cond::Dependents(dep.dependents.clone()));
+            (
+                "requeue dependent",
+                TaskState::Waiting,
+                vec![
+                    Change::Set(attr::STATE, json(&TaskState::Waiting)),
+                    Change::Remove(attr::FAILURE_CLASS),
+                    Change::Remove(attr::REASON),
+                    Change::Remove(attr::FINISHED_AT),
+                    Change::Remove(attr::EXIT_CODE),
+                    Change::Remove(attr::SIGNAL),
+                ],
+            )
+        }
+        _ => return None,
+    };
+    // A dependent that fails or waits again keeps every step it waits for;
+    // one that is promoted or hears of one more done drops this one.
+    if upstream.state == TaskState::Done {
+        changes.push(set_list(attr::WAITING_ON, &rest));
+    }
+    changes.push(Change::Set(attr::UPDATED_AT, ms(now)));
+    let moved = to != dep.state;
+    Some(Transition {
+        name,
+        guard,
+        write: Write::Update(changes),
+        to,
+        state_at: moved.then_some(now),
+        counters: counter_moves(Some(dep.state), to),
+    })
+}
+
+/// One planned write of a cascade: a task and its transition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    /// The task's step.
+    pub step: String,
+    /// The task.
+    pub task_id: String,
+    /// What is written, guarded on the task as read.
+    pub transition: Transition,
+}
+
+/// An end write (or a put-back from failed) and what it carries to the
+/// dependents, level by level: the store reads the tasks
+/// [`Cascade::wanted`] names, [`Cascade::feed`]s them back, until nothing
+/// is wanted; [`Cascade::writes`] is then one atomic write.
+#[derive(Debug, Clone)]
+pub struct Cascade {
+    writes: Vec<Planned>,
+    /// Tasks as their planned write leaves them whose dependents are still
+    /// to be read.
+    frontier: Vec<Task>,
+    now: Timestamp,
+}
+
+impl Cascade {
+    /// Starts from `own` on `task` (as read): the write is guarded on
+    /// `task`'s dependents as well, so that a dependent linked meanwhile
+    /// fails it rather than being missed.
+    pub fn new(task: &Task, mut own: Transition, now: Timestamp) -> Self {
+        let after = own.apply(Some(task));
+        own.guard.push(Cond::Dependents(task.dependents.clone()));
+        let frontier = after
+            .filter(|a| cascades(task.state, a.state))
+            .into_iter()
+            .collect();
+        Self {
+            writes: vec![Planned {
+                step: task.step.clone(),
+                task_id: task.task_id.clone(),
+                transition: own,
+            }],
+            frontier,
+            now,
+        }
+    }
+
+    /// The tasks (step, id) to read next; empty when the plan is complete.
+    pub fn wanted(&self) -> Vec<(String, String)> {
+        if self.writes.len() > MAX_CASCADE {
+            return Vec::new();
+        }
+        self.frontier
+            .iter()
+            .flat_map(|u| u.dependents.iter().map(|d| (d.clone(), u.task_id.clone())))
+            .collect()
+    }
+
+    /// The tasks [`Cascade::wanted`] named, in its order (`None`: no such
+    /// task).
+    pub fn feed(&mut self, read: &[Option<Task>]) {
+        let frontier = std::mem::take(&mut self.frontier);
+        let mut read = read.iter();
+        for upstream in &frontier {
+            for _ in &upstream.dependents {
+                let Some(Some(dep)) = read.next() else {
+                    continue;
+                };
+                if self.writes.len() > MAX_CASCADE {
+                    tracing::warn!(
+                        task = %dep.task_id,
+                        "more than {MAX_CASCADE} dependent tasks after one task: the rest are left as they are"
+                    );
+                    continue;
+                }
+                // A cycle of steps would visit a task twice.
+                if self
+                    .writes
+                    .iter()
+                    .any(|w| w.step == dep.step && w.task_id == dep.task_id)
+                {
+                    continue;
+                }
+                let Some(t) = follow(upstream, dep, self.now) else {
+                    continue;
+                };
+                if let Some(after) = t.apply(Some(dep))
+                    && cascades(dep.state, after.state)
+                {
+                    self.frontier.push(after);
+                }
+                self.writes.push(Planned {
+                    step: dep.step.clone(),
+                    task_id: dep.task_id.clone(),
+                    transition: t,
+                });
+            }
+        }
+    }
+
+    /// Every planned write, the own one first.
+    pub fn writes(&self) -> &[Planned] {
+        &self.writes
+    }
+
+    /// Whether the own write is all there is.
+    pub fn is_single(&self) -> bool {
+        self.writes.len() == 1
+    }
+}
+
+/// Whether a move from `from` to `to` changes what a task's dependents
+/// wait for: an end (done, failed), or a failed task put back. Such a
+/// write goes through a [`Cascade`].
+pub fn cascades(from: TaskState, to: TaskState) -> bool {
+    (matches!(to, TaskState::Done | TaskState::Failed) && from != to)
+        || (from == TaskState::Failed && matches!(to, TaskState::Pending | TaskState::Waiting))
+}
