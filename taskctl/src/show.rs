@@ -45,6 +45,24 @@ pub async fn show(global: &GlobalArgs, args: &ShowArgs) -> Result<()> {
     Ok(())
 }
 
+/// What a task waits for and what waits for it (`load --after`).
+fn dependency_lines(out: &mut String, t: &Task) {
+    if !t.after.is_empty() {
+        let waiting = if t.waiting_on.is_empty() {
+            "all done".to_owned()
+        } else {
+            format!("waiting on {}", t.waiting_on.join(", "))
+        };
+        let _ = writeln!(out, "after:           {} ({waiting})", t.after.join(", "));
+    }
+    if !t.dependents.is_empty() {
+        let _ = writeln!(out, "dependents:      {}", t.dependents.join(", "));
+    }
+    if let Some(reason) = &t.reason {
+        let _ = writeln!(out, "reason:          {reason}");
+    }
+}
+
 /// A step's settings and its loads, newest first, as text.
 pub fn step_text(meta: &StepMeta, loads: &[LoadRecord]) -> String {
     let mut out = String::new();
@@ -188,20 +206,7 @@ pub fn task_text(t: &Task) -> String {
         opt(t.failure_class.map(|v| v.to_string()))
     );
     let _ = writeln!(out, "log:             {}", opt(t.log_uri.clone()));
-    if !t.after.is_empty() {
-        let waiting = if t.waiting_on.is_empty() {
-            "all done".to_owned()
-        } else {
-            format!("waiting on {}", t.waiting_on.join(", "))
-        };
-        let _ = writeln!(out, "after:           {} ({waiting})", t.after.join(", "));
-    }
-    if !t.dependents.is_empty() {
-        let _ = writeln!(out, "dependents:      {}", t.dependents.join(", "));
-    }
-    if let Some(reason) = &t.reason {
-        let _ = writeln!(out, "reason:          {reason}");
-    }
+    dependency_lines(&mut out, t);
     if let (Some(by), Some(at)) = (&t.retried_by, t.retried_at) {
         let _ = writeln!(out, "retried:         by {by} at {at}");
     }
