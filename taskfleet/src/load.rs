@@ -657,4 +657,31 @@ mod tests {
         );
         assert!(err.contains("at most 1048576 are allowed"), "{err}");
     }
+
+    #[test]
+    fn a_step_after_itself_or_after_a_bad_name_is_refused() {
+        let sheet =
+            || Sheet::parse(Path::new("s.csv"), b"sample\nA\n", &SheetOptions::default()).unwrap();
+        let request = |after: &str| LoadRequest {
+            step: "qc".into(),
+            script: "true".into(),
+            settings: SettingsChange {
+                after: Some(vec![after.to_owned()]),
+                ..SettingsChange::default()
+            },
+            replace: false,
+            concurrency: 1,
+        };
+        let err = prepare(request("qc"), sheet()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--after qc: a step cannot wait for itself; name the step whose tasks must be done first"
+        );
+        let err = prepare(request("a#b"), sheet()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--after 'a#b' is not a valid step name"),
+            "{err}"
+        );
+        assert!(prepare(request("align"), sheet()).is_ok());
+    }
 }
