@@ -119,7 +119,12 @@ pub struct LoadReport {
 }
 
 /// Validates a load completely. Nothing is written.
-pub fn prepare(request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, LoadError> {
+pub fn prepare(mut request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, LoadError> {
+    // Each upstream step once, in one order.
+    if let Some(after) = request.settings.after.as_mut() {
+        after.sort();
+        after.dedup();
+    }
     if !schema::is_valid_step_name(&request.step) {
         return Err(LoadError::Input(format!(
             "'{}' is not a valid step name: use a letter, then letters, digits, '-' or '_' (at most 64)",
@@ -264,6 +269,15 @@ async fn load_rows<S: TaskStore>(
     let started = Instant::now();
     let request = &prepared.request;
     let mut lock = LoadLock::new(Timestamp::now().plus(LOCK_LEASE));
+    // The steps waited for must exist: nothing is written otherwise.
+    for up in request.settings.after.iter().flatten() {
+        if store.step(up).await?.is_none() {
+            return Err(LoadError::Input(format!(
+                "--after {up}: there is no step '{up}' in {}; load it first (its tasks must exist for these to wait for them)",
+                store.describe()
+            )));
+        }
+    }
     let (meta, change) = ensure_step(store, request, &lock).await?;
     let after = request.after(&meta).to_vec();
     // The first load of a new step, under its lock, writes without

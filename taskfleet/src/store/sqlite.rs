@@ -351,7 +351,7 @@ impl TaskStore for SqliteStore {
             let Some(old) = read_task(tx, &meta.step, &id)? else {
                 return Ok(ReplaceOutcome::Changed);
             };
-            let make = |_: &Task| transition::retry(attempt, &by, Timestamp::now());
+            let make = |t: &Task| transition::retry(attempt, &t.waiting_on, &by, Timestamp::now());
             Ok(match deps::end_in(tx, &meta, &old, &make)? {
                 Some(_) => ReplaceOutcome::Replaced,
                 None => ReplaceOutcome::Changed,

@@ -221,6 +221,8 @@ pub struct Cascade {
     /// to be read.
     frontier: Vec<Task>,
     now: Timestamp,
+    /// Dependents past [`MAX_CASCADE`] were met: the write must not happen.
+    overflow: bool,
 }
 
 impl Cascade {
@@ -242,6 +244,7 @@ impl Cascade {
             }],
             frontier,
             now,
+            overflow: false,
         }
     }
 
@@ -267,10 +270,7 @@ impl Cascade {
                     continue;
                 };
                 if self.writes.len() > MAX_CASCADE {
-                    tracing::warn!(
-                        task = %dep.task_id,
-                        "more than {MAX_CASCADE} dependent tasks after one task: the rest are left as they are"
-                    );
+                    self.overflow = true;
                     continue;
                 }
                 // A cycle of steps would visit a task twice.
@@ -301,6 +301,21 @@ impl Cascade {
     /// Every planned write, the own one first.
     pub fn writes(&self) -> &[Planned] {
         &self.writes
+    }
+
+    /// The error to give when the plan met more dependents than one write
+    /// may carry (nothing is written then).
+    pub fn overflow(&self) -> Option<crate::store::StoreError> {
+        self.overflow.then(|| {
+            let own = &self.writes[0];
+            crate::store::StoreError::Service {
+                operation: "ending a task with dependents",
+                message: format!(
+                    "{}/{} has more than {MAX_CASCADE} tasks after it down its chain of steps; one write cannot carry them",
+                    own.step, own.task_id
+                ),
+            }
+        })
     }
 
     /// Whether the own write is all there is.

@@ -531,16 +531,28 @@ pub fn replace(old: &Task, new: &Task, now: Timestamp) -> Transition {
     }
 }
 
-/// An operator's retry of a failed task, as read at `attempt`: back to
-/// pending with a fresh attempt budget, provided it is still that attempt
-/// and failed. Its attempt number (the next claim adds one) and history
-/// stay; who asked and when are recorded.
-pub fn retry(attempt: u32, by: &str, now: Timestamp) -> Transition {
+/// An operator's retry of a failed task, as read at `attempt` and waiting
+/// on the upstream steps `waiting_on`: back to pending with a fresh attempt
+/// budget, provided it is still that attempt and failed; back to waiting
+/// instead while it still waits for upstream tasks (a task failed because
+/// its upstream task did runs only once that one is done). Its attempt
+/// number (the next claim adds one) and history stay; who asked and when
+/// are recorded.
+pub fn retry(attempt: u32, waiting_on: &[String], by: &str, now: Timestamp) -> Transition {
+    let to = if waiting_on.is_empty() {
+        TaskState::Pending
+    } else {
+        TaskState::Waiting
+    };
     Transition {
         name: "retry",
-        guard: vec![Cond::State(TaskState::Failed), Cond::Attempt(attempt)],
+        guard: vec![
+            Cond::State(TaskState::Failed),
+            Cond::Attempt(attempt),
+            Cond::WaitingOn(waiting_on.to_vec()),
+        ],
         write: Write::Update(vec![
-            Change::Set(attr::STATE, json(&TaskState::Pending)),
+            Change::Set(attr::STATE, json(&to)),
             Change::Set(attr::FAILED_ATTEMPTS, Value::from(0)),
             Change::Set(attr::RETRIED_BY, Value::from(by)),
             Change::Set(attr::RETRIED_AT, ms(now)),
@@ -549,9 +561,9 @@ pub fn retry(attempt: u32, by: &str, now: Timestamp) -> Transition {
             Change::Remove(attr::OWNER),
             Change::Remove(attr::LEASE_EXPIRES_AT),
         ]),
-        to: TaskState::Pending,
+        to,
         state_at: Some(now),
-        counters: counter_moves(Some(TaskState::Failed), TaskState::Pending),
+        counters: counter_moves(Some(TaskState::Failed), to),
     }
 }
 

@@ -13,6 +13,7 @@ per_store!(
     a_dependent_starts_as_its_upstream_task_says_and_moves_on_when_it_ends,
     a_dependent_loaded_while_its_upstream_task_runs_is_promoted_by_that_finish,
     a_failure_runs_down_the_chain_and_a_retry_brings_it_back,
+    a_retried_dependent_of_a_failed_task_waits_and_a_step_keeps_an_after_added_later,
 );
 
 fn after(steps: &[&str]) -> SettingsChange {
@@ -199,4 +200,47 @@ async fn a_failure_runs_down_the_chain_and_a_retry_brings_it_back(t: TestStore) 
     );
     assert_eq!(states(&t.store, "qc").await, (1, 1, 0, 0, 0));
     assert_eq!(states(&t.store, "align").await, (0, 1, 0, 1, 0));
+}
+
+async fn a_retried_dependent_of_a_failed_task_waits_and_a_step_keeps_an_after_added_later(
+    t: TestStore,
+) {
+    load_text(&t.store, "align", "true", "sample\nA\n", settings(1, 60)).await;
+    load_text(&t.store, "call", "true", "sample\nA\n", after(&["align"])).await;
+    end(&t, "align", "A", TaskState::Failed).await;
+    // Retrying the dependent itself does not let it run before align/A.
+    let meta = t.store.step("call").await.unwrap().unwrap();
+    assert_eq!(
+        t.store.retry(&meta, "A", 0, "ana@login").await.unwrap(),
+        taskfleet::store::ReplaceOutcome::Replaced
+    );
+    let call = t.store.task("call", "A").await.unwrap().unwrap();
+    assert_eq!(call.state, TaskState::Waiting);
+    assert_eq!(states(&t.store, "call").await, (1, 0, 0, 0, 0));
+
+    // --after on a step that exists already is stored on it.
+    load_text(&t.store, "qc", "true", "sample\nX\n", settings(1, 60)).await;
+    load_text(
+        &t.store,
+        "qc",
+        "true",
+        "sample\nA\n",
+        after(&["call", "call"]),
+    )
+    .await;
+    let qc = t.store.step("qc").await.unwrap().unwrap();
+    assert_eq!(qc.after, ["call"]);
+    load_text(
+        &t.store,
+        "qc",
+        "true",
+        "sample\nB\n",
+        SettingsChange::default(),
+    )
+    .await;
+    let b = t.store.task("qc", "B").await.unwrap().unwrap();
+    assert_eq!(
+        (b.state, b.after.clone()),
+        (TaskState::Waiting, vec!["call".to_owned()])
+    );
 }

@@ -185,14 +185,33 @@ impl DynamoStore {
                 let Some(updated) = change.update_step(&meta)? else {
                     return Ok((meta, StepChange::Unchanged));
                 };
+                // An empty list is never stored: `after` is removed instead.
+                let (expression, after) = if updated.after.is_empty() {
+                    (
+                        "SET #settings = :settings, #updated = :updated REMOVE #after",
+                        None,
+                    )
+                } else {
+                    (
+                        "SET #settings = :settings, #updated = :updated, #after = :after",
+                        Some(
+                            serde_dynamo::to_attribute_value(&updated.after)
+                                .expect("step names serialise"),
+                        ),
+                    )
+                };
                 self.client
                     .update_item()
                     .table_name(&self.table)
                     .key(attr::PK, s(STEPS_PK))
                     .key(attr::SK, s(step))
-                    .update_expression("SET #settings = :settings, #updated = :updated")
+                    .update_expression(expression)
                     .expression_attribute_names("#settings", attr::SETTINGS)
                     .expression_attribute_names("#updated", attr::UPDATED_AT)
+                    .expression_attribute_names("#after", attr::AFTER)
+                    .set_expression_attribute_values(
+                        after.map(|a| std::collections::HashMap::from([(":after".to_owned(), a)])),
+                    )
                     .expression_attribute_values(
                         ":settings",
                         serde_dynamo::to_attribute_value(&updated.settings)

@@ -77,6 +77,9 @@ impl DynamoStore {
             }
             let mut cascade = Cascade::new(&base, own, Timestamp::now());
             self.plan(&mut cascade).await?;
+            if let Some(err) = cascade.overflow() {
+                return Err(err);
+            }
             let failed = if cascade.is_single() {
                 let t = &cascade.writes()[0].transition;
                 match self.apply(meta, &base.task_id, t, false).await? {
@@ -229,7 +232,18 @@ impl DynamoStore {
             metas.push((step.clone(), self.layout(step).await?));
         }
         let mut out = InsertOutcome::default();
-        for chunk in tasks.chunks(TASKS_PER_TRANSACTION) {
+        // Each task is its put and an item per upstream step; with the
+        // counter update, within a transaction's items and bytes.
+        let by_items = (MAX_TRANSACTION_ITEMS - 1) / (1 + after.len());
+        let largest = tasks
+            .iter()
+            .map(|t| schema::item_size(&super::task_item(meta, t, transition::load_place(t))))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let by_bytes = (schema::MAX_TRANSACTION_BYTES / largest).max(1);
+        let per = TASKS_PER_TRANSACTION.min(by_items).min(by_bytes).max(1);
+        for chunk in tasks.chunks(per) {
             let mut remaining: Vec<Task> = chunk.to_vec();
             let mut tries = 0;
             while !remaining.is_empty() {

@@ -43,6 +43,9 @@ pub(super) fn end_in(
             .collect::<Result<Vec<_>, _>>()?;
         cascade.feed(&read);
     }
+    if let Some(err) = cascade.overflow() {
+        return Err(err);
+    }
     let mut own_after = None;
     for (i, planned) in cascade.writes().iter().enumerate() {
         let step_meta = if i == 0 {
