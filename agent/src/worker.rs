@@ -286,25 +286,21 @@ fn spawn_attempt<S>(
 /// Tasks of the step running anywhere, or pending (claimable now or once
 /// their retry delay is over): what the finder last read, else one read.
 /// Whether tasks of the step wait for upstream steps that still have work
-/// (waiting, pending or running): they become pending as it is done.
+/// (waiting, pending or running): they become pending as it is done. A
+/// counter read per step.
 async fn upstream_open<S: TaskStore>(
     store: &S,
     meta: &StepMeta,
     stats: &Stats,
 ) -> Result<bool, StoreError> {
     Stats::bump(&stats.other_reads);
-    if store
-        .status(Some(&meta.step))
-        .await?
-        .iter()
-        .all(|s| s.waiting == 0)
-    {
+    if store.unfinished(&meta.step).await?.waiting == 0 {
         return Ok(false);
     }
     for up in &meta.after {
         Stats::bump(&stats.other_reads);
-        let open = store.status(Some(up)).await?;
-        if open.iter().any(|s| s.waiting + s.pending + s.running > 0) {
+        let left = store.unfinished(up).await?;
+        if left.waiting + left.open > 0 {
             return Ok(true);
         }
     }

@@ -187,6 +187,10 @@ impl TaskStore for Store {
         each!(self, s => s.open_per_shard(meta).await)
     }
 
+    async fn unfinished(&self, step: &str) -> Result<super::Unfinished, StoreError> {
+        each!(self, s => s.unfinished(step).await)
+    }
+
     async fn candidates(
         &self,
         meta: &StepMeta,

@@ -175,6 +175,15 @@ pub enum Order {
     OldestFrom(Timestamp),
 }
 
+/// What of a step is not finished yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unfinished {
+    /// Tasks waiting for upstream tasks.
+    pub waiting: u64,
+    /// Tasks pending or running.
+    pub open: u64,
+}
+
 /// A running task as `running` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningTask {
@@ -412,6 +421,23 @@ pub trait TaskStore: Sync {
         &self,
         meta: &StepMeta,
     ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+
+    /// How many tasks of `step` wait, and how many are pending or running.
+    /// On DynamoDB one request (the counters), whatever the shard count.
+    fn unfinished(
+        &self,
+        step: &str,
+    ) -> impl Future<Output = Result<Unfinished, StoreError>> + Send {
+        async move {
+            let status = self.status(Some(step)).await?;
+            Ok(status
+                .first()
+                .map_or_else(Unfinished::default, |s| Unfinished {
+                    waiting: s.waiting,
+                    open: s.pending + s.running,
+                }))
+        }
+    }
 
     /// Up to `limit` tasks of one shard that may be claimable at `now`:
     /// `pending` ones whose ready time has come, or (`state` = running)

@@ -165,7 +165,6 @@ pub fn follow(upstream: &Task, dep: &Task, now: Timestamp) -> Option<Transition>
         (TaskState::Pending | TaskState::Waiting, TaskState::Failed)
             if dep.failure_class == Some(FailureClass::Upstream) =>
         {
-            guard.push(Cond::Class(FailureClass::Upstream));
             guard.push(Cond::Dependents(dep.dependents.clone()));
             (
                 "requeue dependent",
@@ -316,11 +315,6 @@ impl Cascade {
                 ),
             }
         })
-    }
-
-    /// Whether the own write is all there is.
-    pub fn is_single(&self) -> bool {
-        self.writes.len() == 1
     }
 }
 

@@ -57,8 +57,6 @@ pub enum Cond {
     Dependents(Vec<String>),
     /// The steps the task waits on are exactly these.
     WaitingOn(Vec<String>),
-    /// The task's failure class is this one.
-    Class(FailureClass),
     /// The task's attempt is this one.
     Attempt(u32),
     /// The task's owner is this one.
@@ -78,7 +76,6 @@ impl Cond {
             (Cond::State(s), Some(t)) => t.state == *s,
             (Cond::Dependents(d), Some(t)) => t.dependents == *d,
             (Cond::WaitingOn(w), Some(t)) => t.waiting_on == *w,
-            (Cond::Class(c), Some(t)) => t.failure_class == Some(*c),
             (Cond::Attempt(a), Some(t)) => t.attempt == *a,
             (Cond::Owner(o), Some(t)) => t.owner.as_deref() == Some(o.as_str()),
             (Cond::ReadyBy(at), Some(t)) => t.ready_at.is_none_or(|r| r <= *at),

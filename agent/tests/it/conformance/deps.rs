@@ -95,6 +95,13 @@ async fn a_dependent_starts_as_its_upstream_task_says_and_moves_on_when_it_ends(
         call_d.reason
     );
     assert_eq!(states(&t.store, "call").await, (2, 1, 0, 0, 1));
+    assert_eq!(
+        t.store.unfinished("call").await.unwrap(),
+        taskfleet::store::Unfinished {
+            waiting: 2,
+            open: 1
+        }
+    );
     let up = t.store.task("align", "C").await.unwrap().unwrap();
     assert_eq!(up.dependents, ["call"]);
 

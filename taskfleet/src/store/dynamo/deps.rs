@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::types::{ConditionCheck, TransactWriteItem};
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::errors::{Reason, cancellation_reasons, is_throttled_transaction, reason_kind};
-use super::expr::{counter_update, put_in_transaction, sum_deltas, update_in_transaction};
+use super::expr::{counter_item, put_in_transaction, sum_deltas, update_in_transaction};
 use super::lease::Applied;
 use super::{DynamoStore, decode};
 use crate::model::{StepMeta, Task};
@@ -80,16 +80,7 @@ impl DynamoStore {
             if let Some(err) = cascade.overflow() {
                 return Err(err);
             }
-            let failed = if cascade.is_single() {
-                let t = &cascade.writes()[0].transition;
-                match self.apply(meta, &base.task_id, t, false).await? {
-                    Applied::Written(_) => None,
-                    Applied::GuardFailed => Some(0),
-                }
-            } else {
-                self.write_planned(meta, cascade.writes()).await?
-            };
-            match failed {
+            match self.write_planned(meta, cascade.writes()).await? {
                 None => return Ok(true),
                 // The task itself changed: still the caller's, with other
                 // dependents? Then again with those.
@@ -171,12 +162,8 @@ impl DynamoStore {
         }
         for ((step, shard), deltas) in counters {
             let deltas = sum_deltas(&deltas);
-            if deltas.iter().any(|(_, by)| *by != 0) {
-                items.push(
-                    TransactWriteItem::builder()
-                        .update(counter_update(&self.table, &step, shard, &deltas))
-                        .build(),
-                );
+            if !deltas.is_empty() {
+                items.push(counter_item(&self.table, &step, shard, &deltas));
             }
         }
         debug_assert!(items.len() <= MAX_TRANSACTION_ITEMS);
@@ -379,16 +366,12 @@ impl DynamoStore {
             }
         }
         let shard = schema::shard_of(&tasks[0].task_id, meta.shards);
-        items.push(
-            TransactWriteItem::builder()
-                .update(counter_update(
-                    &self.table,
-                    &meta.step,
-                    shard,
-                    &sum_deltas(&deltas),
-                ))
-                .build(),
-        );
+        items.push(counter_item(
+            &self.table,
+            &meta.step,
+            shard,
+            &sum_deltas(&deltas),
+        ));
         owners.push((0, false));
         (items, owners)
     }

@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValuesOnConditionCheckFailure, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
 
 use super::{Item, n, s, task_item};
 use crate::model::StepMeta;
@@ -53,13 +55,6 @@ impl Expr {
             }
             Cond::Dependents(list) => self.list_is(attr::DEPENDENTS, list),
             Cond::WaitingOn(list) => self.list_is(attr::WAITING_ON, list),
-            Cond::Class(class) => {
-                let (a, v) = (
-                    self.name(attr::FAILURE_CLASS),
-                    self.value(s(class.as_str())),
-                );
-                format!("{a} = {v}")
-            }
             Cond::Attempt(attempt) => {
                 let (a, v) = (self.name(attr::ATTEMPT), self.value(n(i64::from(*attempt))));
                 format!("{a} = {v}")
@@ -228,6 +223,18 @@ pub(super) fn counter_update(
         .set_expression_attribute_values(Some(e.values))
         .build()
         .expect("table, key and expression are set")
+}
+
+/// [`counter_update`] as one item of a transaction.
+pub(super) fn counter_item(
+    table: &str,
+    step: &str,
+    shard: u16,
+    deltas: &[(&'static str, i64)],
+) -> TransactWriteItem {
+    TransactWriteItem::builder()
+        .update(counter_update(table, step, shard, deltas))
+        .build()
 }
 
 /// Sums counter deltas per counter, dropping those that cancel out.

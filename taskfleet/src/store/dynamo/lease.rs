@@ -17,7 +17,7 @@ use super::errors::{
     Reason, cancellation_reasons, is_condition_failed, is_retryable, is_throttled_transaction,
     reason_kind,
 };
-use super::expr::{counter_update, render_update, sum_deltas, update_in_transaction};
+use super::expr::{counter_item, render_update, sum_deltas, update_in_transaction};
 use super::{DynamoStore, Item, decode, n, s};
 use crate::model::{StepMeta, Task, TaskState};
 use crate::schema::{self, BY_STATE_INDEX, attr};
@@ -100,9 +100,7 @@ impl DynamoStore {
                     TransactWriteItem::builder()
                         .update(update_in_transaction(&self.table, meta, task_id, t))
                         .build(),
-                    TransactWriteItem::builder()
-                        .update(counter_update(&self.table, &meta.step, shard, &counters))
-                        .build(),
+                    counter_item(&self.table, &meta.step, shard, &counters),
                 ];
                 match self
                     .client
@@ -219,24 +217,18 @@ impl DynamoStore {
         owner: &str,
         now: Timestamp,
     ) -> Result<Claim, StoreError> {
-        let t = transition::reclaim(
-            old,
-            owner,
-            now,
-            meta.settings.lease,
-            meta.settings.max_attempts,
-        );
+        let make = |t: &Task| {
+            transition::reclaim(
+                t,
+                owner,
+                now,
+                meta.settings.lease,
+                meta.settings.max_attempts,
+            )
+        };
+        let t = make(old);
         if t.to == TaskState::Failed {
             // Its dependents fail with it.
-            let make = |t: &Task| {
-                transition::reclaim(
-                    t,
-                    owner,
-                    now,
-                    meta.settings.lease,
-                    meta.settings.max_attempts,
-                )
-            };
             return Ok(if self.end_write(meta, old, &make).await? {
                 Claim::FailedLost
             } else {

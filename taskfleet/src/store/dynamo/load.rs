@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::TransactWriteItem;
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::errors::{Reason, cancellation_reasons, is_throttled_transaction, reason_kind};
-use super::expr::{counter_update, put_in_transaction, sum_deltas};
+use super::expr::{counter_item, put_in_transaction, sum_deltas};
 use super::{DynamoStore, decode, task_item};
 use crate::model::{StepMeta, Task};
 use crate::schema::{self, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_ITEMS};
@@ -83,16 +83,12 @@ impl DynamoStore {
                         .build()
                 })
                 .collect();
-            items.push(
-                TransactWriteItem::builder()
-                    .update(counter_update(
-                        &self.table,
-                        &meta.step,
-                        shard,
-                        &sum_deltas(&deltas),
-                    ))
-                    .build(),
-            );
+            items.push(counter_item(
+                &self.table,
+                &meta.step,
+                shard,
+                &sum_deltas(&deltas),
+            ));
             let Err(err) = self
                 .client
                 .transact_write_items()

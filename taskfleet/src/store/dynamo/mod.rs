@@ -359,6 +359,10 @@ impl TaskStore for DynamoStore {
         self.open_of(meta).await
     }
 
+    async fn unfinished(&self, step: &str) -> Result<super::Unfinished, StoreError> {
+        self.unfinished_of(step).await
+    }
+
     async fn candidates(
         &self,
         meta: &StepMeta,

@@ -18,7 +18,7 @@ use super::errors::{is_condition_failed, is_retryable};
 use super::{DynamoStore, Item, n, s};
 use crate::model::{FailedTask, StepMeta, StepStatus, TaskState};
 use crate::schema::{self, attr};
-use crate::store::{Correction, StoreError};
+use crate::store::{Correction, StoreError, Unfinished};
 use crate::time::Timestamp;
 use crate::transition::counter_of;
 
@@ -31,13 +31,13 @@ const RECOUNT_TRIES: u32 = 5;
 impl DynamoStore {
     /// The step's counter items, one per shard that ever had a task: one
     /// strongly consistent query of one small partition.
-    async fn counter_items(&self, meta: &StepMeta) -> Result<Vec<Item>, StoreError> {
+    async fn counter_items(&self, step: &str) -> Result<Vec<Item>, StoreError> {
         self.client
             .query()
             .table_name(&self.table)
             .key_condition_expression("#pk = :pk")
             .expression_attribute_names("#pk", attr::PK)
-            .expression_attribute_values(":pk", s(&schema::counts_pk(&meta.step)))
+            .expression_attribute_values(":pk", s(&schema::counts_pk(step)))
             .consistent_read(true)
             .into_paginator()
             .items()
@@ -51,7 +51,7 @@ impl DynamoStore {
     /// alone (loaded less done, failed and waiting): one request.
     pub(super) async fn open_of(&self, meta: &StepMeta) -> Result<Vec<u64>, StoreError> {
         let mut open = vec![0; usize::from(meta.shards)];
-        for item in self.counter_items(meta).await? {
+        for item in self.counter_items(&meta.step).await? {
             let shard = item
                 .get(attr::SK)
                 .and_then(|v| v.as_s().ok())
@@ -71,8 +71,27 @@ impl DynamoStore {
         Ok(open)
     }
 
+    /// What of a step is not finished, from the counters alone: one
+    /// request.
+    pub(super) async fn unfinished_of(&self, step: &str) -> Result<Unfinished, StoreError> {
+        let mut out = Unfinished::default();
+        for item in self.counter_items(step).await? {
+            let get = |name: &str| -> i64 {
+                item.get(name)
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            let waiting = get(attr::WAITING);
+            let open = get(attr::LOADED) - get(attr::DONE) - get(attr::FAILED) - waiting;
+            out.waiting += waiting.max(0).unsigned_abs();
+            out.open += open.max(0).unsigned_abs();
+        }
+        Ok(out)
+    }
+
     pub(super) async fn counts_of(&self, meta: &StepMeta) -> Result<StepStatus, StoreError> {
-        let counters = self.counter_items(meta).await?;
+        let counters = self.counter_items(&meta.step).await?;
         let sum = |name: &str| -> u64 {
             counters
                 .iter()
