@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use taskfleet::model::{AttemptRecord, FailureClass, StepMeta, Task, TaskState};
+use taskfleet::rules;
 use taskfleet::store::{Fence, Finish, StoreError, TaskStore};
 use taskfleet::time::Timestamp;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
@@ -399,7 +400,8 @@ async fn conclude<S: TaskStore>(
             (None, None, Some(FailureClass::Host))
         }
     };
-    let (next, counts_as_failure, ready_at) = next_state(task, meta, cfg, class, now);
+    let (next, counts_as_failure, ready_at, escalate_to) =
+        next_state(task, meta, cfg, (class, exit_code, signal), now);
     let (log_uri, output_tail) = match &ended {
         // The log may be what could not be written.
         Ended::HostTrouble(why) => (None, Some(format!("agent: {why}"))),
@@ -432,6 +434,7 @@ async fn conclude<S: TaskStore>(
             )),
         },
         output_tail,
+        escalate_to,
     };
     match write_end((store, meta, counters), task, &finish, lease).await {
         Ok(Fence::Held) => match ended {
@@ -451,34 +454,35 @@ async fn conclude<S: TaskStore>(
 }
 
 /// Where a task goes after an attempt that ended as `class` (`None`:
-/// success), whether the attempt counts against its limit, and when it
-/// may be claimed again.
+/// success) with `exit_code` or `signal`, by the step's retry rules
+/// ([`taskfleet::rules`]): the next state, whether the attempt counts
+/// against the limit, when it may be claimed again, and the step its run
+/// is escalated to.
 fn next_state(
     task: &Task,
     meta: &StepMeta,
     cfg: &AgentConfig,
-    class: Option<FailureClass>,
+    (class, exit_code, signal): (Option<FailureClass>, Option<i32>, Option<i32>),
     now: Timestamp,
-) -> (TaskState, bool, Timestamp) {
-    let counts_as_failure = !matches!(
+) -> (TaskState, bool, Timestamp, Option<String>) {
+    let Some(class) = class else {
+        return (TaskState::Done, false, now, None);
+    };
+    let failure = rules::Failure {
         class,
-        None | Some(FailureClass::Interrupted | FailureClass::Host | FailureClass::Spot)
-    );
-    let next = match class {
-        None => TaskState::Done,
-        Some(FailureClass::Interrupted | FailureClass::Host | FailureClass::Spot) => {
-            TaskState::Pending
+        exit_code,
+        signal,
+    };
+    match rules::decide(&meta.settings, &failure, task.failed_attempts) {
+        rules::Next::Retry { counts: false } => (TaskState::Pending, false, now, None),
+        rules::Next::Retry { counts: true } => {
+            let factor = 1u32 << task.failed_attempts.min(16);
+            let delay = cfg.retry_delay.saturating_mul(factor).min(MAX_RETRY_DELAY);
+            (TaskState::Pending, true, now.plus(delay), None)
         }
-        Some(_) if task.failed_attempts + 1 >= meta.settings.max_attempts => TaskState::Failed,
-        Some(_) => TaskState::Pending,
-    };
-    let ready_at = if counts_as_failure {
-        let factor = 1u32 << task.failed_attempts.min(16);
-        now.plus(cfg.retry_delay.saturating_mul(factor).min(MAX_RETRY_DELAY))
-    } else {
-        now
-    };
-    (next, counts_as_failure, ready_at)
+        rules::Next::Fail => (TaskState::Failed, true, now, None),
+        rules::Next::Escalate(step) => (TaskState::Waiting, true, now, Some(step)),
+    }
 }
 
 /// Where an ended attempt's log is kept: uploaded once more within

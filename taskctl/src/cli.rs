@@ -257,6 +257,14 @@ fn parse_var(text: &str) -> Result<(String, String), String> {
     }
 }
 
+fn parse_retry_on(text: &str) -> Result<taskfleet::rules::Rule, String> {
+    taskfleet::rules::parse(text, false)
+}
+
+fn parse_fail_on(text: &str) -> Result<taskfleet::rules::Rule, String> {
+    taskfleet::rules::parse(text, true)
+}
+
 /// `taskctl launch`.
 #[derive(Debug, Args)]
 // Flags of a command line are bools by nature; they are not a state machine.
@@ -424,6 +432,28 @@ pub struct LoadArgs {
     /// back to waiting. Stored on the step: later loads of it keep it.
     #[arg(long, value_name = "STEP")]
     pub after: Vec<String>,
+    /// Retry rule (repeatable), by exit code, signal or failure class:
+    /// 'exit=137:attempts=3' retries exit 137 until 3 attempts failed;
+    /// 'exit=137:escalate-to=align-large' runs the task on step align-large
+    /// (its launch template: a bigger instance) once its attempts here are
+    /// used, and the task takes that run's outcome; 'class=lost:free'
+    /// retries lost attempts without using one; 'class=timeout:attempts=2'.
+    /// Spot, interrupted and host releases never use an attempt. Any rule
+    /// given replaces the step's rules (`show --step` prints them).
+    #[arg(long = "retry-on", value_name = "RULE", value_parser = parse_retry_on)]
+    pub retry_on: Vec<taskfleet::rules::Rule>,
+    /// Fail at once on these failures (repeatable), e.g. 'exit=2' for bad
+    /// input that no retry mends; looked at before --retry-on rules.
+    #[arg(long = "fail-on", value_name = "RULE", value_parser = parse_fail_on)]
+    pub fail_on: Vec<taskfleet::rules::Rule>,
+    /// Escalate every --retry-on rule of this command that names no
+    /// escalate-to= of its own to STEP.
+    #[arg(long, value_name = "STEP", requires = "retry_on")]
+    pub escalate_to: Option<String>,
+    /// Drop the step's retry rules (failures are retried up to
+    /// --max-attempts).
+    #[arg(long, conflicts_with_all = ["retry_on", "fail_on"])]
+    pub no_retry_rules: bool,
     /// Refuse a --script file that is not committed in git, or that has
     /// uncommitted changes, so that every task's script can be found at
     /// the commit the step records (`taskctl show --step STEP`).

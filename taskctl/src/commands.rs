@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use taskfleet::load::{self, LoadRequest};
 use taskfleet::model::{FailedTask, StepStatus};
+use taskfleet::rules::{Action, Rule};
 use taskfleet::sheet::{Format, Sheet, SheetInput, SheetOptions};
 use taskfleet::store::dynamo::InitOutcome;
 use taskfleet::store::{SettingsChange, Store, TaskStore};
@@ -297,10 +298,32 @@ fn load_request(args: &LoadArgs, script: String) -> LoadRequest {
             shards: args.shards,
             output_tail: args.no_output_tail.then_some(false),
             after: (!args.after.is_empty()).then(|| args.after.clone()),
+            rules: retry_rules(args),
         },
         replace: args.replace,
         concurrency: args.concurrency,
     }
+}
+
+/// The retry rules `args` give the step: `None` keeps the stored ones.
+fn retry_rules(args: &LoadArgs) -> Option<Vec<Rule>> {
+    if args.no_retry_rules {
+        return Some(Vec::new());
+    }
+    if args.retry_on.is_empty() && args.fail_on.is_empty() {
+        return None;
+    }
+    let mut rules = args.fail_on.clone();
+    for rule in &args.retry_on {
+        let mut rule = rule.clone();
+        if let (Some(to), Action::Retry { escalate_to, .. }) = (&args.escalate_to, &mut rule.action)
+            && escalate_to.is_none()
+        {
+            *escalate_to = Some(to.clone());
+        }
+        rules.push(rule);
+    }
+    Some(rules)
 }
 
 fn read_script(path: &Path) -> Result<String> {

@@ -61,6 +61,13 @@ fn dependency_lines(out: &mut String, t: &Task) {
     if let Some(reason) = &t.reason {
         let _ = writeln!(out, "reason:          {reason}");
     }
+    if let Some(to) = &t.escalated_to {
+        let _ = writeln!(
+            out,
+            "escalated to:    {to} (taskctl show {to} {})",
+            t.task_id
+        );
+    }
 }
 
 /// A step's settings and its loads, newest first, as text.
@@ -84,6 +91,16 @@ pub fn step_text(meta: &StepMeta, loads: &[LoadRecord]) -> String {
             |t| humantime::format_duration(t).to_string()
         )
     );
+    if s.rules.is_empty() {
+        let _ = writeln!(
+            out,
+            "retry rules:     none (failures retried up to max attempts)"
+        );
+    }
+    for (i, rule) in s.rules.iter().enumerate() {
+        let label = if i == 0 { "retry rules:" } else { "" };
+        let _ = writeln!(out, "{label:<17}{rule}");
+    }
     if !meta.after.is_empty() {
         let _ = writeln!(
             out,

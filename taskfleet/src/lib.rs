@@ -24,6 +24,7 @@
 //!   grant it; the interceptor that holds clients to it.
 //! - [`fleet`]: the EC2 fleet: launch templates per step, launching
 //!   workers, listing and terminating a step's instances.
+//! - [`rules`]: a step's retry rules: what follows a failed attempt.
 //! - [`retry`]: the jittered exponential backoff used around batch writes.
 //! - [`transition`]: every change of a task's state (guard, changes,
 //!   counters), defined once; both stores render it.
@@ -37,6 +38,7 @@ pub mod load;
 pub mod logs;
 pub mod model;
 pub mod retry;
+pub mod rules;
 pub mod schema;
 pub mod sheet;
 pub mod store;

@@ -143,6 +143,18 @@ pub fn prepare(mut request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, L
             )));
         }
     }
+    for to in crate::rules::escalation_steps(request.settings.rules.as_deref().unwrap_or(&[])) {
+        if !schema::is_valid_step_name(&to) {
+            return Err(LoadError::Input(format!(
+                "escalate-to '{to}' is not a valid step name: use a letter, then letters, digits, '-' or '_' (at most 64)"
+            )));
+        }
+        if to == request.step {
+            return Err(LoadError::Input(format!(
+                "escalate-to {to}: a step cannot escalate to itself; name the step whose launch template has the bigger instance type"
+            )));
+        }
+    }
     if request.script.trim().is_empty() {
         return Err(LoadError::Input(
             "the script is empty; give --script FILE or --command TEXT".into(),
@@ -279,6 +291,7 @@ async fn load_rows<S: TaskStore>(
         }
     }
     let (meta, change) = ensure_step(store, request, &lock).await?;
+    ensure_escalation_steps(store, &meta).await?;
     let after = request.after(&meta).to_vec();
     // The first load of a new step, under its lock, writes without
     // per-task conditions and counts behind its writes.
@@ -417,6 +430,33 @@ async fn ensure_step<S: TaskStore>(
             .ensure_step_for_load(&request.step, &request.settings, lock)
             .await
     }
+}
+
+/// The steps `meta`'s retry rules escalate to, created where missing with
+/// `meta`'s settings (no rules of their own): an escalated task is written
+/// there by the worker that escalates it, so the step must exist first.
+/// Existing ones are left as they are.
+async fn ensure_escalation_steps<S: TaskStore>(
+    store: &S,
+    meta: &StepMeta,
+) -> Result<(), StoreError> {
+    for to in crate::rules::escalation_steps(&meta.settings.rules) {
+        if store.step(&to).await?.is_some() {
+            continue;
+        }
+        let s = &meta.settings;
+        let change = SettingsChange {
+            max_attempts: Some(s.max_attempts),
+            lease: Some(s.lease),
+            timeout: s.timeout,
+            shards: Some(meta.shards),
+            output_tail: Some(s.output_tail),
+            after: None,
+            rules: None,
+        };
+        store.ensure_step(&to, &change).await?;
+    }
+    Ok(())
 }
 
 /// How long a first-load lock lasts unless renewed.

@@ -223,6 +223,11 @@ pub struct Task {
     /// without running (the upstream task that failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The step a retry rule moved the task's run to (`--retry-on
+    /// ...:escalate-to=STEP`): the task waits for that step's task of the
+    /// same id and takes its outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated_to: Option<String>,
 }
 
 /// A task to be loaded: its id and its sheet row as environment variables.
@@ -257,6 +262,10 @@ pub struct StepSettings {
     /// must not be copied into the table.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub output_tail: bool,
+    /// What happens after a failed attempt, by exit code and class
+    /// (`load --retry-on`, `--fail-on`); see [`crate::rules`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<crate::rules::Rule>,
 }
 
 fn yes() -> bool {
@@ -275,6 +284,7 @@ impl Default for StepSettings {
             lease: Duration::from_secs(300),
             timeout: None,
             output_tail: true,
+            rules: Vec::new(),
         }
     }
 }

@@ -128,6 +128,8 @@ pub mod attr {
     pub const DEPENDENTS: &str = "dependents";
     /// Task: why it waits, or failed without running (S).
     pub const REASON: &str = "reason";
+    /// Task: the step a retry rule moved its run to (S).
+    pub const ESCALATED_TO: &str = "escalated_to";
 
     /// Step: number of shards (N).
     pub const SHARDS: &str = "shards";
@@ -334,6 +336,7 @@ mod tests {
             waiting_on: vec!["align".into()],
             dependents: vec!["qc".into()],
             reason: Some("r".into()),
+            escalated_to: Some("big".into()),
         }
     }
 
@@ -369,6 +372,7 @@ mod tests {
             attr::WAITING_ON,
             attr::DEPENDENTS,
             attr::REASON,
+            attr::ESCALATED_TO,
         ];
         let mut serialized: Vec<&str> = item.keys().map(String::as_str).collect();
         serialized.sort_unstable();

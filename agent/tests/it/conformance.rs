@@ -72,6 +72,7 @@ fn finish(
             provenance: None,
         },
         output_tail: Some(format!("attempt {attempt}")),
+        escalate_to: None,
     }
 }
 

@@ -261,6 +261,7 @@ async fn finished_step(dir: &tempfile::TempDir) -> Arc<Hang> {
             provenance: None,
         },
         output_tail: None,
+        escalate_to: None,
     };
     assert_eq!(
         store.finish(&meta, &task, &done).await.unwrap(),

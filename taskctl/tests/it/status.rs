@@ -90,6 +90,7 @@ async fn attempt(t: &TestTable, step: &str, id: &str, next: TaskState, exit_code
             provenance: None,
         },
         output_tail: Some(tail.into()),
+        escalate_to: None,
     };
     assert_eq!(
         t.store.finish(&meta, &task, &finish).await.unwrap(),

@@ -44,6 +44,9 @@ pub struct SettingsChange {
     pub output_tail: Option<bool>,
     /// The steps the step's tasks wait for (`load --after`).
     pub after: Option<Vec<String>>,
+    /// The step's retry rules, all of them (`load --retry-on`,
+    /// `--fail-on`).
+    pub rules: Option<Vec<crate::rules::Rule>>,
 }
 
 impl SettingsChange {
@@ -93,6 +96,7 @@ impl SettingsChange {
             lease: self.lease.unwrap_or(base.lease),
             timeout: self.timeout.or(base.timeout),
             output_tail: self.output_tail.unwrap_or(base.output_tail),
+            rules: self.rules.clone().unwrap_or_else(|| base.rules.clone()),
         }
     }
 }
@@ -531,5 +535,6 @@ pub fn new_pending_task(
         waiting_on: Vec::new(),
         dependents: Vec::new(),
         reason: None,
+        escalated_to: None,
     }
 }

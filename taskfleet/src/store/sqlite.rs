@@ -351,7 +351,7 @@ impl TaskStore for SqliteStore {
             let Some(old) = read_task(tx, &meta.step, &id)? else {
                 return Ok(ReplaceOutcome::Changed);
             };
-            let make = |t: &Task| transition::retry(attempt, &t.waiting_on, &by, Timestamp::now());
+            let make = |t: &Task| transition::retry(t, attempt, &by, Timestamp::now());
             Ok(match deps::end_in(tx, &meta, &old, &make)? {
                 Some(_) => ReplaceOutcome::Replaced,
                 None => ReplaceOutcome::Changed,
@@ -647,15 +647,7 @@ fn reclaim_in(
     owner: &str,
     now: Timestamp,
 ) -> Result<Claim, StoreError> {
-    let make = |t: &Task| {
-        transition::reclaim(
-            t,
-            owner,
-            now,
-            meta.settings.lease,
-            meta.settings.max_attempts,
-        )
-    };
+    let make = |t: &Task| transition::reclaim(t, owner, now, meta.settings.lease, &meta.settings);
     Ok(match deps::end_in(tx, meta, old, &make)? {
         Some(task) if task.state == TaskState::Running => Claim::Claimed(Box::new(task)),
         Some(_) => Claim::FailedLost,

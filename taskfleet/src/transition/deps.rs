@@ -36,7 +36,7 @@ pub const MAX_CASCADE: usize = 40;
 
 /// The list as a change: set, or removed when empty (an empty list is
 /// never stored, so "exactly these" conditions can say "none").
-fn set_list(name: &'static str, list: &[String]) -> Change {
+pub(super) fn set_list(name: &'static str, list: &[String]) -> Change {
     if list.is_empty() {
         Change::Remove(name)
     } else {
@@ -81,16 +81,27 @@ pub fn start(task: &mut Task, upstream: &[(String, Option<Task>)], now: Timestam
     }
 }
 
-fn failed_reason(up: &Task) -> String {
-    let how = match (up.exit_code, up.signal, up.failure_class) {
+/// How an attempt failed, in a word or two: `exit 3`, `signal 9`, `lost`.
+pub(super) fn how_it_failed(
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    class: Option<FailureClass>,
+) -> String {
+    match (exit_code, signal, class) {
         (Some(code), _, _) => format!("exit {code}"),
         (None, Some(sig), _) => format!("signal {sig}"),
         (None, None, Some(class)) => class.as_str().to_owned(),
         (None, None, None) => "failed".to_owned(),
-    };
+    }
+}
+
+fn failed_reason(up: &Task) -> String {
     format!(
-        "upstream task {}/{} failed ({how}, attempt {})",
-        up.step, up.task_id, up.attempt
+        "upstream task {}/{} failed ({}, attempt {})",
+        up.step,
+        up.task_id,
+        how_it_failed(up.exit_code, up.signal, up.failure_class),
+        up.attempt
     )
 }
 
@@ -124,6 +135,9 @@ pub fn follow(upstream: &Task, dep: &Task, now: Timestamp) -> Option<Transition>
     let step = upstream.step.as_str();
     if !dep.waiting_on.iter().any(|s| s == step) {
         return None;
+    }
+    if dep.escalated_to.as_deref() == Some(step) {
+        return super::escalate::take_outcome(upstream, dep, now);
     }
     let mut guard = vec![
         Cond::State(dep.state),
@@ -222,6 +236,9 @@ pub struct Cascade {
     now: Timestamp,
     /// Dependents past [`MAX_CASCADE`] were met: the write must not happen.
     overflow: bool,
+    /// The own write escalates the task's run to this step, whose task is
+    /// still to be read.
+    escalate: Option<String>,
 }
 
 impl Cascade {
@@ -231,11 +248,13 @@ impl Cascade {
     pub fn new(task: &Task, mut own: Transition, now: Timestamp) -> Self {
         let after = own.apply(Some(task));
         own.guard.push(Cond::Dependents(task.dependents.clone()));
+        let escalate = super::escalate::escalation(&own);
         let frontier = after
-            .filter(|a| cascades(task.state, a.state))
+            .filter(|a| escalate.is_some() || cascades(task.state, a.state))
             .into_iter()
             .collect();
         Self {
+            escalate,
             writes: vec![Planned {
                 step: task.step.clone(),
                 task_id: task.task_id.clone(),
@@ -249,6 +268,9 @@ impl Cascade {
 
     /// The tasks (step, id) to read next; empty when the plan is complete.
     pub fn wanted(&self) -> Vec<(String, String)> {
+        if let Some(step) = &self.escalate {
+            return vec![(step.clone(), self.writes[0].task_id.clone())];
+        }
         if self.writes.len() > MAX_CASCADE {
             return Vec::new();
         }
@@ -261,6 +283,23 @@ impl Cascade {
     /// The tasks [`Cascade::wanted`] named, in its order (`None`: no such
     /// task).
     pub fn feed(&mut self, read: &[Option<Task>]) {
+        if let Some(step) = self.escalate.take() {
+            // The frontier holds the escalated task as its write leaves it.
+            let task = self.frontier.pop().expect("an escalation plans its task");
+            let run = read.first().and_then(Option::as_ref);
+            let t = super::escalate::take_over(&task, &step, run, self.now);
+            if let Some(after) = t.apply(run)
+                && run.is_some_and(|r| cascades(r.state, after.state))
+            {
+                self.frontier.push(after);
+            }
+            self.writes.push(Planned {
+                step,
+                task_id: task.task_id,
+                transition: t,
+            });
+            return;
+        }
         let frontier = std::mem::take(&mut self.frontier);
         let mut read = read.iter();
         for upstream in &frontier {

@@ -32,6 +32,7 @@ use crate::schema::{self, attr};
 use crate::time::Timestamp;
 
 pub mod deps;
+pub mod escalate;
 
 /// Most attempts a task's history keeps (the oldest are dropped).
 pub const HISTORY_KEEP: usize = 10;
@@ -264,8 +265,10 @@ const LOST_RECORD_ROOM: usize = 2 * 1024;
 
 /// Reclaim of `old`, a running task whose owner let its lease expire (as
 /// read at `now`). The dead attempt is recorded as `lost` and counts as a
-/// failed attempt. With attempts left the task is claimed for `owner`;
-/// on its last attempt it becomes `failed` instead. Either way the write
+/// failed attempt (unless the step's rules make lost attempts free, or
+/// give them their own limit: [`crate::rules`]). With attempts left the
+/// task is claimed for `owner`; on its last attempt it becomes `failed`
+/// instead. Either way the write
 /// holds only if the task is still that attempt and its lease is still
 /// expired: a heartbeat that lands in between wins.
 pub fn reclaim(
@@ -273,7 +276,7 @@ pub fn reclaim(
     owner: &str,
     now: Timestamp,
     lease: Duration,
-    max_attempts: u32,
+    settings: &crate::model::StepSettings,
 ) -> Transition {
     let guard = vec![
         Cond::State(TaskState::Running),
@@ -288,28 +291,27 @@ pub fn reclaim(
     {
         base.history.remove(0);
     }
-    if old.failed_attempts + 1 >= max_attempts {
-        let record = lost_record(old, now, TaskState::Failed);
-        let mut changes = end_changes(&base, &record, None);
-        changes.push(Change::Set(attr::STATE, json(&TaskState::Failed)));
-        changes.push(Change::Set(attr::FINISHED_AT, ms(now)));
-        changes.push(Change::Add(attr::FAILED_ATTEMPTS, 1));
-        return Transition {
-            name: "reclaim (last attempt: failed)",
-            guard,
-            write: Write::Update(changes),
-            to: TaskState::Failed,
-            state_at: Some(now),
-            counters: counter_moves(Some(TaskState::Running), TaskState::Failed),
-        };
-    }
+    let lost = crate::rules::Failure {
+        class: FailureClass::Lost,
+        exit_code: None,
+        signal: None,
+    };
+    let counts = match crate::rules::decide(settings, &lost, old.failed_attempts) {
+        crate::rules::Next::Retry { counts } => counts,
+        // Rules refuse escalation of lost attempts; a failure either way.
+        crate::rules::Next::Fail | crate::rules::Next::Escalate(_) => {
+            return reclaim_to_failed(old, &base, now, guard);
+        }
+    };
     let until = now.plus(lease);
     let mut changes = claim_changes(owner, now, until);
     let mut history = base.history.clone();
     history.push(lost_record(old, now, TaskState::Pending));
     trim_history(&mut history);
     changes.push(Change::Set(attr::HISTORY, json(&history)));
-    changes.push(Change::Add(attr::FAILED_ATTEMPTS, 1));
+    if counts {
+        changes.push(Change::Add(attr::FAILED_ATTEMPTS, 1));
+    }
     Transition {
         name: "reclaim",
         guard,
@@ -317,6 +319,23 @@ pub fn reclaim(
         to: TaskState::Running,
         state_at: Some(until),
         counters: Vec::new(),
+    }
+}
+
+/// A reclaim on the task's last attempt: failed, the lost attempt recorded.
+fn reclaim_to_failed(old: &Task, base: &Task, now: Timestamp, guard: Vec<Cond>) -> Transition {
+    let record = lost_record(old, now, TaskState::Failed);
+    let mut changes = end_changes(base, &record, None);
+    changes.push(Change::Set(attr::STATE, json(&TaskState::Failed)));
+    changes.push(Change::Set(attr::FINISHED_AT, ms(now)));
+    changes.push(Change::Add(attr::FAILED_ATTEMPTS, 1));
+    Transition {
+        name: "reclaim (last attempt: failed)",
+        guard,
+        write: Write::Update(changes),
+        to: TaskState::Failed,
+        state_at: Some(now),
+        counters: counter_moves(Some(TaskState::Running), TaskState::Failed),
     }
 }
 
@@ -355,6 +374,9 @@ pub struct Finish {
     pub record: AttemptRecord,
     /// The end of the attempt's output.
     pub output_tail: Option<String>,
+    /// With `next` `waiting`: the step whose task of the same id a retry
+    /// rule moves the run to (see [`crate::rules`]).
+    pub escalate_to: Option<String>,
 }
 
 /// The changes that end an attempt: owner and lease gone, the attempt's
@@ -436,6 +458,26 @@ fn finish_unchecked(task: &Task, finish: &Finish) -> Transition {
     if finish.counts_as_failure {
         changes.push(Change::Add(attr::FAILED_ATTEMPTS, 1));
     }
+    if let Some(step) = &finish.escalate_to {
+        assert_eq!(
+            finish.next,
+            TaskState::Waiting,
+            "an escalated task waits for its run on {step}"
+        );
+        let mut waiting_on = task.waiting_on.clone();
+        waiting_on.push(step.clone());
+        changes.push(Change::Set(attr::WAITING_ON, json(&waiting_on)));
+        changes.push(Change::Set(attr::ESCALATED_TO, Value::from(step.as_str())));
+        changes.push(Change::Set(
+            attr::REASON,
+            Value::from(format!(
+                "escalated to {step}/{} after {} (attempt {})",
+                task.task_id,
+                deps::how_it_failed(record.exit_code, record.signal, record.failure_class),
+                record.attempt
+            )),
+        ));
+    }
     let state_at = match finish.next {
         TaskState::Done | TaskState::Failed => {
             changes.push(Change::Set(attr::FINISHED_AT, ms(record.finished_at)));
@@ -449,6 +491,7 @@ fn finish_unchecked(task: &Task, finish: &Finish) -> Transition {
     };
     Transition {
         name: match (finish.next, record.failure_class) {
+            (TaskState::Waiting, _) => "escalate",
             (TaskState::Done, _) => "finish (done)",
             (TaskState::Failed, _) => "finish (failed)",
             (_, Some(FailureClass::Interrupted)) => "release",
@@ -478,8 +521,20 @@ pub fn release(task: &Task, record: AttemptRecord, tail: Option<String>) -> Tran
                 ..record
             },
             output_tail: tail,
+            escalate_to: None,
         },
     )
+}
+
+/// The steps `task` still waits for once put back by an operator (retry,
+/// replace): an escalated run is left behind, the task starts over on its
+/// own step.
+fn waiting_on_without_escalation(task: &Task) -> Vec<String> {
+    task.waiting_on
+        .iter()
+        .filter(|s| Some(s.as_str()) != task.escalated_to.as_deref())
+        .cloned()
+        .collect()
 }
 
 /// Replace: gives `old` (not running) the script and row of `new` and
@@ -492,7 +547,8 @@ pub fn replace(old: &Task, new: &Task, now: Timestamp) -> Transition {
         old.state != TaskState::Running,
         "running tasks are never replaced"
     );
-    let to = if old.waiting_on.is_empty() {
+    let waiting_on = waiting_on_without_escalation(old);
+    let to = if waiting_on.is_empty() {
         TaskState::Pending
     } else {
         TaskState::Waiting
@@ -503,6 +559,8 @@ pub fn replace(old: &Task, new: &Task, now: Timestamp) -> Transition {
         write: Write::Update(vec![
             Change::Set(attr::STATE, json(&to)),
             Change::Remove(attr::REASON),
+            Change::Remove(attr::ESCALATED_TO),
+            deps::set_list(attr::WAITING_ON, &waiting_on),
             Change::Set(attr::TASK_SCRIPT, Value::from(new.script.as_str())),
             Change::Set(attr::SCRIPT_DIGEST, Value::from(new.script_digest.as_str())),
             Change::Set(attr::ENV, json(&new.env)),
@@ -528,14 +586,16 @@ pub fn replace(old: &Task, new: &Task, now: Timestamp) -> Transition {
     }
 }
 
-/// An operator's retry of a failed task, as read at `attempt` and waiting
-/// on the upstream steps `waiting_on`: back to pending with a fresh attempt
-/// budget, provided it is still that attempt and failed; back to waiting
-/// instead while it still waits for upstream tasks (a task failed because
-/// its upstream task did runs only once that one is done). Its attempt
+/// An operator's retry of a failed task, `task` as read at `attempt`: back
+/// to pending with a fresh attempt budget, provided it is still that
+/// attempt and failed; back to waiting instead while it still waits for
+/// upstream tasks (a task failed because its upstream task did runs only
+/// once that one is done). A task whose run a retry rule escalated starts
+/// over on its own step (the rule may escalate it again). Its attempt
 /// number (the next claim adds one) and history stay; who asked and when
 /// are recorded.
-pub fn retry(attempt: u32, waiting_on: &[String], by: &str, now: Timestamp) -> Transition {
+pub fn retry(task: &Task, attempt: u32, by: &str, now: Timestamp) -> Transition {
+    let waiting_on = waiting_on_without_escalation(task);
     let to = if waiting_on.is_empty() {
         TaskState::Pending
     } else {
@@ -546,7 +606,7 @@ pub fn retry(attempt: u32, waiting_on: &[String], by: &str, now: Timestamp) -> T
         guard: vec![
             Cond::State(TaskState::Failed),
             Cond::Attempt(attempt),
-            Cond::WaitingOn(waiting_on.to_vec()),
+            Cond::WaitingOn(task.waiting_on.clone()),
         ],
         write: Write::Update(vec![
             Change::Set(attr::STATE, json(&to)),
@@ -557,6 +617,9 @@ pub fn retry(attempt: u32, waiting_on: &[String], by: &str, now: Timestamp) -> T
             Change::Remove(attr::READY_AT),
             Change::Remove(attr::OWNER),
             Change::Remove(attr::LEASE_EXPIRES_AT),
+            Change::Remove(attr::ESCALATED_TO),
+            Change::Remove(attr::REASON),
+            deps::set_list(attr::WAITING_ON, &waiting_on),
         ]),
         to,
         state_at: Some(now),

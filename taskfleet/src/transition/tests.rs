@@ -82,6 +82,7 @@ fn a_retry_keeps_its_ready_time_in_ready_at() {
         ready_at: t(9_000),
         record: record(1, Some(FailureClass::Exit), 3_000),
         output_tail: Some("x".into()),
+        escalate_to: None,
     };
     let tr = finish(&c, &f);
     let after = tr.apply(Some(&c)).unwrap();
@@ -119,7 +120,7 @@ fn a_reclaim_needs_the_lease_still_expired_even_on_the_last_attempt() {
     let c = claimed(&pending(), "w1", 2_000); // lease until 12 s
     let now = 12_000 + CLOCK_SKEW_MARGIN.as_millis() as i64 + 1;
     for max in [1, 3] {
-        let tr = reclaim(&c, "w2", t(now), Duration::from_secs(10), max);
+        let tr = reclaim(&c, "w2", t(now), Duration::from_secs(10), &limit(max));
         assert!(tr.apply(Some(&c)).is_some(), "{}", tr.name);
         // A heartbeat lands between the read and the write.
         let renewed = heartbeat(&c, t(now + 10_000), t(now))
@@ -131,7 +132,7 @@ fn a_reclaim_needs_the_lease_still_expired_even_on_the_last_attempt() {
             tr.name
         );
     }
-    let last = reclaim(&c, "w2", t(now), Duration::from_secs(10), 1);
+    let last = reclaim(&c, "w2", t(now), Duration::from_secs(10), &limit(1));
     let failed = last.apply(Some(&c)).unwrap();
     assert_eq!(
         (failed.state, failed.failure_class, failed.failed_attempts),
@@ -149,6 +150,7 @@ fn replace_keeps_the_attempt_and_history_and_resets_the_budget() {
         ready_at: t(3_000),
         record: record(1, Some(FailureClass::Exit), 3_000),
         output_tail: None,
+        escalate_to: None,
     };
     let failed = finish(&c, &f).apply(Some(&c)).unwrap();
     let mut new = pending();
@@ -218,6 +220,7 @@ fn a_finish_is_trimmed_to_fit_the_item_limit() {
         ready_at: t(3_000),
         record: record(1, None, 3_000),
         output_tail: Some("y".repeat(200 * 1024)),
+        escalate_to: None,
     };
     let tr = finish(&c, &f);
     let after = tr.apply(Some(&c)).unwrap();
@@ -243,7 +246,7 @@ fn a_reclaim_of_a_task_at_the_item_limit_stays_within_it() {
     assert_eq!(schema::task_size(&c), schema::MAX_WRITE_BYTES - 100);
     let now = t(12_000 + CLOCK_SKEW_MARGIN.as_millis() as i64 + 1);
     for max in [1, 3] {
-        let after = reclaim(&c, "w2", now, Duration::from_secs(10), max)
+        let after = reclaim(&c, "w2", now, Duration::from_secs(10), &limit(max))
             .apply(Some(&c))
             .unwrap();
         assert!(
@@ -254,5 +257,12 @@ fn a_reclaim_of_a_task_at_the_item_limit_stays_within_it() {
             after.history.last().unwrap().failure_class,
             Some(FailureClass::Lost)
         );
+    }
+}
+
+fn limit(max_attempts: u32) -> crate::model::StepSettings {
+    crate::model::StepSettings {
+        max_attempts,
+        ..crate::model::StepSettings::default()
     }
 }

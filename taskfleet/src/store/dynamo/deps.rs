@@ -69,7 +69,7 @@ impl DynamoStore {
         let mut base = base.clone();
         for _ in 0..PLAN_TRIES {
             let own = make(&base);
-            if !deps::cascades(base.state, own.to) {
+            if !crate::transition::escalate::needs_plan(base.state, &own) {
                 return Ok(matches!(
                     self.apply(meta, &base.task_id, &own, false).await?,
                     Applied::Written(_)
@@ -142,18 +142,27 @@ impl DynamoStore {
                     .await?
                     .ok_or_else(|| StoreError::Service {
                         operation: "ending a task with dependents",
-                        message: format!("step {} of a dependent task is gone", p.step),
+                        message: format!(
+                            "step {} of a dependent or escalated task does not exist; load it (or fix the step's retry rules)",
+                            p.step
+                        ),
                     })?
             };
+            let item = TransactWriteItem::builder();
             items.push(
-                TransactWriteItem::builder()
-                    .update(update_in_transaction(
+                match p.transition.write {
+                    // An escalated run's new task.
+                    transition::Write::Put(_) => {
+                        item.put(put_in_transaction(&self.table, &m, &p.transition))
+                    }
+                    transition::Write::Update(_) => item.update(update_in_transaction(
                         &self.table,
                         &m,
                         &p.task_id,
                         &p.transition,
-                    ))
-                    .build(),
+                    )),
+                }
+                .build(),
             );
             counters
                 .entry((p.step.clone(), schema::shard_of(&p.task_id, m.shards)))

@@ -217,15 +217,8 @@ impl DynamoStore {
         owner: &str,
         now: Timestamp,
     ) -> Result<Claim, StoreError> {
-        let make = |t: &Task| {
-            transition::reclaim(
-                t,
-                owner,
-                now,
-                meta.settings.lease,
-                meta.settings.max_attempts,
-            )
-        };
+        let make =
+            |t: &Task| transition::reclaim(t, owner, now, meta.settings.lease, &meta.settings);
         let t = make(old);
         if t.to == TaskState::Failed {
             // Its dependents fail with it.

@@ -147,7 +147,7 @@ impl DynamoStore {
         let Some(old) = self.read_task(meta, task_id).await? else {
             return Ok(ReplaceOutcome::Changed);
         };
-        let make = |t: &Task| transition::retry(attempt, &t.waiting_on, by, Timestamp::now());
+        let make = |t: &Task| transition::retry(t, attempt, by, Timestamp::now());
         Ok(if self.end_write(meta, &old, &make).await? {
             ReplaceOutcome::Replaced
         } else {

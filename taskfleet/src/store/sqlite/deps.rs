@@ -28,7 +28,7 @@ pub(super) fn end_in(
     if !own.allows(Some(&current)) {
         return Ok(None);
     }
-    if !deps::cascades(current.state, own.to) {
+    if !crate::transition::escalate::needs_plan(current.state, &own) {
         return apply(tx, meta, &base.task_id, &own);
     }
     let mut cascade = Cascade::new(&base, own, Timestamp::now());
@@ -51,7 +51,13 @@ pub(super) fn end_in(
         let step_meta = if i == 0 {
             meta.clone()
         } else {
-            read_step(tx, &planned.step)?.ok_or_else(|| gone(planned))?
+            read_step(tx, &planned.step)?.ok_or_else(|| StoreError::Service {
+                operation: "ending a task with dependents",
+                message: format!(
+                    "step {} of a dependent or escalated task does not exist; load it (or fix the step's retry rules)",
+                    planned.step
+                ),
+            })?
         };
         let written = apply(tx, &step_meta, &planned.task_id, &planned.transition)?;
         match written {

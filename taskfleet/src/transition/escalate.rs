@@ -1,0 +1,407 @@
+//! Escalation (`load --retry-on 'exit=137:escalate-to=align-large'`): a
+//! retry rule moves a task's run to the task of the same id in another
+//! step, whose launch template has the bigger instance type.
+//!
+//! The escalated task stays in its own step, `waiting` for that run the
+//! way a dependent waits for its upstream task (it is one of the run's
+//! `dependents`), and takes its outcome when it ends: `done`, or `failed`
+//! with the run's class and exit code. Its own dependents follow it as
+//! usual. The worker that escalates writes both tasks in one atomic write
+//! (a [`super::deps::Cascade`] that reads the run's task first); an
+//! operator's retry of the escalated task starts it over on its own step.
+
+use serde_json::Value;
+
+use super::deps::{cascades, how_it_failed, set_list};
+use super::{Change, Cond, Transition, Write, counter_moves, json, ms};
+use crate::model::{FailureClass, Task, TaskState};
+use crate::schema::attr;
+use crate::time::Timestamp;
+
+/// What the end of `run`, the task a retry rule moved `dep`'s run to,
+/// does to `dep`: it ends as `run` ended (done, or failed with `run`'s
+/// class and exit code), or waits again when `run` is put back.
+pub(super) fn take_outcome(run: &Task, dep: &Task, now: Timestamp) -> Option<Transition> {
+    let rest: Vec<String> = dep
+        .waiting_on
+        .iter()
+        .filter(|s| **s != run.step)
+        .cloned()
+        .collect();
+    let at = format!("{}/{}", run.step, run.task_id);
+    let opt = |name: &'static str, v: Option<Value>| match v {
+        Some(v) => Change::Set(name, v),
+        None => Change::Remove(name),
+    };
+    let (name, to, mut changes) = match (run.state, dep.state) {
+        (TaskState::Done, TaskState::Waiting) => (
+            "escalated run done",
+            TaskState::Done,
+            vec![
+                Change::Set(attr::STATE, json(&TaskState::Done)),
+                set_list(attr::WAITING_ON, &rest),
+                Change::Set(attr::EXIT_CODE, Value::from(0)),
+                Change::Remove(attr::SIGNAL),
+                Change::Remove(attr::FAILURE_CLASS),
+                Change::Set(
+                    attr::REASON,
+                    Value::from(format!("escalated; done as {at} (attempt {})", run.attempt)),
+                ),
+            ],
+        ),
+        (TaskState::Failed, TaskState::Waiting) => (
+            "escalated run failed",
+            TaskState::Failed,
+            vec![
+                Change::Set(attr::STATE, json(&TaskState::Failed)),
+                opt(attr::EXIT_CODE, run.exit_code.map(Value::from)),
+                opt(attr::SIGNAL, run.signal.map(Value::from)),
+                Change::Set(
+                    attr::FAILURE_CLASS,
+                    json(&run.failure_class.unwrap_or(FailureClass::Exit)),
+                ),
+                Change::Set(
+                    attr::REASON,
+                    Value::from(format!(
+                        "escalated; {at} failed ({}, attempt {})",
+                        how_it_failed(run.exit_code, run.signal, run.failure_class),
+                        run.attempt
+                    )),
+                ),
+            ],
+        ),
+        (TaskState::Pending | TaskState::Waiting, TaskState::Failed) => (
+            "escalated run requeued",
+            TaskState::Waiting,
+            vec![
+                Change::Set(attr::STATE, json(&TaskState::Waiting)),
+                Change::Remove(attr::FAILURE_CLASS),
+                Change::Remove(attr::FINISHED_AT),
+                Change::Remove(attr::EXIT_CODE),
+                Change::Remove(attr::SIGNAL),
+                Change::Set(
+                    attr::REASON,
+                    Value::from(format!("escalated; runs as {at} again")),
+                ),
+            ],
+        ),
+        _ => return None,
+    };
+    if to != TaskState::Waiting {
+        changes.push(Change::Set(attr::FINISHED_AT, ms(now)));
+        changes.push(Change::Remove(attr::READY_AT));
+        if let Some(uri) = &run.log_uri {
+            changes.push(Change::Set(attr::LOG_URI, Value::from(uri.as_str())));
+        }
+    }
+    changes.push(Change::Set(attr::UPDATED_AT, ms(now)));
+    Some(Transition {
+        name,
+        guard: vec![
+            Cond::State(dep.state),
+            Cond::Attempt(dep.attempt),
+            Cond::WaitingOn(dep.waiting_on.clone()),
+            Cond::Dependents(dep.dependents.clone()),
+        ],
+        write: Write::Update(changes),
+        to,
+        state_at: Some(now),
+        counters: counter_moves(Some(dep.state), to),
+    })
+}
+
+/// The step an end write moves its task's run to (a retry rule's
+/// escalation), if it does.
+pub fn escalation(own: &Transition) -> Option<String> {
+    let Write::Update(changes) = &own.write else {
+        return None;
+    };
+    changes.iter().find_map(|c| match c {
+        Change::Set(name, Value::String(step)) if *name == attr::ESCALATED_TO => Some(step.clone()),
+        _ => None,
+    })
+}
+
+/// Whether the write `own` on a task in state `from` goes through a
+/// [`super::deps::Cascade`]: it ends the task, puts it back from failed, or escalates
+/// its run.
+pub fn needs_plan(from: TaskState, own: &Transition) -> bool {
+    cascades(from, own.to) || escalation(own).is_some()
+}
+
+/// The write on `run` (the task of step `run_step`, as read; `None`: there
+/// is none) that takes over the run of `task` (as its escalation leaves
+/// it): a new task with `task`'s script and row, or the existing one run
+/// again with them; one that is running or about to is only told to report
+/// back. Either way `run` lists `task`'s step as a dependent, so that its
+/// end ends `task`.
+pub fn take_over(task: &Task, run_step: &str, run: Option<&Task>, now: Timestamp) -> Transition {
+    let reason = format!(
+        "escalated from {}/{}: {}",
+        task.step,
+        task.task_id,
+        task.reason.as_deref().unwrap_or("a retry rule")
+    );
+    let Some(run) = run else {
+        let mut new = task.clone();
+        run_step.clone_into(&mut new.step);
+        new.state = TaskState::Pending;
+        new.attempt = 0;
+        new.failed_attempts = 0;
+        new.created_at = now;
+        new.updated_at = now;
+        new.history.clear();
+        new.after.clear();
+        new.waiting_on.clear();
+        new.dependents = vec![task.step.clone()];
+        new.reason = Some(reason);
+        new.escalated_to = None;
+        for field in [
+            &mut new.owner,
+            &mut new.output_tail,
+            &mut new.log_uri,
+            &mut new.retried_by,
+        ] {
+            *field = None;
+        }
+        new.ready_at = None;
+        new.lease_expires_at = None;
+        new.started_at = None;
+        new.finished_at = None;
+        new.exit_code = None;
+        new.signal = None;
+        new.failure_class = None;
+        new.retried_at = None;
+        return super::insert(&new);
+    };
+    let mut dependents = run.dependents.clone();
+    if !dependents.contains(&task.step) {
+        dependents.push(task.step.clone());
+        dependents.sort();
+    }
+    let guard = vec![
+        Cond::State(run.state),
+        Cond::Attempt(run.attempt),
+        Cond::Dependents(run.dependents.clone()),
+    ];
+    let mut changes = vec![set_list(attr::DEPENDENTS, &dependents)];
+    if matches!(
+        run.state,
+        TaskState::Running | TaskState::Pending | TaskState::Waiting
+    ) {
+        return Transition {
+            name: "escalation joins its run",
+            guard,
+            write: Write::Update(changes),
+            to: run.state,
+            state_at: None,
+            counters: Vec::new(),
+        };
+    }
+    changes.extend([
+        Change::Set(attr::STATE, json(&TaskState::Pending)),
+        Change::Set(attr::FAILED_ATTEMPTS, Value::from(0)),
+        Change::Set(attr::TASK_SCRIPT, Value::from(task.script.as_str())),
+        Change::Set(
+            attr::SCRIPT_DIGEST,
+            Value::from(task.script_digest.as_str()),
+        ),
+        Change::Set(attr::ENV, json(&task.env)),
+        set_map(attr::COLUMNS, &task.columns),
+        Change::Set(attr::REASON, Value::from(reason)),
+        Change::Set(attr::UPDATED_AT, ms(now)),
+        Change::Remove(attr::READY_AT),
+        Change::Remove(attr::FINISHED_AT),
+        Change::Remove(attr::EXIT_CODE),
+        Change::Remove(attr::SIGNAL),
+        Change::Remove(attr::FAILURE_CLASS),
+        Change::Remove(attr::OUTPUT_TAIL),
+    ]);
+    Transition {
+        name: "escalation runs again",
+        guard,
+        write: Write::Update(changes),
+        to: TaskState::Pending,
+        state_at: Some(now),
+        counters: counter_moves(Some(run.state), TaskState::Pending),
+    }
+}
+
+fn set_map(name: &'static str, map: &std::collections::BTreeMap<String, String>) -> Change {
+    if map.is_empty() {
+        Change::Remove(name)
+    } else {
+        Change::Set(name, json(map))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::NewTask;
+    use crate::transition::deps::{Cascade, follow};
+
+    const NOW: Timestamp = Timestamp::from_millis(5_000);
+
+    fn task(step: &str, state: TaskState) -> Task {
+        let mut t = crate::store::new_pending_task(
+            step,
+            "true",
+            "d",
+            &NewTask {
+                task_id: "A".into(),
+                line: 2,
+                env: BTreeMap::from([("SAMPLE".into(), "A".into())]),
+            },
+            Timestamp::from_millis(1_000),
+        );
+        t.state = state;
+        t
+    }
+
+    /// A running task of align and its end write escalating to
+    /// align-large after exit 137.
+    fn escalating() -> (Task, Transition) {
+        let mut running = task("align", TaskState::Running);
+        running.owner = Some("w".into());
+        running.attempt = 2;
+        running.dependents = vec!["call".into()];
+        let record = crate::model::AttemptRecord {
+            attempt: 2,
+            owner: "w".into(),
+            started_at: NOW,
+            finished_at: NOW,
+            outcome: TaskState::Waiting,
+            exit_code: Some(137),
+            signal: None,
+            failure_class: Some(FailureClass::Exit),
+            log_uri: None,
+            provenance: None,
+        };
+        let own = crate::transition::finish(
+            &running,
+            &crate::transition::Finish {
+                next: TaskState::Waiting,
+                counts_as_failure: true,
+                ready_at: NOW,
+                record,
+                output_tail: None,
+                escalate_to: Some("align-large".into()),
+            },
+        );
+        assert_eq!(escalation(&own).as_deref(), Some("align-large"));
+        assert!(needs_plan(TaskState::Running, &own));
+        assert_eq!(own.counters, [(attr::WAITING, 1)]);
+        (running, own)
+    }
+
+    /// The escalated task as its write leaves it, and its run's new task.
+    fn escalated() -> (Task, Task) {
+        let (running, own) = escalating();
+        let mut c = Cascade::new(&running, own, NOW);
+        c.feed(&[None]);
+        let Write::Put(run) = &c.writes()[1].transition.write else {
+            panic!("a new run is put")
+        };
+        let after = c.writes()[0].transition.apply(Some(&running)).unwrap();
+        (after, (**run).clone())
+    }
+
+    #[test]
+    fn an_escalation_writes_the_task_waiting_and_its_run_on_the_other_step() {
+        let (running, own) = escalating();
+        let mut c = Cascade::new(&running, own, NOW);
+        // The run's task is read first; none yet: a new one is written.
+        assert_eq!(c.wanted(), [("align-large".to_owned(), "A".to_owned())]);
+        c.feed(&[None]);
+        assert!(c.wanted().is_empty());
+        let new = &c.writes()[1];
+        let Write::Put(run) = &new.transition.write else {
+            panic!("{new:?}")
+        };
+        assert_eq!(
+            (
+                run.step.as_str(),
+                run.state,
+                run.attempt,
+                run.dependents.clone()
+            ),
+            (
+                "align-large",
+                TaskState::Pending,
+                0,
+                vec!["align".to_owned()]
+            )
+        );
+        assert_eq!(run.env, running.env);
+        assert_eq!(new.transition.counters, [(attr::LOADED, 1)]);
+        let escalated = c.writes()[0].transition.apply(Some(&running)).unwrap();
+        assert_eq!(
+            (escalated.state, escalated.waiting_on.clone()),
+            (TaskState::Waiting, vec!["align-large".to_owned()])
+        );
+        assert_eq!(
+            escalated.reason.as_deref(),
+            Some("escalated to align-large/A after exit 137 (attempt 2)")
+        );
+    }
+
+    #[test]
+    fn an_escalated_run_is_run_again_or_joined_and_its_end_ends_the_task() {
+        let (escalated, run) = escalated();
+        // A run that failed before is run again, and stays linked.
+        let mut failed_run = run.clone();
+        failed_run.state = TaskState::Failed;
+        failed_run.attempt = 1;
+        let again = take_over(&escalated, "align-large", Some(&failed_run), NOW);
+        assert_eq!(again.to, TaskState::Pending);
+        assert_eq!(again.counters, [(attr::FAILED, -1)]);
+        // A running one is only joined.
+        let mut busy = failed_run.clone();
+        busy.state = TaskState::Running;
+        busy.dependents.clear();
+        let join = take_over(&escalated, "align-large", Some(&busy), NOW);
+        assert_eq!((join.to, join.state_at), (TaskState::Running, None));
+        assert_eq!(join.apply(Some(&busy)).unwrap().dependents, ["align"]);
+
+        // The run's end ends the escalated task, and on down its chain.
+        let mut done_run = failed_run.clone();
+        done_run.state = TaskState::Done;
+        done_run.attempt = 3;
+        let t = follow(&done_run, &escalated, NOW).unwrap();
+        assert_eq!(
+            (t.to, t.counters.clone()),
+            (TaskState::Done, vec![(attr::WAITING, -1), (attr::DONE, 1)])
+        );
+        let done = t.apply(Some(&escalated)).unwrap();
+        assert!(done.waiting_on.is_empty());
+        assert_eq!(
+            done.reason.as_deref(),
+            Some("escalated; done as align-large/A (attempt 3)")
+        );
+        let mut lost_run = failed_run.clone();
+        lost_run.exit_code = Some(137);
+        lost_run.failure_class = Some(FailureClass::Exit);
+        let t = follow(&lost_run, &escalated, NOW).unwrap();
+        let failed = t.apply(Some(&escalated)).unwrap();
+        assert_eq!(
+            (failed.state, failed.failure_class, failed.exit_code),
+            (TaskState::Failed, Some(FailureClass::Exit), Some(137))
+        );
+        assert!(cascades(TaskState::Waiting, TaskState::Failed));
+        // An operator's retry starts it over on its own step.
+        let retried = crate::transition::retry(&failed, failed.attempt, "me", NOW)
+            .apply(Some(&failed))
+            .unwrap();
+        assert_eq!(
+            (
+                retried.state,
+                retried.escalated_to.clone(),
+                retried.waiting_on.len()
+            ),
+            (TaskState::Pending, None, 0)
+        );
+    }
+}
