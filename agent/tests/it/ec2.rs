@@ -23,8 +23,18 @@ async fn a_spot_notice_releases_the_task_without_using_an_attempt_and_another_ag
     let t = TestTable::new("spot").await;
     // The first attempt would run a minute; any later one ends at once.
     let script = r#"[ "$ATTEMPT" -ge 2 ] || sleep 60; echo "done on attempt $ATTEMPT""#;
-    t.load_text("qc", script, "sample\nA\n", one_attempt())
-        .await;
+    // One attempt, and rules that fail anything the script could do at
+    // once: the release is no failure of the task's.
+    let strict = SettingsChange {
+        rules: Some(
+            ["class=exit", "class=signal", "class=timeout"]
+                .iter()
+                .map(|r| taskfleet::rules::parse(r, true).unwrap())
+                .collect(),
+        ),
+        ..one_attempt()
+    };
+    t.load_text("qc", script, "sample\nA\n", strict).await;
     let imds = Imds::start(InstanceInfo::spot("i-0abc1234", &[("Name", "qc")]));
     let endpoint = imds.endpoint();
     let mut on_spot = Agent::spawn(

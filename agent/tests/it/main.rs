@@ -34,6 +34,7 @@ mod lifecycle;
 mod many_agents;
 mod outage;
 mod partition;
+mod retry_rules;
 mod script_env;
 mod stopping;
 mod supervision;

@@ -228,3 +228,58 @@ async fn show_step_on_dynamodb_prints_the_load_record() {
     assert_eq!(shown["loads"][0]["git"]["commit"], head.as_str());
     assert_eq!(shown["loads"][0]["rows"], 3);
 }
+
+#[test]
+fn retry_rules_given_at_load_are_stored_on_the_step_and_printed_and_a_bad_one_writes_nothing() {
+    let (dir, _) = repo();
+    let table = format!("sqlite://{}", dir.path().join("tasks.db").display());
+    taskctl_with(&["--table", &table, "init"], &[]).ok();
+    let refused = load(&table, dir.path(), &["--retry-on", "exit=137:attempts=0"]).fails();
+    assert!(
+        refused.contains("attempts takes a number of 1 or more"),
+        "{refused}"
+    );
+    let steps = taskctl_with(&["--table", &table, "status", "--json"], &[]);
+    assert_eq!(steps.ok().json(), serde_json::json!([]), "nothing written");
+
+    load(
+        &table,
+        dir.path(),
+        &[
+            "--retry-on",
+            "exit=137:attempts=2",
+            "--escalate-to",
+            "qc-large",
+            "--fail-on",
+            "exit=2",
+            "--retry-on",
+            "class=lost:free",
+        ],
+    )
+    .ok();
+    let text = taskctl_with(&["--table", &table, "show", "--step", "qc"], &[]);
+    let text = text.ok().stdout();
+    for line in [
+        "retry rules:     fail-on exit=2\n",
+        "                 retry-on exit=137:attempts=2:escalate-to=qc-large\n",
+        "                 retry-on class=lost:free\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    // The escalation step exists, with the step's settings and no rules.
+    let big = taskctl_with(&["--table", &table, "show", "--step", "qc-large"], &[]);
+    let big = big.ok().stdout();
+    assert!(big.contains("retry rules:     none"), "{big}");
+    // A later load without rules keeps them; --no-retry-rules drops them.
+    load(&table, dir.path(), &[]).ok();
+    let shown = taskctl_with(&["--table", &table, "show", "--step", "qc", "--json"], &[]);
+    assert_eq!(
+        shown.ok().json()["step"]["settings"]["rules"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    load(&table, dir.path(), &["--no-retry-rules"]).ok();
+    let shown = taskctl_with(&["--table", &table, "show", "--step", "qc", "--json"], &[]);
+    assert!(shown.ok().json()["step"]["settings"].get("rules").is_none());
+}

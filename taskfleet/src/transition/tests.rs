@@ -266,3 +266,38 @@ fn limit(max_attempts: u32) -> crate::model::StepSettings {
         ..crate::model::StepSettings::default()
     }
 }
+
+#[test]
+fn a_rule_may_make_lost_attempts_free_or_give_them_their_own_limit() {
+    let c = claimed(&pending(), "w1", 2_000);
+    let now = t(12_000 + CLOCK_SKEW_MARGIN.as_millis() as i64 + 1);
+    let with = |rule: &str, max_attempts: u32| crate::model::StepSettings {
+        rules: vec![crate::rules::parse(rule, false).unwrap()],
+        ..limit(max_attempts)
+    };
+    // Free: taken again on what would be the last attempt, none used.
+    let free = reclaim(
+        &c,
+        "w2",
+        now,
+        Duration::from_secs(10),
+        &with("class=lost:free", 1),
+    );
+    let taken = free.apply(Some(&c)).unwrap();
+    assert_eq!(
+        (taken.state, taken.failed_attempts, taken.attempt),
+        (TaskState::Running, 0, c.attempt + 1)
+    );
+    // Its own limit: one lost attempt fails it although the step allows 5.
+    let strict = reclaim(
+        &c,
+        "w2",
+        now,
+        Duration::from_secs(10),
+        &with("class=lost:attempts=1", 5),
+    );
+    assert_eq!(strict.apply(Some(&c)).unwrap().state, TaskState::Failed);
+    // No rule: the step's limit.
+    let plain = reclaim(&c, "w2", now, Duration::from_secs(10), &limit(5));
+    assert_eq!(plain.apply(Some(&c)).unwrap().failed_attempts, 1);
+}
