@@ -131,6 +131,10 @@ pub enum Command {
     /// exit code, failure class, duration, log), as TSV or JSON Lines;
     /// the step's partitions are read in parallel, a page at a time.
     Export(ExportArgs),
+    /// Remove a step's tasks that finished done long ago, writing them
+    /// whole to a JSON Lines file first (--export), their counts taken off
+    /// in the same writes. --dry-run counts them only.
+    Prune(PruneArgs),
     /// Start workers for a step: EC2 instances from the step's launch
     /// template, or with --local, agent processes on this machine.
     ///
@@ -255,10 +259,6 @@ fn parse_var(text: &str) -> Result<(String, String), String> {
         Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
         _ => Err(format!("'{text}' is not NAME=VALUE")),
     }
-}
-
-fn parse_retry_on(text: &str) -> Result<taskfleet::rules::Rule, String> {
-    taskfleet::rules::parse(text, false)
 }
 
 fn parse_fail_on(text: &str) -> Result<taskfleet::rules::Rule, String> {
@@ -440,8 +440,8 @@ pub struct LoadArgs {
     /// retries lost attempts without using one; 'class=timeout:attempts=2'.
     /// Spot, interrupted and host releases never use an attempt. Any rule
     /// given replaces the step's rules (`show --step` prints them).
-    #[arg(long = "retry-on", value_name = "RULE", value_parser = parse_retry_on)]
-    pub retry_on: Vec<taskfleet::rules::Rule>,
+    #[arg(long = "retry-on", value_name = "RULE")]
+    pub retry_on: Vec<String>,
     /// Fail at once on these failures (repeatable), e.g. 'exit=2' for bad
     /// input that no retry mends; looked at before --retry-on rules.
     #[arg(long = "fail-on", value_name = "RULE", value_parser = parse_fail_on)]
@@ -541,6 +541,30 @@ pub struct ExportArgs {
     /// not at all).
     #[arg(long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
+}
+
+/// `taskctl prune`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  taskctl prune --step align --done-older-than 30d --dry-run\n  taskctl prune --step align --done-older-than 30d --export align-done.jsonl"
+)]
+pub struct PruneArgs {
+    /// The step.
+    #[arg(long)]
+    pub step: String,
+    /// Prune done tasks that finished longer ago than this (e.g. 30d).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "AGE")]
+    pub done_older_than: Duration,
+    /// Append each task, whole, as one JSON line to FILE, on disk before
+    /// it is removed.
+    #[arg(long, value_name = "FILE")]
+    pub export: Option<std::path::PathBuf>,
+    /// Count what would be pruned; change nothing, write no file.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Formats of `taskctl export`.

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use taskfleet::load::{self, LoadRequest};
 use taskfleet::model::{FailedTask, StepStatus};
-use taskfleet::rules::{Action, Rule};
+use taskfleet::rules::Rule;
 use taskfleet::sheet::{Format, Sheet, SheetInput, SheetOptions};
 use taskfleet::store::dynamo::InitOutcome;
 use taskfleet::store::{SettingsChange, Store, TaskStore};
@@ -32,6 +32,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Retry(args) => crate::retry::retry(&cli.global, &args).await,
         Command::Where(args) => crate::browse::where_is(&cli.global, &args).await,
         Command::Export(args) => crate::browse::export(&cli.global, &args).await,
+        Command::Prune(args) => crate::prune::prune(&cli.global, &args).await,
         Command::Recount(args) => recount(&cli.global, &args).await,
         Command::Launch(args) => {
             let store = connect::open(&cli.global).await?;
@@ -190,7 +191,7 @@ async fn load(global: &crate::cli::GlobalArgs, args: LoadArgs) -> Result<()> {
         provenance::require_clean(path, state)?;
     }
     let (sheet, _spooled) = open_sheet(global, &args.sheet, &sheet_options(&args)).await?;
-    let request = load_request(&args, script);
+    let request = load_request(&args, script)?;
     // A named store must exist (a mistyped path or table name must not
     // start a new one), and is checked before the sheet is read through;
     // the default embedded store is made on first use, once the sheet has
@@ -287,8 +288,9 @@ fn sheet_options(args: &LoadArgs) -> SheetOptions {
 }
 
 /// The load `args` ask for, with `script`.
-fn load_request(args: &LoadArgs, script: String) -> LoadRequest {
-    LoadRequest {
+fn load_request(args: &LoadArgs, script: String) -> Result<LoadRequest> {
+    let rules = retry_rules(args)?;
+    Ok(LoadRequest {
         step: args.step.clone(),
         script,
         settings: SettingsChange {
@@ -298,32 +300,31 @@ fn load_request(args: &LoadArgs, script: String) -> LoadRequest {
             shards: args.shards,
             output_tail: args.no_output_tail.then_some(false),
             after: (!args.after.is_empty()).then(|| args.after.clone()),
-            rules: retry_rules(args),
+            rules,
         },
         replace: args.replace,
         concurrency: args.concurrency,
-    }
+    })
 }
 
 /// The retry rules `args` give the step: `None` keeps the stored ones.
-fn retry_rules(args: &LoadArgs) -> Option<Vec<Rule>> {
+/// `--escalate-to` goes into every `--retry-on` that names no step.
+fn retry_rules(args: &LoadArgs) -> Result<Option<Vec<Rule>>> {
     if args.no_retry_rules {
-        return Some(Vec::new());
+        return Ok(Some(Vec::new()));
     }
     if args.retry_on.is_empty() && args.fail_on.is_empty() {
-        return None;
+        return Ok(None);
     }
     let mut rules = args.fail_on.clone();
-    for rule in &args.retry_on {
-        let mut rule = rule.clone();
-        if let (Some(to), Action::Retry { escalate_to, .. }) = (&args.escalate_to, &mut rule.action)
-            && escalate_to.is_none()
-        {
-            *escalate_to = Some(to.clone());
-        }
-        rules.push(rule);
+    for text in &args.retry_on {
+        let text = match &args.escalate_to {
+            Some(to) if !text.contains("escalate-to=") => format!("{text}:escalate-to={to}"),
+            _ => text.clone(),
+        };
+        rules.push(taskfleet::rules::parse(&text, false).map_err(anyhow::Error::msg)?);
     }
-    Some(rules)
+    Ok(Some(rules))
 }
 
 fn read_script(path: &Path) -> Result<String> {

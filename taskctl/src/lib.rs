@@ -24,6 +24,7 @@ pub mod ec2;
 pub mod local;
 pub mod logs;
 pub mod provenance;
+pub mod prune;
 pub mod publish;
 pub mod retry;
 pub mod sheets;

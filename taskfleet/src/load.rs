@@ -441,7 +441,17 @@ async fn ensure_escalation_steps<S: TaskStore>(
     meta: &StepMeta,
 ) -> Result<(), StoreError> {
     for to in crate::rules::escalation_steps(&meta.settings.rules) {
-        if store.step(&to).await?.is_some() {
+        if let Some(target) = store.step(&to).await? {
+            // Two steps escalating to each other would wait for each other.
+            if crate::rules::escalation_steps(&target.settings.rules).contains(&meta.step) {
+                return Err(StoreError::Service {
+                    operation: "load",
+                    message: format!(
+                        "step {to} escalates to {} itself; an escalation to it would never end. Give {to} other rules (load --step {to} --no-retry-rules) first",
+                        meta.step
+                    ),
+                });
+            }
             continue;
         }
         let s = &meta.settings;

@@ -24,6 +24,7 @@ mod local;
 mod logs;
 mod mocks;
 mod provenance;
+mod prune;
 mod readme;
 mod recount;
 mod retry;

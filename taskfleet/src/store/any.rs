@@ -149,6 +149,21 @@ impl TaskStore for Store {
         each!(self, s => s.retry(meta, task_id, attempt, by).await)
     }
 
+    async fn done_before(
+        &self,
+        meta: &StepMeta,
+        shard: u16,
+        before: crate::time::Timestamp,
+        after: Option<&super::PruneCursor>,
+        limit: usize,
+    ) -> Result<(Vec<Task>, Option<super::PruneCursor>), StoreError> {
+        each!(self, s => s.done_before(meta, shard, before, after, limit).await)
+    }
+
+    async fn prune(&self, meta: &StepMeta, tasks: &[Task]) -> Result<usize, StoreError> {
+        each!(self, s => s.prune(meta, tasks).await)
+    }
+
     async fn find(&self, task_id: &str) -> Result<Vec<crate::model::TaskSummary>, StoreError> {
         each!(self, s => s.find(task_id).await)
     }

@@ -21,6 +21,17 @@ use crate::model::{
 };
 use crate::time::Timestamp;
 
+/// Where a page of [`TaskStore::done_before`] ended: the index time and
+/// id of its last task.
+pub type PruneCursor = (Timestamp, String);
+
+fn no_prune() -> StoreError {
+    StoreError::Service {
+        operation: "prune",
+        message: "this store cannot prune tasks".into(),
+    }
+}
+
 fn no_first_load() -> StoreError {
     StoreError::Service {
         operation: "first load",
@@ -316,6 +327,34 @@ pub trait TaskStore: Sync {
                 message: "this store does not keep dependencies between steps".into(),
             })
         }
+    }
+
+    /// Up to `limit` `done` tasks of one shard of a step that finished
+    /// before `before`, oldest first, after `after` (where the last page
+    /// ended), whole: from the state index, never the table. The cursor of
+    /// the next page comes with them (`None`: the shard has no more).
+    fn done_before(
+        &self,
+        meta: &StepMeta,
+        shard: u16,
+        before: Timestamp,
+        after: Option<&PruneCursor>,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<Task>, Option<PruneCursor>), StoreError>> + Send {
+        let _ = (meta, shard, before, after, limit);
+        async { Err(no_prune()) }
+    }
+
+    /// Removes `tasks` (of `meta`, as read), each only while it is still as
+    /// read ([`crate::transition::prune`]), and takes them off the counts
+    /// in the same writes. Returns how many were removed.
+    fn prune(
+        &self,
+        meta: &StepMeta,
+        tasks: &[Task],
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let _ = (meta, tasks);
+        async { Err(no_prune()) }
     }
 
     /// Gives `old` (as read; never `running`) the script and row of `new`

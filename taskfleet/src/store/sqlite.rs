@@ -29,6 +29,7 @@ use crate::transition::{self, Transition, Write};
 mod browse;
 mod counts;
 mod deps;
+mod prune;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS steps (
@@ -233,12 +234,20 @@ fn apply(
     let Some(after) = t.apply(current.as_ref()) else {
         return Ok(None);
     };
+    if let Write::Delete = t.write {
+        tx.prepare_cached("DELETE FROM tasks WHERE step = ?1 AND task_id = ?2")
+            .map_err(q)?
+            .execute(params![meta.step, task_id])
+            .map_err(q)?;
+        return Ok(Some(after));
+    }
     let sql = match t.write {
         // The guard said absent; a plain INSERT fails loudly if it is not.
         Write::Put(_) => {
             "INSERT INTO tasks (step, task_id, state, state_at, attempt, owner, body, shard)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
         }
+        Write::Delete => unreachable!("handled above"),
         Write::Update(_) => {
             "UPDATE tasks SET state = ?3, state_at = coalesce(?4, state_at), attempt = ?5,
                 owner = ?6, body = ?7
@@ -475,6 +484,24 @@ impl TaskStore for SqliteStore {
         let (step, after) = (meta.step.clone(), after.map(str::to_owned));
         self.tx(move |tx| browse::shard_page(tx, &step, shard, after.as_deref(), limit))
             .await
+    }
+
+    async fn done_before(
+        &self,
+        meta: &StepMeta,
+        shard: u16,
+        before: Timestamp,
+        after: Option<&super::PruneCursor>,
+        limit: usize,
+    ) -> Result<(Vec<Task>, Option<super::PruneCursor>), StoreError> {
+        let (step, after) = (meta.step.clone(), after.cloned());
+        self.tx(move |tx| prune::done_before(tx, &step, shard, before, after.as_ref(), limit))
+            .await
+    }
+
+    async fn prune(&self, meta: &StepMeta, tasks: &[Task]) -> Result<usize, StoreError> {
+        let (meta, tasks) = (meta.clone(), tasks.to_vec());
+        self.tx(move |tx| prune::prune_in(tx, &meta, &tasks)).await
     }
 
     async fn running(&self, meta: &StepMeta) -> Result<Vec<super::RunningTask>, StoreError> {

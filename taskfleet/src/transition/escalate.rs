@@ -198,8 +198,18 @@ pub fn take_over(task: &Task, run_step: &str, run: Option<&Task>, now: Timestamp
             counters: Vec::new(),
         };
     }
+    // Run again from its own start: an escalation of its own is left
+    // behind; upstream tasks it still waits for keep it waiting.
+    let waiting_on = super::waiting_on_without_escalation(run);
+    let to = if waiting_on.is_empty() {
+        TaskState::Pending
+    } else {
+        TaskState::Waiting
+    };
     changes.extend([
-        Change::Set(attr::STATE, json(&TaskState::Pending)),
+        Change::Set(attr::STATE, json(&to)),
+        set_list(attr::WAITING_ON, &waiting_on),
+        Change::Remove(attr::ESCALATED_TO),
         Change::Set(attr::FAILED_ATTEMPTS, Value::from(0)),
         Change::Set(attr::TASK_SCRIPT, Value::from(task.script.as_str())),
         Change::Set(
@@ -221,9 +231,9 @@ pub fn take_over(task: &Task, run_step: &str, run: Option<&Task>, now: Timestamp
         name: "escalation runs again",
         guard,
         write: Write::Update(changes),
-        to: TaskState::Pending,
+        to,
         state_at: Some(now),
-        counters: counter_moves(Some(run.state), TaskState::Pending),
+        counters: counter_moves(Some(run.state), to),
     }
 }
 

@@ -104,6 +104,8 @@ pub enum Write {
     Update(Vec<Change>),
     /// The whole task, written where none exists.
     Put(Box<Task>),
+    /// The task removed (`taskctl prune`).
+    Delete,
 }
 
 /// A change of one task's state: guard, write, new state and its index
@@ -193,6 +195,28 @@ pub fn load_place(task: &Task) -> Timestamp {
             )
         }
         _ => task.updated_at,
+    }
+}
+
+/// Prune: removes `task` (finished, as read), provided it is still that
+/// state and attempt and nothing waits for it that might still need it
+/// (its dependents as read), and takes it off the counts.
+pub fn prune(task: &Task) -> Transition {
+    let mut counters = vec![(attr::LOADED, -1)];
+    if let Some(c) = counter_of(task.state) {
+        counters.push((c, -1));
+    }
+    Transition {
+        name: "prune",
+        guard: vec![
+            Cond::State(task.state),
+            Cond::Attempt(task.attempt),
+            Cond::Dependents(task.dependents.clone()),
+        ],
+        write: Write::Delete,
+        to: task.state,
+        state_at: None,
+        counters,
     }
 }
 
@@ -529,7 +553,7 @@ pub fn release(task: &Task, record: AttemptRecord, tail: Option<String>) -> Tran
 /// The steps `task` still waits for once put back by an operator (retry,
 /// replace): an escalated run is left behind, the task starts over on its
 /// own step.
-fn waiting_on_without_escalation(task: &Task) -> Vec<String> {
+pub(super) fn waiting_on_without_escalation(task: &Task) -> Vec<String> {
     task.waiting_on
         .iter()
         .filter(|s| Some(s.as_str()) != task.escalated_to.as_deref())
@@ -555,7 +579,13 @@ pub fn replace(old: &Task, new: &Task, now: Timestamp) -> Transition {
     };
     Transition {
         name: "replace",
-        guard: vec![Cond::State(old.state), Cond::Attempt(old.attempt)],
+        // What it waits for as read: an upstream task done in between
+        // would otherwise be written back as still awaited.
+        guard: vec![
+            Cond::State(old.state),
+            Cond::Attempt(old.attempt),
+            Cond::WaitingOn(old.waiting_on.clone()),
+        ],
         write: Write::Update(vec![
             Change::Set(attr::STATE, json(&to)),
             Change::Remove(attr::REASON),
@@ -653,6 +683,8 @@ impl Transition {
         );
         match &self.write {
             Write::Put(task) => Some((**task).clone()),
+            // The task as it was: the guard held, and it is gone.
+            Write::Delete => current.cloned(),
             Write::Update(changes) => {
                 let Value::Object(mut fields) = json(current?) else {
                     unreachable!("a task serialises as an object")

@@ -155,6 +155,7 @@ impl DynamoStore {
                     transition::Write::Put(_) => {
                         item.put(put_in_transaction(&self.table, &m, &p.transition))
                     }
+                    transition::Write::Delete => unreachable!("a cascade never deletes"),
                     transition::Write::Update(_) => item.update(update_in_transaction(
                         &self.table,
                         &m,
@@ -181,7 +182,10 @@ impl DynamoStore {
 
     /// One transaction, repeated while it conflicts with another one or is
     /// throttled. Returns the items whose condition failed (none: written).
-    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Vec<usize>, StoreError> {
+    pub(super) async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<Vec<usize>, StoreError> {
         let mut tries = 0;
         loop {
             tries += 1;

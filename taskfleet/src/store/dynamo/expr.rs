@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+    AttributeValue, Delete, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 
 use super::{Item, n, s, task_item};
@@ -200,6 +200,29 @@ pub(super) fn put_in_transaction(table: &str, meta: &StepMeta, t: &Transition) -
         .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
         .build()
         .expect("table and item are set")
+}
+
+/// `t` (a [`Write::Delete`]) on task `task_id` of `meta` as one
+/// conditional `Delete` of a transaction.
+pub(super) fn delete_in_transaction(
+    table: &str,
+    meta: &StepMeta,
+    task_id: &str,
+    t: &Transition,
+) -> Delete {
+    assert!(matches!(t.write, Write::Delete), "{} is no delete", t.name);
+    let mut e = Expr::default();
+    for cond in &t.guard {
+        e.condition(cond);
+    }
+    Delete::builder()
+        .table_name(table)
+        .set_key(Some(schema::task_key(&meta.step, meta.shards, task_id)))
+        .condition_expression(e.condition_expression())
+        .set_expression_attribute_names(Some(e.names))
+        .set_expression_attribute_values((!e.values.is_empty()).then_some(e.values))
+        .build()
+        .expect("table, key and condition are set")
 }
 
 /// The counter update of one shard: every delta in one `ADD`.

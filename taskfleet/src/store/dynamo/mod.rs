@@ -34,6 +34,7 @@ mod expr;
 mod first_load;
 mod lease;
 mod load;
+mod prune;
 mod report;
 
 use std::collections::HashMap;
@@ -333,6 +334,21 @@ impl TaskStore for DynamoStore {
         limit: usize,
     ) -> Result<crate::model::TaskPage, StoreError> {
         self.page_of_shard(meta, shard, after, limit).await
+    }
+
+    async fn done_before(
+        &self,
+        meta: &StepMeta,
+        shard: u16,
+        before: Timestamp,
+        after: Option<&super::PruneCursor>,
+        limit: usize,
+    ) -> Result<(Vec<Task>, Option<super::PruneCursor>), StoreError> {
+        self.done_before_of(meta, shard, before, after, limit).await
+    }
+
+    async fn prune(&self, meta: &StepMeta, tasks: &[Task]) -> Result<usize, StoreError> {
+        self.prune_tasks(meta, tasks).await
     }
 
     async fn record_load(

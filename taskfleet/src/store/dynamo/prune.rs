@@ -1,0 +1,137 @@
+//! Pruning finished tasks on DynamoDB (`taskctl prune`): a page of old
+//! `done` tasks of one shard from the `by_state` index (its sort key is the
+//! finish time), read whole with a batch read, then removed in
+//! transactions that carry the shard's counter update: a task that changed
+//! since it was read fails its guard, is left alone, and the rest are
+//! written again. The counters are exact after every transaction.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
+
+use super::expr::{counter_item, delete_in_transaction, sum_deltas};
+use super::{DynamoStore, Item, decode, n, s};
+use crate::model::{StepMeta, Task, TaskState};
+use crate::schema::{self, attr};
+use crate::store::{PruneCursor, StoreError};
+use crate::time::Timestamp;
+use crate::transition;
+
+/// Tasks one prune transaction removes (with their shard's counter item,
+/// within a transaction's 100 items).
+const PER_TRANSACTION: usize = 50;
+
+impl DynamoStore {
+    pub(super) async fn done_before_of(
+        &self,
+        meta: &StepMeta,
+        shard: u16,
+        before: Timestamp,
+        after: Option<&PruneCursor>,
+        limit: usize,
+    ) -> Result<(Vec<Task>, Option<PruneCursor>), StoreError> {
+        let spk = schema::state_pk(&meta.step, TaskState::Done, shard);
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(schema::BY_STATE_INDEX)
+            .key_condition_expression("#spk = :spk AND #at < :before")
+            .expression_attribute_names("#spk", attr::STATE_PK)
+            .expression_attribute_names("#at", attr::STATE_AT)
+            .expression_attribute_values(":spk", s(&spk))
+            .expression_attribute_values(":before", n(before.as_millis()))
+            .limit(i32::try_from(limit.clamp(1, 1000)).unwrap_or(1000));
+        if let Some((at, id)) = after {
+            query = query
+                .exclusive_start_key(attr::STATE_PK, s(&spk))
+                .exclusive_start_key(attr::STATE_AT, n(at.as_millis()))
+                .exclusive_start_key(attr::PK, s(&schema::task_pk(&meta.step, shard)))
+                .exclusive_start_key(attr::SK, s(id));
+        }
+        let out = query.send().await.map_err(|e| self.classify("Query", &e))?;
+        let keys: Vec<Item> = out
+            .items()
+            .iter()
+            .filter_map(|i| {
+                Some(HashMap::from([
+                    (attr::PK.to_owned(), i.get(attr::PK)?.clone()),
+                    (attr::SK.to_owned(), i.get(attr::SK)?.clone()),
+                ]))
+            })
+            .collect();
+        let next = out.last_evaluated_key().and_then(|k| {
+            let at = k.get(attr::STATE_AT)?.as_n().ok()?.parse::<i64>().ok()?;
+            let id = k.get(attr::SK)?.as_s().ok()?.clone();
+            Some((Timestamp::from_millis(at), id))
+        });
+        let mut tasks = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            for item in self.batch_get(chunk.to_vec(), &[]).await? {
+                let id = match item.get(attr::SK) {
+                    Some(AttributeValue::S(id)) => id.clone(),
+                    _ => String::new(),
+                };
+                tasks.push(decode::<Task>(&id, item)?);
+            }
+        }
+        // The index lags the table: only what is still done now.
+        tasks.retain(|t| t.state == TaskState::Done);
+        tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        Ok((tasks, next))
+    }
+
+    pub(super) async fn prune_tasks(
+        &self,
+        meta: &StepMeta,
+        tasks: &[Task],
+    ) -> Result<usize, StoreError> {
+        let mut by_shard: HashMap<u16, Vec<&Task>> = HashMap::new();
+        for t in tasks {
+            by_shard
+                .entry(schema::shard_of(&t.task_id, meta.shards))
+                .or_default()
+                .push(t);
+        }
+        let mut removed = 0;
+        for (shard, tasks) in by_shard {
+            for chunk in tasks.chunks(PER_TRANSACTION) {
+                let mut left: Vec<&Task> = chunk.to_vec();
+                while !left.is_empty() {
+                    let transitions: Vec<_> = left.iter().map(|t| transition::prune(t)).collect();
+                    let mut items: Vec<TransactWriteItem> = left
+                        .iter()
+                        .zip(&transitions)
+                        .map(|(t, tr)| {
+                            TransactWriteItem::builder()
+                                .delete(delete_in_transaction(&self.table, meta, &t.task_id, tr))
+                                .build()
+                        })
+                        .collect();
+                    let deltas: Vec<(&'static str, i64)> = transitions
+                        .iter()
+                        .flat_map(|t| t.counters.iter().copied())
+                        .collect();
+                    items.push(counter_item(
+                        &self.table,
+                        &meta.step,
+                        shard,
+                        &sum_deltas(&deltas),
+                    ));
+                    let failed = self.transact(items).await?;
+                    if failed.is_empty() {
+                        removed += left.len();
+                        break;
+                    }
+                    // Changed since read (retried, re-run, linked): left alone.
+                    let mut i = 0;
+                    left.retain(|_| {
+                        i += 1;
+                        !failed.contains(&(i - 1))
+                    });
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
