@@ -447,7 +447,8 @@ pub struct LoadArgs {
     #[arg(long = "fail-on", value_name = "RULE", value_parser = parse_fail_on)]
     pub fail_on: Vec<taskfleet::rules::Rule>,
     /// Escalate every --retry-on rule of this command that names no
-    /// escalate-to= of its own to STEP.
+    /// escalate-to= of its own (and may escalate: not free or lost ones)
+    /// to STEP.
     #[arg(long, value_name = "STEP", requires = "retry_on")]
     pub escalate_to: Option<String>,
     /// Drop the step's retry rules (failures are retried up to

@@ -308,7 +308,8 @@ fn load_request(args: &LoadArgs, script: String) -> Result<LoadRequest> {
 }
 
 /// The retry rules `args` give the step: `None` keeps the stored ones.
-/// `--escalate-to` goes into every `--retry-on` that names no step.
+/// `--escalate-to` goes into every `--retry-on` that names no step and
+/// may escalate.
 fn retry_rules(args: &LoadArgs) -> Result<Option<Vec<Rule>>> {
     if args.no_retry_rules {
         return Ok(Some(Vec::new()));
@@ -318,11 +319,19 @@ fn retry_rules(args: &LoadArgs) -> Result<Option<Vec<Rule>>> {
     }
     let mut rules = args.fail_on.clone();
     for text in &args.retry_on {
-        let text = match &args.escalate_to {
-            Some(to) if !text.contains("escalate-to=") => format!("{text}:escalate-to={to}"),
-            _ => text.clone(),
+        // Where it may have one (not for free or lost rules, say).
+        let escalated = args
+            .escalate_to
+            .as_ref()
+            .filter(|_| !text.contains("escalate-to="))
+            .and_then(|to| {
+                taskfleet::rules::parse(&format!("{text}:escalate-to={to}"), false).ok()
+            });
+        let rule = match escalated {
+            Some(rule) => rule,
+            None => taskfleet::rules::parse(text, false).map_err(anyhow::Error::msg)?,
         };
-        rules.push(taskfleet::rules::parse(&text, false).map_err(anyhow::Error::msg)?);
+        rules.push(rule);
     }
     Ok(Some(rules))
 }

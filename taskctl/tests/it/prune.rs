@@ -34,7 +34,7 @@ fn run_agent(table: &str, endpoint: Option<&str>, dir: &Path) {
 fn counts(t: &dyn Fn(&[&str]) -> Run) -> (u64, u64, u64, u64) {
     let s = t(&["status", "--step", "qc", "--json"]).ok().json();
     let n = |k: &str| s[0][k].as_u64().unwrap();
-    (n("loaded"), n("done"), n("failed"), n("pending"))
+    (n("total"), n("done"), n("failed"), n("pending"))
 }
 
 fn prune_exports_then_removes_and_the_counts_stay_exact(
