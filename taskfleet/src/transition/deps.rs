@@ -180,18 +180,11 @@ pub fn follow(upstream: &Task, dep: &Task, now: Timestamp) -> Option<Transition>
             if dep.failure_class == Some(FailureClass::Upstream) =>
         {
             guard.push(Cond::Dependents(dep.dependents.clone()));
-            (
-                "requeue dependent",
-                TaskState::Waiting,
-                vec![
-                    Change::Set(attr::STATE, json(&TaskState::Waiting)),
-                    Change::Remove(attr::FAILURE_CLASS),
-                    Change::Remove(attr::REASON),
-                    Change::Remove(attr::FINISHED_AT),
-                    Change::Remove(attr::EXIT_CODE),
-                    Change::Remove(attr::SIGNAL),
-                ],
-            )
+            ("requeue dependent", TaskState::Waiting, {
+                let mut c = back_to_waiting();
+                c.push(Change::Remove(attr::REASON));
+                c
+            })
         }
         _ => return None,
     };
@@ -210,6 +203,18 @@ pub fn follow(upstream: &Task, dep: &Task, now: Timestamp) -> Option<Transition>
         state_at: moved.then_some(now),
         counters: counter_moves(Some(dep.state), to),
     })
+}
+
+/// The changes that put a task failed because of what it waits for back
+/// to `waiting` (its reason aside).
+pub(super) fn back_to_waiting() -> Vec<Change> {
+    vec![
+        Change::Set(attr::STATE, json(&TaskState::Waiting)),
+        Change::Remove(attr::FAILURE_CLASS),
+        Change::Remove(attr::FINISHED_AT),
+        Change::Remove(attr::EXIT_CODE),
+        Change::Remove(attr::SIGNAL),
+    ]
 }
 
 /// One planned write of a cascade: a task and its transition.

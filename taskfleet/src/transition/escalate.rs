@@ -12,7 +12,7 @@
 
 use serde_json::Value;
 
-use super::deps::{cascades, how_it_failed, set_list};
+use super::deps::{back_to_waiting, cascades, how_it_failed, set_list};
 use super::{Change, Cond, Transition, Write, counter_moves, json, ms};
 use crate::model::{FailureClass, Task, TaskState};
 use crate::schema::attr;
@@ -70,21 +70,16 @@ pub(super) fn take_outcome(run: &Task, dep: &Task, now: Timestamp) -> Option<Tra
                 ),
             ],
         ),
-        (TaskState::Pending | TaskState::Waiting, TaskState::Failed) => (
-            "escalated run requeued",
-            TaskState::Waiting,
-            vec![
-                Change::Set(attr::STATE, json(&TaskState::Waiting)),
-                Change::Remove(attr::FAILURE_CLASS),
-                Change::Remove(attr::FINISHED_AT),
-                Change::Remove(attr::EXIT_CODE),
-                Change::Remove(attr::SIGNAL),
-                Change::Set(
+        (TaskState::Pending | TaskState::Waiting, TaskState::Failed) => {
+            ("escalated run requeued", TaskState::Waiting, {
+                let mut c = back_to_waiting();
+                c.push(Change::Set(
                     attr::REASON,
                     Value::from(format!("escalated; runs as {at} again")),
-                ),
-            ],
-        ),
+                ));
+                c
+            })
+        }
         _ => return None,
     };
     if to != TaskState::Waiting {

@@ -301,3 +301,20 @@ fn a_rule_may_make_lost_attempts_free_or_give_them_their_own_limit() {
     let plain = reclaim(&c, "w2", now, Duration::from_secs(10), &limit(5));
     assert_eq!(plain.apply(Some(&c)).unwrap().failed_attempts, 1);
 }
+
+#[test]
+fn a_replace_holds_only_while_the_task_waits_for_what_it_waited_for_when_read() {
+    let mut read = pending();
+    read.state = TaskState::Waiting;
+    read.after = vec!["align".into(), "trim".into()];
+    read.waiting_on.clone_from(&read.after);
+    let tr = replace(&read, &pending(), t(3_000));
+    // align/A ends done in between: the task now waits for trim alone.
+    let mut stored = read.clone();
+    stored.waiting_on = vec!["trim".into()];
+    assert!(
+        tr.apply(Some(&stored)).is_none(),
+        "the replace would write align back as awaited"
+    );
+    assert_eq!(tr.apply(Some(&read)).unwrap().waiting_on, ["align", "trim"]);
+}
