@@ -53,6 +53,7 @@ locals {
           "dynamodb:GetItem",
           "dynamodb:Query",
           "dynamodb:UpdateItem",
+          "dynamodb:PutItem",
           "dynamodb:TransactWriteItems",
         ]
         Resource = local.table_resources
@@ -106,6 +107,7 @@ locals {
             "dynamodb:BatchGetItem",
             "dynamodb:BatchWriteItem",
             "dynamodb:TransactWriteItems",
+            "dynamodb:DeleteItem",
           ]
           Resource = local.table_resources
         },

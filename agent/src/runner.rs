@@ -4,7 +4,10 @@
 //! the end.
 //!
 //! - A refused renewal means the task was taken away: the process group is
-//!   killed and nothing more is written for it.
+//!   killed and nothing more is written for it. One refused because an
+//!   operator cancelled the task (`taskctl cancel`) kills it too, and the
+//!   attempt ends `cancelled` without using an attempt; so does an end
+//!   write other than `done` that meets the cancel.
 //! - A renewal that fails or hangs does not hold anything up: it runs
 //!   beside the script with a deadline, and if the lease was not renewed
 //!   by the kill point of [`crate::lease::Lease`], the script is killed so
@@ -89,6 +92,8 @@ enum Ended {
     /// Interrupted because EC2 is taking the spot instance back.
     Reclaimed,
     LeaseLost,
+    /// An operator cancelled the task; the script was killed.
+    Cancelled,
     LaunchFailed(String),
     HostTrouble(String),
     /// A renewal got an error no retry fixes.
@@ -336,6 +341,10 @@ fn renewal_answered(
             tracing::warn!("lease taken away; killing the script");
             return Some(Ended::LeaseLost);
         }
+        Ok(Ok(Fence::Cancelled)) => {
+            tracing::warn!("task cancelled by an operator; killing the script");
+            return Some(Ended::Cancelled);
+        }
         // Nothing this attempt does can be recorded, now or later: stop it
         // and the agent.
         Ok(Err(e)) if crate::worker::is_fatal(&e) => {
@@ -390,6 +399,7 @@ async fn conclude<S: TaskStore>(
         Ended::TimedOut(status) => (status.code(), status.signal(), Some(FailureClass::Timeout)),
         Ended::Interrupted => (None, None, Some(FailureClass::Interrupted)),
         Ended::Reclaimed => (None, None, Some(FailureClass::Spot)),
+        Ended::Cancelled => (None, None, Some(FailureClass::Cancelled)),
         Ended::LaunchFailed(why) => {
             tracing::error!(error = %why, "could not run the script");
             append_note(log_path, why);
@@ -400,8 +410,11 @@ async fn conclude<S: TaskStore>(
             (None, None, Some(FailureClass::Host))
         }
     };
-    let (next, counts_as_failure, ready_at, escalate_to) =
-        next_state(task, meta, cfg, (class, exit_code, signal), now);
+    let (next, counts_as_failure, ready_at, escalate_to) = if matches!(ended, Ended::Cancelled) {
+        (TaskState::Cancelled, false, now, None)
+    } else {
+        next_state(task, meta, cfg, (class, exit_code, signal), now)
+    };
     let (log_uri, output_tail) = match &ended {
         // The log may be what could not be written.
         Ended::HostTrouble(why) => (None, Some(format!("agent: {why}"))),
@@ -436,13 +449,24 @@ async fn conclude<S: TaskStore>(
         output_tail,
         escalate_to,
     };
-    match write_end((store, meta, counters), task, &finish, lease).await {
+    let mut written = write_end((store, meta, counters), task, &finish, lease).await;
+    let mut set_aside = matches!(ended, Ended::Cancelled);
+    if matches!(written, Ok(Fence::Cancelled)) {
+        // Cancelled after the last renewal: the attempt ends as asked.
+        tracing::warn!("task cancelled by an operator as it ended; recording it cancelled");
+        set_aside = true;
+        written = write_end((store, meta, counters), task, &cancelled(finish), lease).await;
+    }
+    match written {
         Ok(Fence::Held) => match ended {
+            // The host's trouble stops the agent, cancelled or not.
             Ended::HostTrouble(why) => AttemptEnd::HostTrouble(why),
+            _ if set_aside => AttemptEnd::Finished(TaskState::Cancelled),
             Ended::Interrupted | Ended::Reclaimed => AttemptEnd::Released,
             _ => AttemptEnd::Finished(next),
         },
-        Ok(Fence::Lost) => {
+        // (A cancelled end is never refused for a cancel.)
+        Ok(Fence::Lost | Fence::Cancelled) => {
             tracing::warn!("task was taken over before it finished; result discarded");
             AttemptEnd::Lost
         }
@@ -450,6 +474,23 @@ async fn conclude<S: TaskStore>(
             Ended::HostTrouble(why) => AttemptEnd::HostTrouble(why),
             _ => AttemptEnd::StoreFailed(e),
         },
+    }
+}
+
+/// `finish` as the end of an attempt an operator cancelled: the task is
+/// set aside, without using an attempt; how the script ended stays in the
+/// record.
+fn cancelled(finish: Finish) -> Finish {
+    Finish {
+        next: TaskState::Cancelled,
+        counts_as_failure: false,
+        escalate_to: None,
+        record: AttemptRecord {
+            outcome: TaskState::Cancelled,
+            failure_class: Some(FailureClass::Cancelled),
+            ..finish.record
+        },
+        ..finish
     }
 }
 
@@ -530,7 +571,10 @@ async fn write_end<S: TaskStore>(
             match timeout(lease.write_deadline(), store.heartbeat(meta, task, until)).await {
                 Ok(Ok(Fence::Held)) => lease.renewed(expires),
                 Ok(Ok(Fence::Lost)) => return Ok(Fence::Lost),
-                Ok(Err(_)) | Err(_) => lease.renewal_failed(),
+                // Still ours, but not renewed: the end write itself says
+                // whether the cancel stops it (a done or cancelled end is
+                // taken).
+                Ok(Ok(Fence::Cancelled) | Err(_)) | Err(_) => lease.renewal_failed(),
             }
         }
         let backoff = Duration::from_millis(200).saturating_mul(tries.min(10));

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod operator;
+pub use operator::{CancelArgs, DeleteStepArgs, PruneArgs, RetryArgs};
+
 /// Push per-sample tasks through a workflow: a DynamoDB task table, a fleet
 /// of workers, and this command line to load work and see progress.
 ///
@@ -123,6 +126,13 @@ pub enum Command {
     /// tasks named. Their attempt numbers go on from where they were, and
     /// who retried them and when is recorded. --dry-run lists them only.
     Retry(RetryArgs),
+    /// Set tasks of a step aside so that they do not run: pending and
+    /// waiting ones at once, running ones through their lease (the worker
+    /// stops the script at its next renewal, within a third of the
+    /// lease); what waits for them in later steps is cancelled with them.
+    /// `retry --task ID` puts a cancelled task back. --dry-run lists them
+    /// only.
+    Cancel(CancelArgs),
     /// Where one task id stands in every step: state, attempts, exit code,
     /// failure class, log. A batch read of keys that are known: the same
     /// few requests for a thousand tasks or millions.
@@ -135,6 +145,11 @@ pub enum Command {
     /// whole to a JSON Lines file first (--export), their counts taken off
     /// in the same writes. --dry-run counts them only.
     Prune(PruneArgs),
+    /// Remove a whole step: its tasks, counters, load records and
+    /// settings, a shard at a time. Refused while its tasks run (unless
+    /// --force) and while other steps name it (--after, escalate-to).
+    /// --dry-run says what would go.
+    DeleteStep(DeleteStepArgs),
     /// Start workers for a step: EC2 instances from the step's launch
     /// template, or with --local, agent processes on this machine.
     ///
@@ -544,30 +559,6 @@ pub struct ExportArgs {
     pub output: Option<std::path::PathBuf>,
 }
 
-/// `taskctl prune`.
-#[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  taskctl prune --step align --done-older-than 30d --dry-run\n  taskctl prune --step align --done-older-than 30d --export align-done.jsonl"
-)]
-pub struct PruneArgs {
-    /// The step.
-    #[arg(long)]
-    pub step: String,
-    /// Prune done tasks that finished longer ago than this (e.g. 30d).
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "AGE")]
-    pub done_older_than: Duration,
-    /// Append each task, whole, as one JSON line to FILE, on disk before
-    /// it is removed.
-    #[arg(long, value_name = "FILE")]
-    pub export: Option<std::path::PathBuf>,
-    /// Count what would be pruned; change nothing, write no file.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Print the summary as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
 /// Formats of `taskctl export`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ExportFormat {
@@ -575,44 +566,6 @@ pub enum ExportFormat {
     Tsv,
     /// One JSON object per line.
     Jsonl,
-}
-
-/// `taskctl retry`.
-#[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  taskctl retry --step align --dry-run           what would be retried: every failed task\n  taskctl retry --step align --exit 137          those killed for memory, after raising it\n  taskctl retry --step align --class lost        those whose worker vanished\n  taskctl retry --step align --task HG00096      one task"
-)]
-pub struct RetryArgs {
-    /// The step.
-    #[arg(long)]
-    pub step: String,
-    /// Only these tasks (repeatable); each must be failed.
-    #[arg(long = "task", value_name = "ID")]
-    pub tasks: Vec<String>,
-    /// Only failed tasks of this failure class (exit, signal, timeout,
-    /// lost, launch, ...).
-    #[arg(long, value_name = "CLASS", value_parser = parse_class)]
-    pub class: Option<taskfleet::model::FailureClass>,
-    /// Only failed tasks whose last attempt exited with this code.
-    #[arg(long = "exit", value_name = "CODE")]
-    pub exit_code: Option<i32>,
-    /// At most this many failed tasks, newest first (run again for more).
-    #[arg(long, default_value_t = 10_000)]
-    pub limit: usize,
-    /// List what would be retried; change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-fn parse_class(text: &str) -> Result<taskfleet::model::FailureClass, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
-        format!(
-            "'{text}' is not a failure class: exit, signal, timeout, lost, interrupted, launch, spot, host"
-        )
-    })
 }
 
 /// `taskctl logs`.

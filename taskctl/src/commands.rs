@@ -33,6 +33,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Where(args) => crate::browse::where_is(&cli.global, &args).await,
         Command::Export(args) => crate::browse::export(&cli.global, &args).await,
         Command::Prune(args) => crate::prune::prune(&cli.global, &args).await,
+        Command::Cancel(args) => crate::cancel::cancel(&cli.global, &args).await,
+        Command::DeleteStep(args) => crate::prune::delete_step(&cli.global, &args).await,
         Command::Recount(args) => recount(&cli.global, &args).await,
         Command::Launch(args) => {
             let store = connect::open(&cli.global).await?;
@@ -392,7 +394,7 @@ async fn watch(store: &Store, step: Option<&str>) -> Result<()> {
             );
             return Ok(());
         }
-        let finished: u64 = steps.iter().map(|s| s.done + s.failed).sum();
+        let finished: u64 = steps.iter().map(|s| s.done + s.failed + s.cancelled).sum();
         let base = *first_finished.get_or_insert(finished);
         let rate =
             finished.saturating_sub(base) as f64 / started.elapsed().as_secs_f64().max(0.001);
@@ -411,7 +413,7 @@ async fn watch(store: &Store, step: Option<&str>) -> Result<()> {
                     bar
                 };
                 bar.set_length(s.total);
-                bar.set_position(s.done + s.failed);
+                bar.set_position(s.done + s.failed + s.cancelled);
                 bar.set_message(msg);
             }
         }
@@ -503,16 +505,26 @@ async fn recount(global: &crate::cli::GlobalArgs, args: &RecountArgs) -> Result<
 /// The human status table.
 pub fn status_table(steps: &[StepStatus]) -> String {
     let width = steps.iter().map(|s| s.step.len()).max().unwrap_or(4).max(4);
+    // Shown once a task of a step shown was cancelled.
+    let cancelled = steps.iter().any(|s| s.cancelled > 0);
     let mut out = format!(
-        "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>6}\n",
-        "STEP", "TOTAL", "WAITING", "PENDING", "RUNNING", "DONE", "FAILED", "DONE%"
+        "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  ",
+        "STEP", "TOTAL", "WAITING", "PENDING", "RUNNING", "DONE", "FAILED"
     );
+    if cancelled {
+        let _ = write!(out, "{:>9}  ", "CANCELLED");
+    }
+    out.push_str(" DONE%\n");
     for s in steps {
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>5.1}%",
-            s.step, s.total, s.waiting, s.pending, s.running, s.done, s.failed, s.percent_done
+            "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  ",
+            s.step, s.total, s.waiting, s.pending, s.running, s.done, s.failed
         );
+        if cancelled {
+            let _ = write!(out, "{:>9}  ", s.cancelled);
+        }
+        let _ = writeln!(out, "{:>5.1}%", s.percent_done);
     }
     for s in steps.iter().filter(|s| s.counts_drift) {
         let _ = writeln!(

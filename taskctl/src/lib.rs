@@ -17,6 +17,7 @@
 //! error into one `error: ...` line and an exit code.
 
 pub mod browse;
+pub mod cancel;
 pub mod cli;
 pub mod commands;
 pub mod connect;

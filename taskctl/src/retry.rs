@@ -65,7 +65,7 @@ pub async fn retry(global: &GlobalArgs, args: &RetryArgs) -> Result<()> {
                     meta.step
                 );
             };
-            if task.state == TaskState::Failed {
+            if matches!(task.state, TaskState::Failed | TaskState::Cancelled) {
                 found.push(Candidate {
                     task_id: task.task_id,
                     attempt: task.attempt,
@@ -128,7 +128,7 @@ fn print_report(r: &Report) {
 }
 
 /// Who retries, for the task's record: `user@host`.
-fn who() -> String {
+pub(crate) fn who() -> String {
     format!(
         "{}@{}",
         crate::provenance::user(),

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use anyhow::Result;
-use taskfleet::model::{LoadRecord, StepMeta, Task};
+use taskfleet::model::{LoadRecord, StepMeta, Task, TaskState};
 use taskfleet::store::TaskStore;
 
 use crate::cli::{GlobalArgs, ShowArgs};
@@ -178,6 +178,24 @@ fn shell_words(words: &[String]) -> String {
         .join(" ")
 }
 
+/// Who cancelled the task, or asked its worker to stop it, and when.
+fn cancel_line(out: &mut String, t: &Task) {
+    if let Some(at) = t.cancelled_at {
+        let by = t.cancelled_by.as_deref().unwrap_or("-");
+        let what = if t.state == TaskState::Running {
+            "cancel asked"
+        } else {
+            "cancelled"
+        };
+        let _ = writeln!(
+            out,
+            "{what}:{:width$}by {by} at {at}",
+            "",
+            width = 16 - what.len() - 1
+        );
+    }
+}
+
 /// A task's record as text.
 pub fn task_text(t: &Task) -> String {
     let mut out = String::new();
@@ -224,6 +242,7 @@ pub fn task_text(t: &Task) -> String {
     );
     let _ = writeln!(out, "log:             {}", opt(t.log_uri.clone()));
     dependency_lines(&mut out, t);
+    cancel_line(&mut out, t);
     if let (Some(by), Some(at)) = (&t.retried_by, t.retried_at) {
         let _ = writeln!(out, "retried:         by {by} at {at}");
     }

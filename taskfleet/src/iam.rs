@@ -104,11 +104,17 @@ pub const AGENT: &[Call] = &[
         &["dynamodb:UpdateItem"],
         "claim, heartbeat, release",
     ),
+    // A transaction's parts are granted as the operations they are: an
+    // escalation's end puts its run's task when there is none.
     call(
         "DynamoDB",
         "TransactWriteItems",
-        &["dynamodb:TransactWriteItems"],
-        "finish a task with its counters",
+        &[
+            "dynamodb:TransactWriteItems",
+            "dynamodb:UpdateItem",
+            "dynamodb:PutItem",
+        ],
+        "finish a task with its counters (and an escalated run's new task)",
     ),
     call(
         "EC2",
@@ -210,8 +216,19 @@ pub const OPERATOR: &[Call] = &[
     call(
         "DynamoDB",
         "TransactWriteItems",
-        &["dynamodb:TransactWriteItems"],
-        "load with counters",
+        &[
+            "dynamodb:TransactWriteItems",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:DeleteItem",
+        ],
+        "load, retry, cancel with counters; prune's removals",
+    ),
+    call(
+        "DynamoDB",
+        "DeleteItem",
+        &["dynamodb:DeleteItem"],
+        "delete-step: a step's counters, load records and step item",
     ),
     call(
         "EC2",

@@ -25,16 +25,19 @@ pub enum TaskState {
     Done,
     /// Out of attempts, or failed in a way that is not retried.
     Failed,
+    /// Put aside by an operator (`taskctl cancel`): it does not run.
+    Cancelled,
 }
 
 impl TaskState {
     /// Every state, in the order status reports show them.
-    pub const ALL: [TaskState; 5] = [
+    pub const ALL: [TaskState; 6] = [
         TaskState::Waiting,
         TaskState::Pending,
         TaskState::Running,
         TaskState::Done,
         TaskState::Failed,
+        TaskState::Cancelled,
     ];
 
     /// The name stored in the table and shown to users.
@@ -45,6 +48,7 @@ impl TaskState {
             TaskState::Running => "running",
             TaskState::Done => "done",
             TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
         }
     }
 }
@@ -81,8 +85,12 @@ pub enum FailureClass {
     /// released without using an attempt, and the worker stops.
     Host,
     /// A task this one waits for (`load --after`) failed; this one never
-    /// ran. Retrying the upstream task puts it back to `waiting`.
+    /// ran. Retrying the upstream task puts it back to `waiting`. (On a
+    /// cancelled task: the upstream task was cancelled.)
     Upstream,
+    /// An operator cancelled the task while it ran (`taskctl cancel`): its
+    /// owner stopped the script and set it aside. Not an attempt's failure.
+    Cancelled,
 }
 
 impl FailureClass {
@@ -98,6 +106,7 @@ impl FailureClass {
             FailureClass::Host => "host",
             FailureClass::Spot => "spot",
             FailureClass::Upstream => "upstream",
+            FailureClass::Cancelled => "cancelled",
         }
     }
 }
@@ -204,6 +213,13 @@ pub struct Task {
     /// When.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried_at: Option<Timestamp>,
+    /// Who cancelled the task (`taskctl cancel`); on a running task, that
+    /// its owner is asked to stop it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<String>,
+    /// When.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_at: Option<Timestamp>,
     /// The last attempts, oldest first, bounded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<AttemptRecord>,
@@ -515,7 +531,10 @@ pub struct StepStatus {
     pub done: u64,
     /// Out of attempts.
     pub failed: u64,
-    /// `done / total`, in percent.
+    /// Set aside by an operator (`taskctl cancel`).
+    #[serde(default)]
+    pub cancelled: u64,
+    /// `done` of the tasks not cancelled, in percent.
     pub percent_done: f64,
     /// The step's settings.
     pub max_attempts: u32,
@@ -526,7 +545,18 @@ pub struct StepStatus {
 }
 
 impl StepStatus {
-    /// Tasks not yet done or failed. Not known to be zero while the
+    /// `done` as a percentage of the tasks that are to run (all but the
+    /// cancelled ones); never above 100.
+    pub fn percent(done: u64, total: u64, cancelled: u64) -> f64 {
+        let to_run = total.saturating_sub(cancelled);
+        if to_run == 0 {
+            0.0
+        } else {
+            (100.0 * done as f64 / to_run as f64).min(100.0)
+        }
+    }
+
+    /// Tasks not yet done, failed or cancelled. Not known to be zero while the
     /// counts drift.
     pub fn remaining(&self) -> u64 {
         self.waiting + self.pending + self.running + u64::from(self.counts_drift)

@@ -118,6 +118,10 @@ pub mod attr {
     pub const RETRIED_BY: &str = "retried_by";
     /// Task: when (N, epoch ms).
     pub const RETRIED_AT: &str = "retried_at";
+    /// Task: who cancelled it (S).
+    pub const CANCELLED_BY: &str = "cancelled_by";
+    /// Task: when (N, epoch ms).
+    pub const CANCELLED_AT: &str = "cancelled_at";
     /// Task: bounded list of past attempts (L of M).
     pub const HISTORY: &str = "history";
     /// Task: the steps it waits for, as loaded (L of S).
@@ -146,6 +150,8 @@ pub mod attr {
     pub const FAILED: &str = "failed";
     /// Counter: tasks waiting (N).
     pub const WAITING: &str = "waiting";
+    /// Counter: tasks cancelled (N).
+    pub const CANCELLED: &str = "cancelled";
     /// Load item: the [`crate::model::LoadRecord`] as JSON (S).
     pub const RECORD: &str = "record";
 }
@@ -320,6 +326,8 @@ mod tests {
             log_uri: Some("s3://b/k".into()),
             retried_by: Some("ana".into()),
             retried_at: Some(t),
+            cancelled_by: Some("bo".into()),
+            cancelled_at: Some(t),
             history: vec![AttemptRecord {
                 attempt: 1,
                 owner: "o".into(),
@@ -367,6 +375,8 @@ mod tests {
             attr::LOG_URI,
             attr::RETRIED_BY,
             attr::RETRIED_AT,
+            attr::CANCELLED_BY,
+            attr::CANCELLED_AT,
             attr::HISTORY,
             attr::AFTER,
             attr::WAITING_ON,

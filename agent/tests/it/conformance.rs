@@ -24,6 +24,7 @@ per_store!(
     a_retry_puts_a_failed_task_back_with_a_fresh_budget_once,
 );
 
+mod cancel;
 mod deps;
 mod loads;
 mod shards;

@@ -83,6 +83,20 @@ impl TaskStore for Hang {
     ) -> Result<ReplaceOutcome, StoreError> {
         self.inner.retry(meta, task_id, attempt, by).await
     }
+    async fn cancel(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        by: &str,
+    ) -> Result<ReplaceOutcome, StoreError> {
+        self.inner.cancel(meta, task, by).await
+    }
+    async fn steps(&self) -> Result<Vec<StepMeta>, StoreError> {
+        self.inner.steps().await
+    }
+    async fn remove_step(&self, meta: &StepMeta) -> Result<(), StoreError> {
+        self.inner.remove_step(meta).await
+    }
     async fn find(&self, task_id: &str) -> Result<Vec<taskfleet::model::TaskSummary>, StoreError> {
         self.inner.find(task_id).await
     }

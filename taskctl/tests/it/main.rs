@@ -16,6 +16,7 @@ mod support;
 
 mod bad_input;
 mod browse;
+mod cancel;
 mod errors;
 mod fleet;
 mod init;

@@ -149,15 +149,33 @@ impl TaskStore for Store {
         each!(self, s => s.retry(meta, task_id, attempt, by).await)
     }
 
-    async fn done_before(
+    async fn in_state(
         &self,
         meta: &StepMeta,
         shard: u16,
+        state: crate::model::TaskState,
         before: crate::time::Timestamp,
         after: Option<&super::PruneCursor>,
         limit: usize,
     ) -> Result<(Vec<Task>, Option<super::PruneCursor>), StoreError> {
-        each!(self, s => s.done_before(meta, shard, before, after, limit).await)
+        each!(self, s => s.in_state(meta, shard, state, before, after, limit).await)
+    }
+
+    async fn steps(&self) -> Result<Vec<StepMeta>, StoreError> {
+        each!(self, s => TaskStore::steps(s).await)
+    }
+
+    async fn remove_step(&self, meta: &StepMeta) -> Result<(), StoreError> {
+        each!(self, s => s.remove_step(meta).await)
+    }
+
+    async fn cancel(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        by: &str,
+    ) -> Result<super::ReplaceOutcome, StoreError> {
+        each!(self, s => s.cancel(meta, task, by).await)
     }
 
     async fn prune(&self, meta: &StepMeta, tasks: &[Task]) -> Result<usize, StoreError> {

@@ -21,7 +21,7 @@ use crate::model::{
 };
 use crate::time::Timestamp;
 
-/// Where a page of [`TaskStore::done_before`] ended: the index time and
+/// Where a page of [`TaskStore::in_state`] ended: the index time and
 /// id of its last task.
 pub type PruneCursor = (Timestamp, String);
 
@@ -29,6 +29,16 @@ fn no_prune() -> StoreError {
     StoreError::Service {
         operation: "prune",
         message: "this store cannot prune tasks".into(),
+    }
+}
+
+/// A step that still holds tasks when its remains are to be removed.
+fn prune_not_empty(step: &str, left: u64) -> StoreError {
+    StoreError::Service {
+        operation: "deleting a step",
+        message: format!(
+            "step '{step}' still counts {left} task(s) (loaded or changed while it was being deleted, or a counter that drifted: `taskctl recount --step {step}`); run delete-step again"
+        ),
     }
 }
 
@@ -218,7 +228,8 @@ pub enum Claim {
     /// Someone else got there first, or the task changed: try another.
     Lost,
     /// The task's owner died and it had no attempts left: it is now
-    /// `failed` with class `lost`.
+    /// `failed` with class `lost` (or `cancelled`, when an operator had
+    /// asked for that while it ran).
     FailedLost,
 }
 
@@ -230,6 +241,10 @@ pub enum Fence {
     /// The task is no longer ours (lease taken over, reset...): nothing was
     /// written, and the worker must stop working on it.
     Lost,
+    /// The task is still ours, but an operator cancelled it (`taskctl
+    /// cancel`): nothing was written; the worker must stop the script and
+    /// end the attempt `cancelled` ([`crate::transition::cancel`]).
+    Cancelled,
 }
 
 /// Operations every store offers for loading and reporting.
@@ -329,19 +344,21 @@ pub trait TaskStore: Sync {
         }
     }
 
-    /// Up to `limit` `done` tasks of one shard of a step that finished
-    /// before `before`, oldest first, after `after` (where the last page
-    /// ended), whole: from the state index, never the table. The cursor of
-    /// the next page comes with them (`None`: the shard has no more).
-    fn done_before(
+    /// Up to `limit` tasks of one shard of a step in `state` whose index
+    /// time is before `before` (for `done`: that finished before it),
+    /// oldest first, after `after` (where the last page ended), whole:
+    /// from the state index, never the table. The cursor of the next page
+    /// comes with them (`None`: the shard has no more).
+    fn in_state(
         &self,
         meta: &StepMeta,
         shard: u16,
+        state: TaskState,
         before: Timestamp,
         after: Option<&PruneCursor>,
         limit: usize,
     ) -> impl Future<Output = Result<(Vec<Task>, Option<PruneCursor>), StoreError>> + Send {
-        let _ = (meta, shard, before, after, limit);
+        let _ = (meta, shard, state, before, after, limit);
         async { Err(no_prune()) }
     }
 
@@ -356,6 +373,15 @@ pub trait TaskStore: Sync {
         let _ = (meta, tasks);
         async { Err(no_prune()) }
     }
+
+    /// Every step, in name order (one request on DynamoDB).
+    fn steps(&self) -> impl Future<Output = Result<Vec<StepMeta>, StoreError>> + Send;
+
+    /// Removes what is left of a step whose tasks are gone (`taskctl
+    /// delete-step`): its counters, load records, and the step itself,
+    /// last. Refused, with nothing removed, while any task of it is
+    /// counted (one loaded meanwhile, say).
+    fn remove_step(&self, meta: &StepMeta) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Gives `old` (as read; never `running`) the script and row of `new`
     /// with a fresh attempt budget, provided it is still that attempt in
@@ -376,6 +402,17 @@ pub trait TaskStore: Sync {
         meta: &StepMeta,
         task_id: &str,
         attempt: u32,
+        by: &str,
+    ) -> impl Future<Output = Result<ReplaceOutcome, StoreError>> + Send;
+
+    /// Cancels `task` (as read; pending, waiting or running) for `by`
+    /// ([`crate::transition::cancel`]), with what waits for it; a task
+    /// that changed since it was read, or has nothing to cancel, is left
+    /// alone ([`ReplaceOutcome::Changed`]).
+    fn cancel(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
         by: &str,
     ) -> impl Future<Output = Result<ReplaceOutcome, StoreError>> + Send;
 
@@ -569,6 +606,8 @@ pub fn new_pending_task(
         log_uri: None,
         retried_by: None,
         retried_at: None,
+        cancelled_by: None,
+        cancelled_at: None,
         history: Vec::new(),
         after: Vec::new(),
         waiting_on: Vec::new(),

@@ -486,17 +486,49 @@ impl TaskStore for SqliteStore {
             .await
     }
 
-    async fn done_before(
+    async fn in_state(
         &self,
         meta: &StepMeta,
         shard: u16,
+        state: TaskState,
         before: Timestamp,
         after: Option<&super::PruneCursor>,
         limit: usize,
     ) -> Result<(Vec<Task>, Option<super::PruneCursor>), StoreError> {
         let (step, after) = (meta.step.clone(), after.cloned());
-        self.tx(move |tx| prune::done_before(tx, &step, shard, before, after.as_ref(), limit))
+        self.tx(move |tx| prune::in_state(tx, &step, shard, state, before, after.as_ref(), limit))
             .await
+    }
+
+    async fn steps(&self) -> Result<Vec<StepMeta>, StoreError> {
+        let path = self.path.display().to_string();
+        self.tx(move |tx| counts::read_steps(tx, None, &path)).await
+    }
+
+    async fn remove_step(&self, meta: &StepMeta) -> Result<(), StoreError> {
+        let step = meta.step.clone();
+        self.tx(move |tx| prune::remove_step_in(tx, &step)).await
+    }
+
+    async fn cancel(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        by: &str,
+    ) -> Result<ReplaceOutcome, StoreError> {
+        let (meta, task, by) = (meta.clone(), task.clone(), by.to_owned());
+        self.tx(move |tx| {
+            let now = Timestamp::now();
+            if transition::cancel(&task, &by, now).is_none() {
+                return Ok(ReplaceOutcome::Changed);
+            }
+            let make = |t: &Task| transition::cancel(t, &by, now).expect("cancellable as read");
+            Ok(match deps::end_in(tx, &meta, &task, &make)? {
+                Some(_) => ReplaceOutcome::Replaced,
+                None => ReplaceOutcome::Changed,
+            })
+        })
+        .await
     }
 
     async fn prune(&self, meta: &StepMeta, tasks: &[Task]) -> Result<usize, StoreError> {
@@ -641,7 +673,7 @@ impl TaskStore for SqliteStore {
             let make = |t: &Task| transition::finish(t, &finish);
             Ok(match deps::end_in(tx, &meta, &task, &make)? {
                 Some(_) => Fence::Held,
-                None => Fence::Lost,
+                None => lost_or_cancelled(tx, &meta, &task)?,
             })
         })
         .await
@@ -656,14 +688,30 @@ impl SqliteStore {
         t: Transition,
     ) -> Result<Fence, StoreError> {
         let (meta, id) = (meta.clone(), task.task_id.clone());
+        let task = task.clone();
         self.tx(move |tx| {
             Ok(match apply(tx, &meta, &id, &t)? {
                 Some(_) => Fence::Held,
-                None => Fence::Lost,
+                None => lost_or_cancelled(tx, &meta, &task)?,
             })
         })
         .await
     }
+}
+
+/// Why a fenced write on `held` did not happen: the task is gone from its
+/// owner, or an operator cancelled it.
+fn lost_or_cancelled(
+    tx: &rusqlite::Transaction<'_>,
+    meta: &StepMeta,
+    held: &Task,
+) -> Result<Fence, StoreError> {
+    let stored = read_task(tx, &meta.step, &held.task_id)?;
+    Ok(if transition::cancel_asked(held, stored.as_ref()) {
+        Fence::Cancelled
+    } else {
+        Fence::Lost
+    })
 }
 
 /// The reclaim of `old`, inside a transaction.

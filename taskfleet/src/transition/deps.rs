@@ -63,11 +63,20 @@ pub fn start(task: &mut Task, upstream: &[(String, Option<Task>)], now: Timestam
         .filter(|(_, t)| t.is_none())
         .map(|(s, _)| format!("{s}/{}", task.task_id))
         .collect();
+    let cancelled = upstream
+        .iter()
+        .find_map(|(_, t)| t.as_ref().filter(|t| t.state == TaskState::Cancelled));
     if let Some(up) = failed {
         task.state = TaskState::Failed;
         task.failure_class = Some(FailureClass::Upstream);
         task.finished_at = Some(now);
         task.reason = Some(failed_reason(up));
+    } else if let Some(up) = cancelled {
+        task.state = TaskState::Cancelled;
+        task.failure_class = Some(FailureClass::Upstream);
+        task.cancelled_by.clone_from(&up.cancelled_by);
+        task.cancelled_at = Some(now);
+        task.reason = Some(cancelled_reason(up));
     } else if task.waiting_on.is_empty() {
         task.state = TaskState::Pending;
     } else {
@@ -93,6 +102,10 @@ pub(super) fn how_it_failed(
         (None, None, Some(class)) => class.as_str().to_owned(),
         (None, None, None) => "failed".to_owned(),
     }
+}
+
+fn cancelled_reason(up: &Task) -> String {
+    format!("upstream task {}/{} was cancelled", up.step, up.task_id)
 }
 
 fn failed_reason(up: &Task) -> String {
@@ -176,7 +189,25 @@ pub fn follow(upstream: &Task, dep: &Task, now: Timestamp) -> Option<Transition>
                 ],
             )
         }
-        (TaskState::Pending | TaskState::Waiting, TaskState::Failed)
+        (TaskState::Cancelled, TaskState::Waiting) => {
+            guard.push(Cond::Dependents(dep.dependents.clone()));
+            (
+                "cancel dependent",
+                TaskState::Cancelled,
+                vec![
+                    Change::Set(attr::STATE, json(&TaskState::Cancelled)),
+                    Change::Set(attr::FAILURE_CLASS, json(&FailureClass::Upstream)),
+                    Change::Set(attr::REASON, Value::from(cancelled_reason(upstream))),
+                    match &upstream.cancelled_by {
+                        Some(by) => Change::Set(attr::CANCELLED_BY, Value::from(by.as_str())),
+                        None => Change::Remove(attr::CANCELLED_BY),
+                    },
+                    Change::Set(attr::CANCELLED_AT, ms(now)),
+                    Change::Remove(attr::READY_AT),
+                ],
+            )
+        }
+        (TaskState::Pending | TaskState::Waiting, TaskState::Failed | TaskState::Cancelled)
             if dep.failure_class == Some(FailureClass::Upstream) =>
         {
             guard.push(Cond::Dependents(dep.dependents.clone()));
@@ -214,6 +245,8 @@ pub(super) fn back_to_waiting() -> Vec<Change> {
         Change::Remove(attr::FINISHED_AT),
         Change::Remove(attr::EXIT_CODE),
         Change::Remove(attr::SIGNAL),
+        Change::Remove(attr::CANCELLED_BY),
+        Change::Remove(attr::CANCELLED_AT),
     ]
 }
 
@@ -363,11 +396,16 @@ impl Cascade {
 }
 
 /// Whether a move from `from` to `to` changes what a task's dependents
-/// wait for: an end (done, failed), or a failed task put back. Such a
+/// wait for: an end (done, failed, cancelled), or a failed or cancelled
+/// task put back. Such a
 /// write goes through a [`Cascade`].
 pub fn cascades(from: TaskState, to: TaskState) -> bool {
-    (matches!(to, TaskState::Done | TaskState::Failed) && from != to)
-        || (from == TaskState::Failed && matches!(to, TaskState::Pending | TaskState::Waiting))
+    (matches!(
+        to,
+        TaskState::Done | TaskState::Failed | TaskState::Cancelled
+    ) && from != to)
+        || (matches!(from, TaskState::Failed | TaskState::Cancelled)
+            && matches!(to, TaskState::Pending | TaskState::Waiting))
 }
 
 #[cfg(test)]

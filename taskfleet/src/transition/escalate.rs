@@ -70,7 +70,26 @@ pub(super) fn take_outcome(run: &Task, dep: &Task, now: Timestamp) -> Option<Tra
                 ),
             ],
         ),
-        (TaskState::Pending | TaskState::Waiting, TaskState::Failed) => {
+        (TaskState::Cancelled, TaskState::Waiting) => (
+            "escalated run cancelled",
+            TaskState::Cancelled,
+            vec![
+                Change::Set(attr::STATE, json(&TaskState::Cancelled)),
+                Change::Set(attr::FAILURE_CLASS, json(&FailureClass::Upstream)),
+                Change::Set(
+                    attr::REASON,
+                    Value::from(format!("escalated; {at} was cancelled")),
+                ),
+                Change::Set(attr::CANCELLED_AT, ms(now)),
+            ],
+        ),
+        // Cancelled with its run, not on its own account.
+        (TaskState::Pending | TaskState::Waiting, TaskState::Cancelled)
+            if dep.failure_class != Some(FailureClass::Upstream) =>
+        {
+            return None;
+        }
+        (TaskState::Pending | TaskState::Waiting, TaskState::Failed | TaskState::Cancelled) => {
             ("escalated run requeued", TaskState::Waiting, {
                 let mut c = back_to_waiting();
                 c.push(Change::Set(
@@ -124,6 +143,43 @@ pub fn needs_plan(from: TaskState, own: &Transition) -> bool {
     cascades(from, own.to) || escalation(own).is_some()
 }
 
+/// A new task of `run_step` that runs `task` (as its escalation leaves
+/// it) from the start.
+fn new_run(task: &Task, run_step: &str, reason: String, now: Timestamp) -> Task {
+    let mut new = task.clone();
+    run_step.clone_into(&mut new.step);
+    new.state = TaskState::Pending;
+    new.attempt = 0;
+    new.failed_attempts = 0;
+    new.created_at = now;
+    new.updated_at = now;
+    new.history.clear();
+    new.after.clear();
+    new.waiting_on.clear();
+    new.dependents = vec![task.step.clone()];
+    new.reason = Some(reason);
+    new.escalated_to = None;
+    for field in [
+        &mut new.owner,
+        &mut new.output_tail,
+        &mut new.log_uri,
+        &mut new.retried_by,
+        &mut new.cancelled_by,
+    ] {
+        *field = None;
+    }
+    new.ready_at = None;
+    new.lease_expires_at = None;
+    new.started_at = None;
+    new.finished_at = None;
+    new.exit_code = None;
+    new.signal = None;
+    new.failure_class = None;
+    new.retried_at = None;
+    new.cancelled_at = None;
+    new
+}
+
 /// The write on `run` (the task of step `run_step`, as read; `None`: there
 /// is none) that takes over the run of `task` (as its escalation leaves
 /// it): a new task with `task`'s script and row, or the existing one run
@@ -138,36 +194,7 @@ pub fn take_over(task: &Task, run_step: &str, run: Option<&Task>, now: Timestamp
         task.reason.as_deref().unwrap_or("a retry rule")
     );
     let Some(run) = run else {
-        let mut new = task.clone();
-        run_step.clone_into(&mut new.step);
-        new.state = TaskState::Pending;
-        new.attempt = 0;
-        new.failed_attempts = 0;
-        new.created_at = now;
-        new.updated_at = now;
-        new.history.clear();
-        new.after.clear();
-        new.waiting_on.clear();
-        new.dependents = vec![task.step.clone()];
-        new.reason = Some(reason);
-        new.escalated_to = None;
-        for field in [
-            &mut new.owner,
-            &mut new.output_tail,
-            &mut new.log_uri,
-            &mut new.retried_by,
-        ] {
-            *field = None;
-        }
-        new.ready_at = None;
-        new.lease_expires_at = None;
-        new.started_at = None;
-        new.finished_at = None;
-        new.exit_code = None;
-        new.signal = None;
-        new.failure_class = None;
-        new.retried_at = None;
-        return super::insert(&new);
+        return super::insert(&new_run(task, run_step, reason, now));
     };
     let mut dependents = run.dependents.clone();
     if !dependents.contains(&task.step) {
@@ -221,6 +248,8 @@ pub fn take_over(task: &Task, run_step: &str, run: Option<&Task>, now: Timestamp
         Change::Remove(attr::SIGNAL),
         Change::Remove(attr::FAILURE_CLASS),
         Change::Remove(attr::OUTPUT_TAIL),
+        Change::Remove(attr::CANCELLED_BY),
+        Change::Remove(attr::CANCELLED_AT),
     ]);
     Transition {
         name: "escalation runs again",

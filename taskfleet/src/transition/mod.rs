@@ -33,6 +33,10 @@ use crate::time::Timestamp;
 
 pub mod deps;
 pub mod escalate;
+mod operator;
+
+use operator::waiting_on_without_escalation;
+pub use operator::{cancel, prune, replace, retry};
 
 /// Most attempts a task's history keeps (the oldest are dropped).
 pub const HISTORY_KEEP: usize = 10;
@@ -66,6 +70,8 @@ pub enum Cond {
     ReadyBy(Timestamp),
     /// The task's lease expired before this instant.
     LeaseExpiredBefore(Timestamp),
+    /// No operator asked for the task to be cancelled.
+    CancelNotAsked,
 }
 
 impl Cond {
@@ -81,6 +87,7 @@ impl Cond {
             (Cond::Owner(o), Some(t)) => t.owner.as_deref() == Some(o.as_str()),
             (Cond::ReadyBy(at), Some(t)) => t.ready_at.is_none_or(|r| r <= *at),
             (Cond::LeaseExpiredBefore(at), Some(t)) => t.lease_expires_at.is_some_and(|l| l < *at),
+            (Cond::CancelNotAsked, Some(t)) => t.cancelled_by.is_none(),
         }
     }
 }
@@ -134,6 +141,7 @@ pub const fn counter_of(state: TaskState) -> Option<&'static str> {
         TaskState::Done => Some(attr::DONE),
         TaskState::Failed => Some(attr::FAILED),
         TaskState::Waiting => Some(attr::WAITING),
+        TaskState::Cancelled => Some(attr::CANCELLED),
         TaskState::Pending | TaskState::Running => None,
     }
 }
@@ -173,6 +181,24 @@ pub fn fence(task: &Task) -> Vec<Cond> {
     ]
 }
 
+/// Whether `stored` is still the attempt `held` (its owner's copy) and an
+/// operator asked for it to be cancelled (`taskctl cancel`): the owner's
+/// renewals and its end writes other than `done` fail on that, and the
+/// owner then stops the script and ends the attempt `cancelled`.
+pub fn cancel_asked(held: &Task, stored: Option<&Task>) -> bool {
+    fence(held).iter().all(|c| c.holds(stored)) && stored.is_some_and(|t| t.cancelled_by.is_some())
+}
+
+/// The guard of an end write to `next`: the fence, and no cancel asked
+/// unless the attempt succeeded (its work is done) or ends cancelled.
+fn end_guard(task: &Task, next: TaskState) -> Vec<Cond> {
+    let mut guard = fence(task);
+    if !matches!(next, TaskState::Done | TaskState::Cancelled) {
+        guard.push(Cond::CancelNotAsked);
+    }
+    guard
+}
+
 /// How far before its load a loaded task's place in the pending index may
 /// be: each task's own offset, from its id, up to a second. The tasks of
 /// one load would otherwise share one ready time, and workers could only
@@ -195,28 +221,6 @@ pub fn load_place(task: &Task) -> Timestamp {
             )
         }
         _ => task.updated_at,
-    }
-}
-
-/// Prune: removes `task` (finished, as read), provided it is still that
-/// state and attempt and nothing waits for it that might still need it
-/// (its dependents as read), and takes it off the counts.
-pub fn prune(task: &Task) -> Transition {
-    let mut counters = vec![(attr::LOADED, -1)];
-    if let Some(c) = counter_of(task.state) {
-        counters.push((c, -1));
-    }
-    Transition {
-        name: "prune",
-        guard: vec![
-            Cond::State(task.state),
-            Cond::Attempt(task.attempt),
-            Cond::Dependents(task.dependents.clone()),
-        ],
-        write: Write::Delete,
-        to: task.state,
-        state_at: None,
-        counters,
     }
 }
 
@@ -249,6 +253,8 @@ fn claim_changes(owner: &str, now: Timestamp, until: Timestamp) -> Vec<Change> {
         Change::Remove(attr::EXIT_CODE),
         Change::Remove(attr::SIGNAL),
         Change::Remove(attr::FAILURE_CLASS),
+        Change::Remove(attr::CANCELLED_BY),
+        Change::Remove(attr::CANCELLED_AT),
         // The earlier attempt's log is in its history record; a log of
         // this one is named by its renewals.
         Change::Remove(attr::LOG_URI),
@@ -302,11 +308,16 @@ pub fn reclaim(
     lease: Duration,
     settings: &crate::model::StepSettings,
 ) -> Transition {
-    let guard = vec![
+    let mut guard = vec![
         Cond::State(TaskState::Running),
         Cond::Attempt(old.attempt),
         Cond::LeaseExpiredBefore(reclaim_cutoff(now)),
     ];
+    // A cancel asked after the read must not be run over (the claim would
+    // clear its mark).
+    if old.cancelled_by.is_none() {
+        guard.push(Cond::CancelNotAsked);
+    }
     // The lost record grows the item: make room for it in the history
     // (never a reason for the write to fail).
     let mut base = old.clone();
@@ -320,11 +331,15 @@ pub fn reclaim(
         exit_code: None,
         signal: None,
     };
+    if old.cancelled_by.is_some() {
+        // Its owner died before it could stop it as asked.
+        return reclaim_to_end(old, &base, now, guard, TaskState::Cancelled);
+    }
     let counts = match crate::rules::decide(settings, &lost, old.failed_attempts) {
         crate::rules::Next::Retry { counts } => counts,
         // Rules refuse escalation of lost attempts; a failure either way.
         crate::rules::Next::Fail | crate::rules::Next::Escalate(_) => {
-            return reclaim_to_failed(old, &base, now, guard);
+            return reclaim_to_end(old, &base, now, guard, TaskState::Failed);
         }
     };
     let until = now.plus(lease);
@@ -346,20 +361,34 @@ pub fn reclaim(
     }
 }
 
-/// A reclaim on the task's last attempt: failed, the lost attempt recorded.
-fn reclaim_to_failed(old: &Task, base: &Task, now: Timestamp, guard: Vec<Cond>) -> Transition {
-    let record = lost_record(old, now, TaskState::Failed);
+/// A reclaim that ends the task: `failed` on its last attempt, or
+/// `cancelled` when an operator had asked for that; the lost attempt
+/// recorded.
+fn reclaim_to_end(
+    old: &Task,
+    base: &Task,
+    now: Timestamp,
+    guard: Vec<Cond>,
+    to: TaskState,
+) -> Transition {
+    let record = lost_record(old, now, to);
     let mut changes = end_changes(base, &record, None);
-    changes.push(Change::Set(attr::STATE, json(&TaskState::Failed)));
+    changes.push(Change::Set(attr::STATE, json(&to)));
     changes.push(Change::Set(attr::FINISHED_AT, ms(now)));
-    changes.push(Change::Add(attr::FAILED_ATTEMPTS, 1));
+    if to == TaskState::Failed {
+        changes.push(Change::Add(attr::FAILED_ATTEMPTS, 1));
+    }
     Transition {
-        name: "reclaim (last attempt: failed)",
+        name: if to == TaskState::Failed {
+            "reclaim (last attempt: failed)"
+        } else {
+            "reclaim (cancelled)"
+        },
         guard,
         write: Write::Update(changes),
-        to: TaskState::Failed,
+        to,
         state_at: Some(now),
-        counters: counter_moves(Some(TaskState::Running), TaskState::Failed),
+        counters: counter_moves(Some(TaskState::Running), to),
     }
 }
 
@@ -374,9 +403,11 @@ pub fn heartbeat(task: &Task, until: Timestamp, now: Timestamp) -> Transition {
     if let Some(uri) = &task.log_uri {
         changes.push(Change::Set(attr::LOG_URI, Value::from(uri.as_str())));
     }
+    let mut guard = fence(task);
+    guard.push(Cond::CancelNotAsked);
     Transition {
         name: "heartbeat",
-        guard: fence(task),
+        guard,
         write: Write::Update(changes),
         to: TaskState::Running,
         state_at: Some(until),
@@ -387,8 +418,8 @@ pub fn heartbeat(task: &Task, until: Timestamp, now: Timestamp) -> Transition {
 /// How an attempt ended, as the worker reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finish {
-    /// Where the task goes: `done`, `failed`, or `pending` (retry or
-    /// release).
+    /// Where the task goes: `done`, `failed`, `pending` (retry or
+    /// release), `waiting` (escalation) or `cancelled` (an operator asked).
     pub next: TaskState,
     /// Whether this attempt counts against the attempt limit.
     pub counts_as_failure: bool,
@@ -447,7 +478,7 @@ pub fn finish(task: &Task, finish: &Finish) -> Transition {
         let excess = schema::task_size(&after).saturating_sub(schema::MAX_WRITE_BYTES);
         if excess == 0 {
             return Transition {
-                guard: fence(task),
+                guard: end_guard(task, finish.next),
                 ..t
             };
         }
@@ -467,7 +498,7 @@ pub fn finish(task: &Task, finish: &Finish) -> Transition {
             // so rather than loop.
             _ => {
                 return Transition {
-                    guard: fence(task),
+                    guard: end_guard(task, finish.next),
                     ..t
                 };
             }
@@ -481,6 +512,11 @@ fn finish_unchecked(task: &Task, finish: &Finish) -> Transition {
     changes.push(Change::Set(attr::STATE, json(&finish.next)));
     if finish.counts_as_failure {
         changes.push(Change::Add(attr::FAILED_ATTEMPTS, 1));
+    }
+    if finish.next == TaskState::Done {
+        // Its work was done before a cancel asked could stop it.
+        changes.push(Change::Remove(attr::CANCELLED_BY));
+        changes.push(Change::Remove(attr::CANCELLED_AT));
     }
     if let Some(step) = &finish.escalate_to {
         assert_eq!(
@@ -503,7 +539,7 @@ fn finish_unchecked(task: &Task, finish: &Finish) -> Transition {
         ));
     }
     let state_at = match finish.next {
-        TaskState::Done | TaskState::Failed => {
+        TaskState::Done | TaskState::Failed | TaskState::Cancelled => {
             changes.push(Change::Set(attr::FINISHED_AT, ms(record.finished_at)));
             changes.push(Change::Remove(attr::READY_AT));
             record.finished_at
@@ -518,6 +554,7 @@ fn finish_unchecked(task: &Task, finish: &Finish) -> Transition {
             (TaskState::Waiting, _) => "escalate",
             (TaskState::Done, _) => "finish (done)",
             (TaskState::Failed, _) => "finish (failed)",
+            (TaskState::Cancelled, _) => "finish (cancelled)",
             (_, Some(FailureClass::Interrupted)) => "release",
             _ => "finish (retry)",
         },
@@ -548,113 +585,6 @@ pub fn release(task: &Task, record: AttemptRecord, tail: Option<String>) -> Tran
             escalate_to: None,
         },
     )
-}
-
-/// The steps `task` still waits for once put back by an operator (retry,
-/// replace): an escalated run is left behind, the task starts over on its
-/// own step.
-pub(super) fn waiting_on_without_escalation(task: &Task) -> Vec<String> {
-    task.waiting_on
-        .iter()
-        .filter(|s| Some(s.as_str()) != task.escalated_to.as_deref())
-        .cloned()
-        .collect()
-}
-
-/// Replace: gives `old` (not running) the script and row of `new` and
-/// puts it back to pending with a fresh attempt budget, or to waiting if
-/// it still waits for upstream tasks. The attempt number and the history
-/// stay: attempt numbers name logs and work directories and only ever go
-/// up.
-pub fn replace(old: &Task, new: &Task, now: Timestamp) -> Transition {
-    assert!(
-        old.state != TaskState::Running,
-        "running tasks are never replaced"
-    );
-    let waiting_on = waiting_on_without_escalation(old);
-    let to = if waiting_on.is_empty() {
-        TaskState::Pending
-    } else {
-        TaskState::Waiting
-    };
-    Transition {
-        name: "replace",
-        // What it waits for as read: an upstream task done in between
-        // would otherwise be written back as still awaited.
-        guard: vec![
-            Cond::State(old.state),
-            Cond::Attempt(old.attempt),
-            Cond::WaitingOn(old.waiting_on.clone()),
-        ],
-        write: Write::Update(vec![
-            Change::Set(attr::STATE, json(&to)),
-            Change::Remove(attr::REASON),
-            Change::Remove(attr::ESCALATED_TO),
-            deps::set_list(attr::WAITING_ON, &waiting_on),
-            Change::Set(attr::TASK_SCRIPT, Value::from(new.script.as_str())),
-            Change::Set(attr::SCRIPT_DIGEST, Value::from(new.script_digest.as_str())),
-            Change::Set(attr::ENV, json(&new.env)),
-            if new.columns.is_empty() {
-                Change::Remove(attr::COLUMNS)
-            } else {
-                Change::Set(attr::COLUMNS, json(&new.columns))
-            },
-            Change::Set(attr::FAILED_ATTEMPTS, Value::from(0)),
-            Change::Set(attr::UPDATED_AT, ms(now)),
-            Change::Remove(attr::READY_AT),
-            Change::Remove(attr::OWNER),
-            Change::Remove(attr::LEASE_EXPIRES_AT),
-            Change::Remove(attr::FINISHED_AT),
-            Change::Remove(attr::EXIT_CODE),
-            Change::Remove(attr::SIGNAL),
-            Change::Remove(attr::FAILURE_CLASS),
-            Change::Remove(attr::OUTPUT_TAIL),
-        ]),
-        to,
-        state_at: Some(now),
-        counters: counter_moves(Some(old.state), to),
-    }
-}
-
-/// An operator's retry of a failed task, `task` as read at `attempt`: back
-/// to pending with a fresh attempt budget, provided it is still that
-/// attempt and failed; back to waiting instead while it still waits for
-/// upstream tasks (a task failed because its upstream task did runs only
-/// once that one is done). A task whose run a retry rule escalated starts
-/// over on its own step (the rule may escalate it again). Its attempt
-/// number (the next claim adds one) and history stay; who asked and when
-/// are recorded.
-pub fn retry(task: &Task, attempt: u32, by: &str, now: Timestamp) -> Transition {
-    let waiting_on = waiting_on_without_escalation(task);
-    let to = if waiting_on.is_empty() {
-        TaskState::Pending
-    } else {
-        TaskState::Waiting
-    };
-    Transition {
-        name: "retry",
-        guard: vec![
-            Cond::State(TaskState::Failed),
-            Cond::Attempt(attempt),
-            Cond::WaitingOn(task.waiting_on.clone()),
-        ],
-        write: Write::Update(vec![
-            Change::Set(attr::STATE, json(&to)),
-            Change::Set(attr::FAILED_ATTEMPTS, Value::from(0)),
-            Change::Set(attr::RETRIED_BY, Value::from(by)),
-            Change::Set(attr::RETRIED_AT, ms(now)),
-            Change::Set(attr::UPDATED_AT, ms(now)),
-            Change::Remove(attr::READY_AT),
-            Change::Remove(attr::OWNER),
-            Change::Remove(attr::LEASE_EXPIRES_AT),
-            Change::Remove(attr::ESCALATED_TO),
-            Change::Remove(attr::REASON),
-            deps::set_list(attr::WAITING_ON, &waiting_on),
-        ]),
-        to,
-        state_at: Some(now),
-        counters: counter_moves(Some(TaskState::Failed), to),
-    }
 }
 
 /// Keeps the last [`HISTORY_KEEP`] attempts.

@@ -318,3 +318,214 @@ fn a_replace_holds_only_while_the_task_waits_for_what_it_waited_for_when_read() 
     );
     assert_eq!(tr.apply(Some(&read)).unwrap().waiting_on, ["align", "trim"]);
 }
+
+fn finish_to(task: &Task, next: TaskState, class: Option<FailureClass>) -> Transition {
+    finish(
+        task,
+        &Finish {
+            next,
+            counts_as_failure: class.is_some() && next != TaskState::Cancelled,
+            ready_at: t(5_000),
+            record: AttemptRecord {
+                outcome: next,
+                ..record(task.attempt, class, 4_000)
+            },
+            output_tail: None,
+            escalate_to: None,
+        },
+    )
+}
+
+#[test]
+fn a_cancel_sets_a_pending_task_aside_and_counts_it() {
+    let task = pending();
+    let tr = cancel(&task, "ana@lab", t(2_000)).expect("pending tasks are cancellable");
+    let after = tr.apply(Some(&task)).unwrap();
+    assert_eq!(after.state, TaskState::Cancelled);
+    assert_eq!(after.cancelled_by.as_deref(), Some("ana@lab"));
+    assert_eq!(tr.counters, vec![(attr::CANCELLED, 1)]);
+    // Not claimable any more, and not cancelled twice.
+    assert!(
+        claim("w1", t(3_000), Duration::from_secs(10))
+            .apply(Some(&after))
+            .is_none()
+    );
+    assert!(cancel(&after, "ana@lab", t(3_000)).is_none());
+    // Claimed between the read and the write: left alone.
+    let c = claimed(&task, "w1", 1_500);
+    assert!(tr.apply(Some(&c)).is_none());
+    // Put back by a retry: pending, the marks gone, the count moved back.
+    let back = retry(&after, after.attempt, "ana@lab", t(4_000));
+    let again = back.apply(Some(&after)).unwrap();
+    assert_eq!(
+        (again.state, again.cancelled_by),
+        (TaskState::Pending, None)
+    );
+    assert_eq!(back.counters, vec![(attr::CANCELLED, -1)]);
+}
+
+#[test]
+fn a_cancel_of_a_running_task_stops_its_owner_at_the_next_renewal() {
+    let c = claimed(&pending(), "w1", 2_000);
+    let ask = cancel(&c, "ana@lab", t(3_000)).expect("running tasks are cancellable");
+    assert!(ask.counters.is_empty());
+    let asked = ask.apply(Some(&c)).unwrap();
+    // Still the owner's: running, same attempt, only marked.
+    assert_eq!(
+        (asked.state, asked.attempt, asked.owner.as_deref()),
+        (TaskState::Running, 1, Some("w1"))
+    );
+    assert!(cancel(&asked, "bo@lab", t(3_500)).is_none(), "asked once");
+    assert!(cancel_asked(&c, Some(&asked)));
+    assert!(!cancel_asked(&c, Some(&c)));
+    // The renewal fails on the mark; so do a retry, a failure, a release.
+    assert!(
+        heartbeat(&c, t(20_000), t(4_000))
+            .apply(Some(&asked))
+            .is_none()
+    );
+    for (next, class) in [
+        (TaskState::Pending, Some(FailureClass::Exit)),
+        (TaskState::Failed, Some(FailureClass::Exit)),
+        (TaskState::Pending, Some(FailureClass::Interrupted)),
+    ] {
+        assert!(finish_to(&c, next, class).apply(Some(&asked)).is_none());
+    }
+    // Work that was done stays done; the cancelled end is taken.
+    assert!(
+        finish_to(&c, TaskState::Done, None)
+            .apply(Some(&asked))
+            .is_some()
+    );
+    let end = finish_to(&c, TaskState::Cancelled, Some(FailureClass::Cancelled));
+    let ended = end.apply(Some(&asked)).unwrap();
+    assert_eq!(
+        (ended.state, ended.failed_attempts),
+        (TaskState::Cancelled, 0)
+    );
+    assert_eq!(ended.owner, None);
+    assert_eq!(end.counters, vec![(attr::CANCELLED, 1)]);
+    // Its owner died instead: the reclaim ends it cancelled, not run again.
+    let now = 12_000 + CLOCK_SKEW_MARGIN.as_millis() as i64 + 1;
+    let tr = reclaim(&asked, "w2", t(now), Duration::from_secs(10), &limit(3));
+    let reclaimed = tr.apply(Some(&asked)).unwrap();
+    assert_eq!(
+        (
+            reclaimed.state,
+            reclaimed.owner.as_deref(),
+            reclaimed.attempt
+        ),
+        (TaskState::Cancelled, None, 1)
+    );
+    assert_eq!(tr.counters, vec![(attr::CANCELLED, 1)]);
+}
+
+#[test]
+fn what_waits_for_a_cancelled_task_is_cancelled_and_comes_back_with_it() {
+    let mut up = pending();
+    up.dependents = vec!["qc".into()];
+    let mut dep = pending();
+    dep.step = "qc".into();
+    dep.state = TaskState::Waiting;
+    dep.after = vec!["align".into()];
+    dep.waiting_on = vec!["align".into()];
+    let gone = cancel(&up, "ana@lab", t(2_000))
+        .unwrap()
+        .apply(Some(&up))
+        .unwrap();
+    assert!(deps::cascades(up.state, gone.state));
+    let f = deps::follow(&gone, &dep, t(2_000)).expect("the dependent follows");
+    let cancelled = f.apply(Some(&dep)).unwrap();
+    assert_eq!(
+        (cancelled.state, cancelled.failure_class),
+        (TaskState::Cancelled, Some(FailureClass::Upstream))
+    );
+    assert_eq!(f.counters, vec![(attr::WAITING, -1), (attr::CANCELLED, 1)]);
+    let back = retry(&gone, gone.attempt, "ana@lab", t(3_000))
+        .apply(Some(&gone))
+        .unwrap();
+    assert!(deps::cascades(gone.state, back.state));
+    let f = deps::follow(&back, &cancelled, t(3_000)).expect("it waits again");
+    let waits = f.apply(Some(&cancelled)).unwrap();
+    assert_eq!(
+        (waits.state, waits.cancelled_by),
+        (TaskState::Waiting, None)
+    );
+}
+
+#[test]
+fn a_retry_of_a_task_that_changed_since_it_was_listed_is_left_alone() {
+    // Listed failed, read pending (put back meanwhile): no write, no panic.
+    let task = pending();
+    assert!(
+        retry(&task, 0, "ana@lab", t(2_000))
+            .apply(Some(&task))
+            .is_none()
+    );
+}
+
+#[test]
+fn a_cancel_asked_after_a_reclaim_read_the_task_is_not_run_over() {
+    let c = claimed(&pending(), "w1", 2_000);
+    let now = 12_000 + CLOCK_SKEW_MARGIN.as_millis() as i64 + 1;
+    let tr = reclaim(&c, "w2", t(now), Duration::from_secs(10), &limit(3));
+    let asked = cancel(&c, "ana@lab", t(now))
+        .unwrap()
+        .apply(Some(&c))
+        .unwrap();
+    assert!(
+        tr.apply(Some(&asked)).is_none(),
+        "the claim would clear the mark"
+    );
+}
+
+#[test]
+fn done_work_drops_a_late_cancel_mark_and_new_dependents_of_a_cancelled_task_start_cancelled() {
+    let c = claimed(&pending(), "w1", 2_000);
+    let asked = cancel(&c, "ana@lab", t(3_000))
+        .unwrap()
+        .apply(Some(&c))
+        .unwrap();
+    let done = finish_to(&c, TaskState::Done, None)
+        .apply(Some(&asked))
+        .unwrap();
+    assert_eq!((done.state, done.cancelled_by), (TaskState::Done, None));
+
+    let up = cancel(&pending(), "ana@lab", t(2_000))
+        .unwrap()
+        .apply(Some(&pending()))
+        .unwrap();
+    let mut dep = pending();
+    dep.step = "qc".into();
+    deps::start(&mut dep, &[("align".into(), Some(up))], t(3_000));
+    assert_eq!(
+        (dep.state, dep.failure_class),
+        (TaskState::Cancelled, Some(FailureClass::Upstream))
+    );
+    assert_eq!(
+        insert(&dep).counters,
+        vec![(attr::LOADED, 1), (attr::CANCELLED, 1)]
+    );
+}
+
+#[test]
+fn a_task_cancelled_on_its_own_account_is_not_brought_back_by_its_upstream() {
+    // Failed because its upstream failed, put back, then cancelled itself.
+    let mut dep = pending();
+    dep.step = "qc".into();
+    dep.failure_class = Some(FailureClass::Upstream);
+    dep.after = vec!["align".into()];
+    dep.waiting_on = vec!["align".into()];
+    dep.state = TaskState::Waiting;
+    let cancelled = cancel(&dep, "ana@lab", t(2_000))
+        .unwrap()
+        .apply(Some(&dep))
+        .unwrap();
+    assert_eq!(cancelled.failure_class, None);
+    let up = pending(); // the upstream task, put back to pending
+    assert!(deps::follow(&up, &cancelled, t(3_000)).is_none());
+    // Nor when the run it was escalated to is put back.
+    let mut escalated = cancelled.clone();
+    escalated.escalated_to = Some("align".into());
+    assert!(deps::follow(&up, &escalated, t(3_000)).is_none());
+}

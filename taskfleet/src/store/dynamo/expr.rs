@@ -49,6 +49,9 @@ impl Expr {
     fn condition(&mut self, cond: &Cond) {
         let text = match cond {
             Cond::Absent => format!("attribute_not_exists({})", self.name(attr::PK)),
+            Cond::CancelNotAsked => {
+                format!("attribute_not_exists({})", self.name(attr::CANCELLED_BY))
+            }
             Cond::State(state) => {
                 let (a, v) = (self.name(attr::STATE), self.value(s(state.as_str())));
                 format!("{a} = {v}")

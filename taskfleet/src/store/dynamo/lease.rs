@@ -220,8 +220,9 @@ impl DynamoStore {
         let make =
             |t: &Task| transition::reclaim(t, owner, now, meta.settings.lease, &meta.settings);
         let t = make(old);
-        if t.to == TaskState::Failed {
-            // Its dependents fail with it.
+        if t.to != TaskState::Running {
+            // It ends (failed, or cancelled as asked): its dependents
+            // follow.
             return Ok(if self.end_write(meta, old, &make).await? {
                 Claim::FailedLost
             } else {
@@ -263,11 +264,10 @@ impl DynamoStore {
         finish: &Finish,
     ) -> Result<Fence, StoreError> {
         let make = |t: &Task| transition::finish(t, finish);
-        Ok(if self.end_write(meta, task, &make).await? {
-            Fence::Held
-        } else {
-            Fence::Lost
-        })
+        if self.end_write(meta, task, &make).await? {
+            return Ok(Fence::Held);
+        }
+        self.lost_or_cancelled(meta, task).await
     }
 
     async fn fenced(
@@ -276,9 +276,21 @@ impl DynamoStore {
         task: &Task,
         t: &Transition,
     ) -> Result<Fence, StoreError> {
-        Ok(match self.apply(meta, &task.task_id, t, false).await? {
-            Applied::Written(_) => Fence::Held,
-            Applied::GuardFailed => Fence::Lost,
+        match self.apply(meta, &task.task_id, t, false).await? {
+            Applied::Written(_) => Ok(Fence::Held),
+            Applied::GuardFailed => self.lost_or_cancelled(meta, task).await,
+        }
+    }
+
+    /// Why a fenced write on `held` did not happen: the task is gone from
+    /// its owner, or an operator cancelled it (one read, only when a fence
+    /// fails).
+    async fn lost_or_cancelled(&self, meta: &StepMeta, held: &Task) -> Result<Fence, StoreError> {
+        let stored = self.read_task(meta, &held.task_id).await?;
+        Ok(if transition::cancel_asked(held, stored.as_ref()) {
+            Fence::Cancelled
+        } else {
+            Fence::Lost
         })
     }
 }

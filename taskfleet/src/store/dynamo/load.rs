@@ -155,6 +155,24 @@ impl DynamoStore {
         })
     }
 
+    pub(super) async fn cancel_task(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        by: &str,
+    ) -> Result<ReplaceOutcome, StoreError> {
+        let now = Timestamp::now();
+        if transition::cancel(task, by, now).is_none() {
+            return Ok(ReplaceOutcome::Changed);
+        }
+        let make = |t: &Task| transition::cancel(t, by, now).expect("cancellable as read");
+        Ok(if self.end_write(meta, task, &make).await? {
+            ReplaceOutcome::Replaced
+        } else {
+            ReplaceOutcome::Changed
+        })
+    }
+
     pub(super) async fn replace_task(
         &self,
         meta: &StepMeta,

@@ -336,15 +336,34 @@ impl TaskStore for DynamoStore {
         self.page_of_shard(meta, shard, after, limit).await
     }
 
-    async fn done_before(
+    async fn in_state(
         &self,
         meta: &StepMeta,
         shard: u16,
+        state: TaskState,
         before: Timestamp,
         after: Option<&super::PruneCursor>,
         limit: usize,
     ) -> Result<(Vec<Task>, Option<super::PruneCursor>), StoreError> {
-        self.done_before_of(meta, shard, before, after, limit).await
+        self.in_state_of(meta, shard, state, before, after, limit)
+            .await
+    }
+
+    async fn steps(&self) -> Result<Vec<StepMeta>, StoreError> {
+        DynamoStore::steps(self).await
+    }
+
+    async fn remove_step(&self, meta: &StepMeta) -> Result<(), StoreError> {
+        self.remove_step_of(meta).await
+    }
+
+    async fn cancel(
+        &self,
+        meta: &StepMeta,
+        task: &Task,
+        by: &str,
+    ) -> Result<ReplaceOutcome, StoreError> {
+        self.cancel_task(meta, task, by).await
     }
 
     async fn prune(&self, meta: &StepMeta, tasks: &[Task]) -> Result<usize, StoreError> {

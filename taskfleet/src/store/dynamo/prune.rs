@@ -22,15 +22,16 @@ use crate::transition;
 const PER_TRANSACTION: usize = 50;
 
 impl DynamoStore {
-    pub(super) async fn done_before_of(
+    pub(super) async fn in_state_of(
         &self,
         meta: &StepMeta,
         shard: u16,
+        state: TaskState,
         before: Timestamp,
         after: Option<&PruneCursor>,
         limit: usize,
     ) -> Result<(Vec<Task>, Option<PruneCursor>), StoreError> {
-        let spk = schema::state_pk(&meta.step, TaskState::Done, shard);
+        let spk = schema::state_pk(&meta.step, state, shard);
         let mut query = self
             .client
             .query()
@@ -75,10 +76,84 @@ impl DynamoStore {
                 tasks.push(decode::<Task>(&id, item)?);
             }
         }
-        // The index lags the table: only what is still done now.
-        tasks.retain(|t| t.state == TaskState::Done);
+        // The index lags the table: only what is still in that state now.
+        tasks.retain(|t| t.state == state);
         tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
         Ok((tasks, next))
+    }
+
+    /// The remains of a step whose tasks are gone: its counter items (each
+    /// only while it counts no task), its load records, then the step.
+    pub(super) async fn remove_step_of(&self, meta: &StepMeta) -> Result<(), StoreError> {
+        let counters = self.counter_items(&meta.step).await?;
+        // Any shard that counts a task (a drifted counter too: `recount`
+        // first), checked before anything is removed.
+        let loaded: i64 = counters
+            .iter()
+            .filter_map(|c| c.get(attr::LOADED)?.as_n().ok()?.parse::<i64>().ok())
+            .filter(|n| *n > 0)
+            .sum();
+        if loaded > 0 {
+            return Err(crate::store::prune_not_empty(
+                &meta.step,
+                loaded.unsigned_abs(),
+            ));
+        }
+        for item in &counters {
+            let (Some(pk), Some(sk)) = (item.get(attr::PK), item.get(attr::SK)) else {
+                continue;
+            };
+            let out = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .key(attr::PK, pk.clone())
+                .key(attr::SK, sk.clone())
+                .condition_expression("attribute_not_exists(#loaded) OR #loaded <= :zero")
+                .expression_attribute_names("#loaded", attr::LOADED)
+                .expression_attribute_values(":zero", n(0))
+                .send()
+                .await;
+            match out {
+                Ok(_) => {}
+                Err(e) if super::errors::is_condition_failed(&e) => {
+                    return Err(crate::store::prune_not_empty(&meta.step, 1));
+                }
+                Err(e) => return Err(self.classify("DeleteItem", &e)),
+            }
+        }
+        let loads: Vec<Item> = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_values(":pk", s(&schema::loads_pk(&meta.step)))
+            .projection_expression("#pk, sk")
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| self.classify("Query", &e))?;
+        for key in loads {
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key))
+                .send()
+                .await
+                .map_err(|e| self.classify("DeleteItem", &e))?;
+        }
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(schema::STEPS_PK))
+            .key(attr::SK, s(&meta.step))
+            .send()
+            .await
+            .map_err(|e| self.classify("DeleteItem", &e))?;
+        Ok(())
     }
 
     pub(super) async fn prune_tasks(

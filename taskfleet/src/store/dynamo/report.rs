@@ -31,7 +31,7 @@ const RECOUNT_TRIES: u32 = 5;
 impl DynamoStore {
     /// The step's counter items, one per shard that ever had a task: one
     /// strongly consistent query of one small partition.
-    async fn counter_items(&self, step: &str) -> Result<Vec<Item>, StoreError> {
+    pub(super) async fn counter_items(&self, step: &str) -> Result<Vec<Item>, StoreError> {
         self.client
             .query()
             .table_name(&self.table)
@@ -65,7 +65,11 @@ impl DynamoStore {
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(0)
             };
-            let n = get(attr::LOADED) - get(attr::DONE) - get(attr::FAILED) - get(attr::WAITING);
+            let n = get(attr::LOADED)
+                - get(attr::DONE)
+                - get(attr::FAILED)
+                - get(attr::WAITING)
+                - get(attr::CANCELLED);
             *slot = n.max(0).unsigned_abs();
         }
         Ok(open)
@@ -83,7 +87,11 @@ impl DynamoStore {
                     .unwrap_or(0)
             };
             let waiting = get(attr::WAITING);
-            let open = get(attr::LOADED) - get(attr::DONE) - get(attr::FAILED) - waiting;
+            let open = get(attr::LOADED)
+                - get(attr::DONE)
+                - get(attr::FAILED)
+                - get(attr::CANCELLED)
+                - waiting;
             out.waiting += waiting.max(0).unsigned_abs();
             out.open += open.max(0).unsigned_abs();
         }
@@ -102,11 +110,12 @@ impl DynamoStore {
                 .max(0)
                 .unsigned_abs()
         };
-        let (total, done, failed, waiting) = (
+        let (total, done, failed, waiting, cancelled) = (
             sum(attr::LOADED),
             sum(attr::DONE),
             sum(attr::FAILED),
             sum(attr::WAITING),
+            sum(attr::CANCELLED),
         );
         let running = futures::stream::iter(0..meta.shards)
             .map(|shard| self.count_in_state(&meta.step, TaskState::Running, shard))
@@ -115,7 +124,7 @@ impl DynamoStore {
             .await?;
         // More tasks accounted for than loaded: a counter is wrong (or the
         // index lags a moment behind a transition). Shown, never hidden.
-        let accounted = done + failed + waiting + running;
+        let accounted = done + failed + waiting + cancelled + running;
         let counts_drift = accounted > total;
         let pending = total.saturating_sub(accounted);
         Ok(StepStatus {
@@ -126,11 +135,8 @@ impl DynamoStore {
             running,
             done,
             failed,
-            percent_done: if total == 0 {
-                0.0
-            } else {
-                (100.0 * done as f64 / total as f64).min(100.0)
-            },
+            cancelled,
+            percent_done: StepStatus::percent(done, total, cancelled),
             max_attempts: meta.settings.max_attempts,
             counts_drift,
         })

@@ -6,7 +6,7 @@ use crate::model::{StepMeta, StepStatus};
 use crate::store::StoreError;
 
 /// The step named, or every step in name order.
-fn read_steps(
+pub(super) fn read_steps(
     tx: &rusqlite::Transaction<'_>,
     wanted: Option<&str>,
     path: &str,
@@ -63,15 +63,12 @@ pub(super) fn status_in(
                 "running" => s.running = n,
                 "done" => s.done = n,
                 "failed" => s.failed = n,
+                "cancelled" => s.cancelled = n,
                 _ => {}
             }
         }
-        s.total = s.waiting + s.pending + s.running + s.done + s.failed;
-        s.percent_done = if s.total == 0 {
-            0.0
-        } else {
-            100.0 * s.done as f64 / s.total as f64
-        };
+        s.total = s.waiting + s.pending + s.running + s.done + s.failed + s.cancelled;
+        s.percent_done = StepStatus::percent(s.done, s.total, s.cancelled);
         out.push(s);
     }
     Ok(out)

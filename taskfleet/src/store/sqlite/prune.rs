@@ -9,12 +9,13 @@ use crate::store::{PruneCursor, StoreError};
 use crate::time::Timestamp;
 use crate::transition;
 
-/// Up to `limit` done tasks of `step`'s `shard` finished before `before`,
-/// oldest first, after `after`.
-pub(super) fn done_before(
+/// Up to `limit` tasks of `step`'s `shard` in `state` whose index time is
+/// before `before`, oldest first, after `after`.
+pub(super) fn in_state(
     tx: &rusqlite::Transaction<'_>,
     step: &str,
     shard: u16,
+    state: TaskState,
     before: Timestamp,
     after: Option<&PruneCursor>,
     limit: usize,
@@ -34,7 +35,7 @@ pub(super) fn done_before(
         .query_map(
             rusqlite::params![
                 step,
-                TaskState::Done.as_str(),
+                state.as_str(),
                 shard,
                 before.as_millis(),
                 from_at,
@@ -74,4 +75,22 @@ pub(super) fn prune_in(
         }
     }
     Ok(removed)
+}
+
+/// Removes the load records and the step `step`, provided none of its
+/// tasks is left.
+pub(super) fn remove_step_in(tx: &rusqlite::Transaction<'_>, step: &str) -> Result<(), StoreError> {
+    let left: i64 = tx
+        .query_row("SELECT count(*) FROM tasks WHERE step = ?1", [step], |r| {
+            r.get(0)
+        })
+        .map_err(q)?;
+    if left > 0 {
+        return Err(super::super::prune_not_empty(step, left.unsigned_abs()));
+    }
+    tx.execute("DELETE FROM loads WHERE step = ?1", [step])
+        .map_err(q)?;
+    tx.execute("DELETE FROM steps WHERE step = ?1", [step])
+        .map_err(q)?;
+    Ok(())
 }

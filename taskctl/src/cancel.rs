@@ -1,0 +1,170 @@
+//! `taskctl cancel`: sets tasks of a step aside so that they do not run,
+//! by one guarded write each on the task as read (one that changed
+//! meanwhile is left alone and reported). Pending and waiting tasks are
+//! `cancelled` at once; a running one is marked, and its worker stops the
+//! script at its next renewal and ends the attempt `cancelled`. What waits
+//! for a cancelled task in later steps is cancelled in the same write.
+//! The step is read from the state index a page of a shard at a time,
+//! never the table.
+
+use anyhow::{Result, bail};
+use futures::StreamExt as _;
+use serde::Serialize;
+use taskfleet::model::{StepMeta, Task, TaskState};
+use taskfleet::store::{ReplaceOutcome, Store, TaskStore};
+use taskfleet::time::Timestamp;
+
+use crate::cli::{CancelArgs, GlobalArgs};
+use crate::connect;
+
+/// Tasks read at a time.
+const PAGE: usize = 500;
+
+/// Cancels written at once.
+const CONCURRENCY: usize = 16;
+
+/// What `cancel --json` prints.
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    step: String,
+    dry_run: bool,
+    /// Pending or waiting tasks cancelled (or, with --dry-run, that would
+    /// be), by state as read.
+    cancelled: Vec<(String, TaskState)>,
+    /// Running tasks whose workers were asked to stop them.
+    asked: Vec<String>,
+    /// Left alone: they changed since they were read.
+    changed: Vec<String>,
+    /// Named with --task but finished (or already asked to stop).
+    not_cancellable: Vec<(String, TaskState)>,
+}
+
+/// Runs `taskctl cancel`.
+pub async fn cancel(global: &GlobalArgs, args: &CancelArgs) -> Result<()> {
+    let store = connect::open(global).await?;
+    let meta = connect::step(&store, &args.step).await?;
+    let mut report = Report {
+        step: meta.step.clone(),
+        dry_run: args.dry_run,
+        ..Report::default()
+    };
+    let by = crate::retry::who();
+    if args.tasks.is_empty() {
+        // Far in the future: a running task's index time is its lease.
+        let before = Timestamp::from_millis(i64::MAX);
+        for state in [TaskState::Pending, TaskState::Waiting, TaskState::Running] {
+            for shard in 0..meta.shards {
+                let mut cursor = None;
+                loop {
+                    let (tasks, next) = store
+                        .in_state(&meta, shard, state, before, cursor.as_ref(), PAGE)
+                        .await?;
+                    cancel_all(&store, &meta, tasks, &by, args.dry_run, &mut report).await?;
+                    match next {
+                        Some(c) => cursor = Some(c),
+                        None => break,
+                    }
+                }
+            }
+        }
+    } else {
+        let mut found = Vec::new();
+        for id in &args.tasks {
+            let Some(task) = store.task(&meta.step, id).await? else {
+                bail!(
+                    "step '{}' has no task '{id}'; nothing was cancelled",
+                    meta.step
+                );
+            };
+            found.push(task);
+        }
+        cancel_all(&store, &meta, found, &by, args.dry_run, &mut report).await?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// Cancels `tasks` (as read), a few at a time, into `report`.
+async fn cancel_all(
+    store: &Store,
+    meta: &StepMeta,
+    tasks: Vec<Task>,
+    by: &str,
+    dry_run: bool,
+    report: &mut Report,
+) -> Result<()> {
+    let now = Timestamp::now();
+    let mut todo = Vec::new();
+    for task in tasks {
+        if taskfleet::transition::cancel(&task, by, now).is_none() {
+            report.not_cancellable.push((task.task_id, task.state));
+        } else {
+            todo.push(task);
+        }
+    }
+    let mut done = futures::stream::iter(todo)
+        .map(|task| async move {
+            let outcome = if dry_run {
+                ReplaceOutcome::Replaced
+            } else {
+                store.cancel(meta, &task, by).await?
+            };
+            Ok::<_, taskfleet::store::StoreError>((task, outcome))
+        })
+        .buffer_unordered(CONCURRENCY);
+    while let Some(next) = done.next().await {
+        let (task, outcome) = next?;
+        match (outcome, task.state) {
+            (ReplaceOutcome::Changed, _) => report.changed.push(task.task_id),
+            (ReplaceOutcome::Replaced, TaskState::Running) => report.asked.push(task.task_id),
+            (ReplaceOutcome::Replaced, state) => report.cancelled.push((task.task_id, state)),
+        }
+    }
+    Ok(())
+}
+
+fn print_report(r: &Report) {
+    let (verb, ask) = if r.dry_run {
+        ("would cancel", "would ask")
+    } else {
+        ("cancelled", "asked")
+    };
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    println!(
+        "{verb} {} task{} of step '{}' (pending or waiting)",
+        r.cancelled.len(),
+        plural(r.cancelled.len()),
+        r.step
+    );
+    if !r.asked.is_empty() {
+        println!(
+            "{ask} the workers of {} running task{} to stop them; they end cancelled within a third of the lease",
+            r.asked.len(),
+            plural(r.asked.len())
+        );
+    }
+    if !r.cancelled.is_empty() || !r.asked.is_empty() {
+        println!("tasks of later steps that wait for them are cancelled with them");
+    }
+    if r.cancelled.len() + r.asked.len() <= 50 {
+        for (id, state) in &r.cancelled {
+            println!("  {id} (was {state})");
+        }
+        for id in &r.asked {
+            println!("  {id} (running)");
+        }
+    }
+    for id in &r.changed {
+        println!("  {id}: left alone, it changed meanwhile; run the command again");
+    }
+    for (id, state) in &r.not_cancellable {
+        println!("  {id}: left alone, it is {state}");
+    }
+    if r.dry_run {
+        println!("--dry-run: nothing changed");
+    }
+}
