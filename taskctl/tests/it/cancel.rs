@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::support::{Run, Taskctl, TestTable, fresh_agent, taskctl_with};
+use crate::support::{Run, Taskctl, TestTable, embedded, fresh_agent};
 
 /// An agent with two slots on `step`, until the step has nothing to run.
 fn start_agent(table: &str, endpoint: Option<&str>, dir: &Path, step: &str) -> Child {
@@ -279,12 +279,7 @@ fn delete_part(
 #[test]
 fn cancel_and_delete_step_on_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
-    let table = format!("sqlite://{}", dir.path().join("tasks.db").display());
-    let t = |args: &[&str]| {
-        let mut all = vec!["--table", table.as_str()];
-        all.extend_from_slice(args);
-        taskctl_with(&all, &[])
-    };
+    let (table, t) = embedded(dir.path());
     t(&["init"]).ok();
     cancel_then_delete(
         &t,

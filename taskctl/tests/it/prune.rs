@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{Run, Taskctl, TestTable, fresh_agent, taskctl_with};
+use crate::support::{Run, Taskctl, TestTable, embedded, fresh_agent};
 
 /// The agent on step `qc` of `table` until the step has nothing to run.
 fn run_agent(table: &str, endpoint: Option<&str>, dir: &Path) {
@@ -140,12 +140,7 @@ fn prune_exports_then_removes_and_the_counts_stay_exact(
 #[test]
 fn prune_on_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
-    let table = format!("sqlite://{}", dir.path().join("tasks.db").display());
-    let t = |args: &[&str]| {
-        let mut all = vec!["--table", table.as_str()];
-        all.extend_from_slice(args);
-        taskctl_with(&all, &[])
-    };
+    let (table, t) = embedded(dir.path());
     t(&["init"]).ok();
     prune_exports_then_removes_and_the_counts_stay_exact(
         &t,

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::support::{fresh_agent, taskctl_with};
+use crate::support::{embedded, fresh_agent};
 
 fn run_agent(table: &str, dir: &std::path::Path) {
     let out = Command::new(fresh_agent())
@@ -27,12 +27,7 @@ fn run_agent(table: &str, dir: &std::path::Path) {
 #[test]
 fn retry_puts_back_the_failed_tasks_asked_for_and_dry_run_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let table = format!("sqlite://{}", dir.path().join("tasks.db").display());
-    let t = |args: &[&str]| {
-        let mut all = vec!["--table", table.as_str()];
-        all.extend_from_slice(args);
-        taskctl_with(&all, &[])
-    };
+    let (table, t) = embedded(dir.path());
     let sheet = dir.path().join("s.csv");
     std::fs::write(&sheet, "sample,code\nA,0\nB,2\nC,137\nD,137\n").unwrap();
     t(&["init"]).ok();

@@ -204,3 +204,16 @@ fn newest_source(workspace: &Path) -> SystemTime {
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
+
+/// A fresh embedded store file in `dir`: its locator, and `taskctl` run
+/// on it with the arguments given.
+pub fn embedded(dir: &Path) -> (String, impl Fn(&[&str]) -> Run) {
+    let table = format!("sqlite://{}", dir.join("tasks.db").display());
+    let locator = table.clone();
+    let run = move |args: &[&str]| {
+        let mut all = vec!["--table", table.as_str()];
+        all.extend_from_slice(args);
+        taskctl_with(&all, &[])
+    };
+    (locator, run)
+}
