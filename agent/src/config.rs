@@ -16,6 +16,9 @@ pub struct AgentConfig {
     pub owner: String,
     /// Tasks run at once.
     pub slots: usize,
+    /// This agent's place among the agents launched with it (0, 1, ...):
+    /// where in the step it starts looking for tasks.
+    pub spread: Option<u32>,
     /// Exit after this long with nothing claimable and nothing running.
     pub idle_timeout: Option<Duration>,
     /// Shortest wait between polls of an empty step.
@@ -81,6 +84,7 @@ impl AgentConfig {
             step: step.into(),
             owner: owner.into(),
             slots: 1,
+            spread: None,
             idle_timeout: None,
             poll_min: Duration::from_millis(500),
             poll_max: Duration::from_secs(20),

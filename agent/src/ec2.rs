@@ -41,6 +41,9 @@ pub struct Instance {
     /// The launch template and version it was started from, from the tags
     /// `taskctl launch` sets; `None` for an instance started otherwise.
     pub template: Option<(String, String)>,
+    /// Its place among the instances started by the same request
+    /// (`ami-launch-index`: 0, 1, ...), if the metadata service says.
+    pub launch_index: Option<u32>,
 }
 
 impl Instance {
@@ -121,6 +124,14 @@ impl Metadata {
                 (Some(name), Some(version)) => Some((name, version)),
                 _ => None,
             },
+            // Only where the agent starts looking for tasks: not worth
+            // stopping for.
+            launch_index: self
+                .notice("ami-launch-index")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|i| i.trim().parse().ok()),
         })
     }
 }

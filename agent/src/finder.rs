@@ -3,13 +3,18 @@
 //!
 //! - An agent keeps a home shard while it has pending tasks: one index
 //!   query there gives a page of candidates, claimed one by one while they
-//!   are fresh.
+//!   are fresh. Agents launched together know their place among each other
+//!   (`--launch-index`, EC2's `ami-launch-index`) and start one to each end
+//!   of each shard; they meet only where two ends meet, and the shards
+//!   empty at about the same time instead of leaving a few for the whole
+//!   fleet to crowd at the end of the step.
 //! - When the home shard runs dry, one read of the step's counters
 //!   ([`TaskStore::open_per_shard`]) says which shards still have open
 //!   tasks and how many. Only those are queried, at most
-//!   [`PENDING_QUERIES`] per call, each picked as the fuller of two random
-//!   ones: agents spread out over the shards with the most work and rarely
-//!   meet. An empty step costs that one read and nothing else.
+//!   [`PENDING_QUERIES`] per call, each picked at random in proportion to
+//!   its open tasks: agents spread out as the work is spread. A shard found
+//!   with no pending task is not asked again for a while unless its count
+//!   rises. An empty step costs that one read and nothing else.
 //! - A page of pending candidates is claimed in index order, from the
 //!   oldest or from the newest end, when it is full; a page that is not
 //!   full holds the shard's last tasks, which others are choosing from
@@ -72,6 +77,13 @@ const JUMPS: u32 = 3;
 /// table (DynamoDB's indexes do) does not offer them back as pending.
 const RECENT_CLAIMS: usize = 64;
 
+/// How long a shard found with no pending task is left alone while its
+/// open count does not rise. Near the end of a step most shards hold only
+/// running tasks, and asking their pending index on every poll was most of
+/// what an idle fleet spent; a task that turns pending without raising the
+/// count (a retry after a failed attempt) waits at most this much longer.
+const EMPTY_FOR: Duration = Duration::from_secs(10);
+
 /// Finds and claims tasks for one agent; see the module documentation.
 #[derive(Debug)]
 pub struct Finder {
@@ -99,14 +111,28 @@ pub struct Finder {
     jumps: u32,
     /// Claims lost in this call.
     losses: u32,
+    /// Shards found with no pending task: when, and their open count from
+    /// the first counter read since (`None` until then).
+    empty: Vec<(u16, Instant, Option<u64>)>,
 }
 
 impl Finder {
-    /// A finder for `owner`, which starts at one end of a shard or the
-    /// other by its name: half the agents of a fleet from each.
-    pub fn new(owner: &str) -> Self {
-        // The stable string hash that spreads tasks over shards.
-        let newest = taskfleet::schema::shard_of(owner, 2) == 1;
+    /// A finder for `owner`. With `spread`, the agent's place among the
+    /// agents launched with it (`--launch-index`), agent `i` starts in shard
+    /// `i mod shards`, the first round of a fleet from the oldest end and
+    /// the second from the newest: a fleet of up to twice as many agents as
+    /// shards starts with no two on the same end of a shard, and the shards
+    /// drain together. Without it, the agent starts at one end or the
+    /// other by its name (half of a fleet from each) in a shard it picks.
+    pub fn new(owner: &str, spread: Option<u32>, shards: u16) -> Self {
+        let newest = match spread {
+            Some(i) if shards > 0 => (i / u32::from(shards)) % 2 == 1,
+            // The stable string hash that spreads tasks over shards.
+            _ => taskfleet::schema::shard_of(owner, 2) == 1,
+        };
+        let home = spread
+            .filter(|_| shards > 0)
+            .map(|i| u16::try_from(i % u32::from(shards)).expect("below a u16"));
         Self {
             order: if newest {
                 Order::NewestFirst
@@ -116,7 +142,7 @@ impl Finder {
             turned: None,
             spare: Vec::new(),
             spare_at: None,
-            home: None,
+            home,
             left: None,
             recent: VecDeque::new(),
             swept_at: None,
@@ -125,6 +151,7 @@ impl Finder {
             from: None,
             jumps: 0,
             losses: 0,
+            empty: Vec::new(),
         }
     }
 
@@ -184,9 +211,10 @@ impl Finder {
         let open = store.open_per_shard(meta).await?;
         self.open = Some(open.iter().sum());
         tracing::debug!(open = ?open, "counters read");
+        self.count_empty(&open);
         let mut shards: Vec<(u16, u64)> = (0..meta.shards)
             .zip(open.iter().copied())
-            .filter(|&(shard, n)| n > 0 && !tried.contains(&shard))
+            .filter(|&(shard, n)| n > 0 && !tried.contains(&shard) && !self.known_empty(shard, n))
             .collect();
         for _ in 0..PENDING_QUERIES {
             let Some(shard) = pick(&mut shards, self.left) else {
@@ -248,7 +276,8 @@ impl Finder {
         owner: &str,
         stats: &Stats,
     ) -> Result<Option<Task>, StoreError> {
-        if self.home != Some(shard) {
+        let joining = self.home != Some(shard);
+        if joining {
             self.ends = (None, None);
             self.from = None;
             self.jumps = 0;
@@ -295,17 +324,27 @@ impl Finder {
                 if self.home == Some(shard) {
                     self.home = None;
                 }
+                self.empty.retain(|e| e.0 != shard);
+                self.empty.push((shard, Instant::now(), None));
                 return Ok(None);
             }
-            let candidate = if full {
-                // Claimed in index order: the first is last.
-                found.truncate(CANDIDATES_PER_QUERY);
+            self.empty.retain(|e| e.0 != shard);
+            let candidate = if full || !joining {
+                // Claimed in index order: the first is last. An agent that
+                // has been taking this shard from one end goes on from it
+                // to the last few tasks too: one working from the other
+                // end meets it at the last one.
+                found.truncate(if full {
+                    CANDIDATES_PER_QUERY
+                } else {
+                    1 + SHORT_SPARES
+                });
                 found.reverse();
                 found.pop().expect("not empty")
             } else {
-                // A shard's last pending tasks: others choose from the same
-                // few. From a random one on, and only a few of them, they
-                // rarely meet.
+                // Joining a shard at its last pending tasks, which the
+                // agents already there are taking from the ends: from a
+                // random one on, and only a few of them.
                 let start = rand::rng().random_range(0..found.len());
                 found.rotate_left(start);
                 found.truncate(1 + SHORT_SPARES);
@@ -328,6 +367,25 @@ impl Finder {
                 return Ok(None);
             }
         }
+    }
+
+    /// Notes each shard's open count beside the shards found empty since the
+    /// last counter read, and forgets the findings that are too old.
+    fn count_empty(&mut self, open: &[u64]) {
+        self.empty.retain(|e| e.1.elapsed() < EMPTY_FOR);
+        for (shard, _, count) in &mut self.empty {
+            count.get_or_insert(open.get(usize::from(*shard)).copied().unwrap_or(0));
+        }
+    }
+
+    /// Whether `shard`, now counting `open` open tasks, was found with no
+    /// pending task lately and has not gained open tasks since: a load, a
+    /// retry of a failed task or a dependant let through would have raised
+    /// the count.
+    fn known_empty(&self, shard: u16, open: u64) -> bool {
+        self.empty
+            .iter()
+            .any(|&(k, _, count)| k == shard && count.is_some_and(|c| open <= c))
     }
 
     /// Another worker is taking the same tasks: drop the spare candidates
@@ -388,16 +446,36 @@ impl Finder {
     }
 }
 
-/// Takes one of `shards` (shard, open tasks) out: the one with more open
-/// tasks of two picked at random, avoiding `avoid` while there is another.
+/// Takes one of `shards` (shard, open tasks) out, at random in proportion
+/// to its open tasks, avoiding `avoid` while there is another. Agents
+/// spread over the shards as the work is spread; and near the end of a
+/// step, when most shards count only a running task or two, a shard with
+/// pending work left is the likely pick, not one of the many with none.
 fn pick(shards: &mut Vec<(u16, u64)>, avoid: Option<u16>) -> Option<u16> {
-    let choices: Vec<usize> = (0..shards.len())
-        .filter(|&i| Some(shards[i].0) != avoid || shards.len() == 1)
-        .collect();
-    let mut rng = rand::rng();
-    let a = *choices.get(rng.random_range(0..choices.len().max(1)))?;
-    let b = choices[rng.random_range(0..choices.len())];
-    let i = if shards[b].1 > shards[a].1 { b } else { a };
+    let weight = |&(shard, n): &(u16, u64)| {
+        if Some(shard) == avoid && shards.len() > 1 {
+            0
+        } else {
+            n
+        }
+    };
+    let total: u64 = shards.iter().map(weight).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut at = rand::rng().random_range(0..total);
+    let i = shards
+        .iter()
+        .position(|s| {
+            let w = weight(s);
+            if at < w {
+                true
+            } else {
+                at -= w;
+                false
+            }
+        })
+        .expect("a draw below the total falls in one shard");
     Some(shards.swap_remove(i).0)
 }
 

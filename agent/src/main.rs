@@ -46,6 +46,13 @@ struct Args {
     /// Tasks to run at once.
     #[arg(long, default_value_t = 1)]
     slots: usize,
+    /// This agent's place among the agents started with it (0, 1, ...):
+    /// agent i starts in shard i mod shards, from the oldest end in the
+    /// first round of a fleet and the newest in the second, so that a fleet
+    /// starts spread over the step. `taskctl launch --local` passes it; on
+    /// EC2 (--on-ec2) it defaults to the instance's ami-launch-index.
+    #[arg(long, env = "TASKFLEET_LAUNCH_INDEX", value_name = "N")]
+    launch_index: Option<u32>,
     /// Exit 0 after this long with nothing claimable and nothing running.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     idle_timeout: Option<Duration>,
@@ -255,6 +262,9 @@ async fn run_on(
     let mut cfg = AgentConfig::new(&args.step, format!("{host}/{worker}"), exe);
     cfg.inherited_env = inherited_env;
     cfg.slots = args.slots.max(1);
+    cfg.spread = args
+        .launch_index
+        .or_else(|| on_ec2.as_ref().and_then(|(_, i)| i.launch_index));
     cfg.idle_timeout = args.idle_timeout;
     cfg.grace = args.grace;
     cfg.kill_grace = args.kill_grace;

@@ -113,7 +113,10 @@ where
     let trouble: Arc<std::sync::Mutex<Option<AgentError>>> = Arc::default();
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(cfg.slots.max(1)));
-    let mut finder = Finder::new(&cfg.owner);
+    let mut finder = Finder::new(&cfg.owner, cfg.spread, meta.shards);
+    // Whether the step's first load is known to be over (it happens once,
+    // when a load creates the step).
+    let mut loaded = meta.first_load.is_none();
     let mut idle_since = Instant::now();
     let mut waits = Waits::new(&cfg);
     let mut errors = 0u32;
@@ -146,7 +149,8 @@ where
                 if contended || slots.available_permits() < cfg.slots.max(1) {
                     idle_since = Instant::now();
                 }
-                let mut wait = waits.next(contended);
+                let finished = finder.open() == Some(0) && meta.after.is_empty();
+                let mut wait = waits.next(contended, finished);
                 if let Some(limit) = cfg.idle_timeout {
                     let idle = idle_since.elapsed();
                     if idle >= limit {
@@ -154,7 +158,7 @@ where
                         // reclaiming if its worker dies, and a pending task
                         // may be waiting out its retry delay: stay while
                         // there is either.
-                        match outstanding(&*store, &meta, &finder, &stats).await {
+                        match outstanding(&*store, &meta, &finder, &stats, &mut loaded).await {
                             Ok(0) => break Ok(Exit::Idle),
                             Ok(outstanding) => {
                                 tracing::debug!(
@@ -312,6 +316,7 @@ async fn outstanding<S: TaskStore>(
     meta: &StepMeta,
     finder: &Finder,
     stats: &Stats,
+    first_load_ended: &mut bool,
 ) -> Result<u64, StoreError> {
     let counted = if let Some(open) = finder.open() {
         open
@@ -330,11 +335,18 @@ async fn outstanding<S: TaskStore>(
     // killed before it counted them all leaves its lock on the step, and
     // the counters may trail the tasks until the next load recounts. Only
     // then must the index itself be asked, once per shard, before the
-    // fleet goes home with work left.
+    // fleet goes home with work left. (A step created again after a
+    // `delete-step` is a new step: this agent's fences fail on it anyway.)
+    if *first_load_ended {
+        return Ok(0);
+    }
     Stats::bump(&stats.other_reads);
     match store.step(&meta.step).await? {
         Some(now) if now.first_load.is_some() => {}
-        _ => return Ok(0),
+        _ => {
+            *first_load_ended = true;
+            return Ok(0);
+        }
     }
     tracing::debug!("a first load of the step did not finish: asking the index");
     Stats::bump(&stats.other_reads);
@@ -379,8 +391,15 @@ impl Waits {
     }
 
     /// The next wait (jittered), after a call that lost its claims
-    /// (`contended`) or found nothing; grows the one it used.
-    fn next(&mut self, contended: bool) -> Duration {
+    /// (`contended`) or found nothing; grows the one it used. After a call
+    /// that found the step `finished` (nothing open, nothing upstream: only
+    /// an operator's load or retry brings work now), the longest poll:
+    /// shorter ones were most of what a finished fleet spent before its
+    /// idle timeout.
+    fn next(&mut self, contended: bool, finished: bool) -> Duration {
+        if finished && !contended {
+            return self.max;
+        }
         let (used, most) = if contended {
             (&mut self.contended, self.max.max(CONTENDED_WAIT))
         } else {

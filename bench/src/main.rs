@@ -623,6 +623,9 @@ async fn bench_claim_run(
     let mut children = Vec::new();
     for i in 0..agents {
         let stats = t.dir.path().join(format!("stats-{i}.json"));
+        // As `taskctl launch --local --count N` starts them (and EC2 gives
+        // the instances of one launch their ami-launch-index).
+        let index = i.to_string();
         let log = run
             .logs
             .map(|dir| dir.join(format!("{}-{agents}-{i}.log", store_name(kind))));
@@ -632,7 +635,14 @@ async fn bench_claim_run(
                 &t.locator,
                 t.dir.path(),
                 "run",
-                &["--idle-timeout", "1s", "--poll-max", "1s"],
+                &[
+                    "--idle-timeout",
+                    "1s",
+                    "--poll-max",
+                    "1s",
+                    "--launch-index",
+                    &index,
+                ],
                 Some(&stats),
                 log.as_deref(),
             )?,

@@ -106,10 +106,14 @@ pub async fn launch(global: &GlobalArgs, store: &Store, args: &LaunchArgs) -> Re
     let state = state_dir(global)?;
     let dir = workers_dir(global)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    // Forget workers of this step that have exited.
+    // Forget workers of this step that have exited; count the others, so
+    // that the new ones take the next places (--launch-index).
+    let mut running = 0;
     for (path, w) in workers(global)? {
         if w.step == args.step && !w.alive() {
             let _ = std::fs::remove_file(path);
+        } else if w.step == args.step {
+            running += 1;
         }
     }
     let agent = agent_binary()?;
@@ -118,7 +122,7 @@ pub async fn launch(global: &GlobalArgs, store: &Store, args: &LaunchArgs) -> Re
         Locator::Dynamo(name) => format!("dynamodb://{name}"),
     };
     let mut pids = Vec::new();
-    for _ in 0..args.count {
+    for index in 0..args.count {
         let worker_id = format!(
             "local-{}-{:06x}",
             args.step,
@@ -128,6 +132,8 @@ pub async fn launch(global: &GlobalArgs, store: &Store, args: &LaunchArgs) -> Re
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let mut cmd = agent_command(&agent, &table, &state, &worker_id, global, args)?;
+        // Their places among each other: they start spread over the step.
+        cmd.args(["--launch-index", &(running + index).to_string()]);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)

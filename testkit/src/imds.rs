@@ -24,6 +24,8 @@ pub struct InstanceInfo {
     /// `spot` or `on-demand`.
     pub lifecycle: String,
     pub tags: BTreeMap<String, String>,
+    /// `ami-launch-index`: the instance's place in its launch request.
+    pub launch_index: u32,
 }
 
 impl InstanceInfo {
@@ -35,6 +37,7 @@ impl InstanceInfo {
             instance_type: "c6i.large".to_owned(),
             ami_id: "ami-0123456789abcdef0".to_owned(),
             lifecycle: "spot".to_owned(),
+            launch_index: 0,
             tags: tags
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -203,6 +206,7 @@ fn answer(
         "instance-type" => Some(info.instance_type.clone()),
         "ami-id" => Some(info.ami_id.clone()),
         "instance-life-cycle" => Some(info.lifecycle.clone()),
+        "ami-launch-index" => Some(info.launch_index.to_string()),
         "tags/instance" | "tags/instance/" => {
             Some(info.tags.keys().cloned().collect::<Vec<_>>().join("\n"))
         }

@@ -36,6 +36,7 @@ mod outage;
 mod partition;
 mod retry_rules;
 mod script_env;
+mod spread;
 mod stopping;
 mod supervision;
 mod task_paths;

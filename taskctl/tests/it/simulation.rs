@@ -323,6 +323,10 @@ impl Sim {
             ami_id: instance.image_id().unwrap_or_default().to_owned(),
             lifecycle: "on-demand".to_owned(),
             tags,
+            launch_index: instance
+                .ami_launch_index()
+                .and_then(|i| u32::try_from(i).ok())
+                .unwrap_or(0),
         });
         let root = self.dir.path().join(id);
         std::fs::create_dir_all(&root).unwrap();
