@@ -16,9 +16,11 @@
 //!   with no pending task is not asked again for a while unless its count
 //!   rises. An empty step costs that one read and nothing else.
 //! - A page of pending candidates is claimed in index order, from the
-//!   oldest or from the newest end, when it is full; a page that is not
-//!   full holds the shard's last tasks, which others are choosing from
-//!   too, and a few of them are claimed from a random one on.
+//!   oldest or from the newest end, when it is full. A page that is not
+//!   full holds the shard's last tasks: an agent that has been working the
+//!   shard from one end takes its half of them, in order, and leaves the
+//!   other half to the one at the other end; one just arriving takes a few
+//!   from a random one on.
 //! - A lost claim means another worker is taking the same tasks: the agent
 //!   drops its spare candidates and turns to the other end of the shard, so
 //!   two workers share a shard without meeting until it is nearly empty.
@@ -48,18 +50,21 @@ use crate::stats::Stats;
 pub const CANDIDATES_PER_QUERY: usize = 10;
 
 /// Candidates asked for per index query of pending tasks: a full page
-/// means the shard has work beyond it, and its first
-/// [`CANDIDATES_PER_QUERY`] are claimed in order; a shorter one is the
-/// shard's last pending tasks, and a few of them are claimed from a random
-/// one on.
-pub const PENDING_PER_QUERY: usize = 20;
+/// means the shard has work beyond it, and its first [`PENDING_TAKEN`]
+/// are claimed in order; a shorter one is the shard's last pending tasks.
+pub const PENDING_PER_QUERY: usize = 30;
+
+/// Candidates of a full page of pending tasks claimed before asking again.
+pub const PENDING_TAKEN: usize = 20;
 
 /// Most pending queries one call makes once its home shard has run dry.
 pub const PENDING_QUERIES: usize = 2;
 
 /// Spare candidates older than this are dropped: another worker may have
-/// claimed them meanwhile.
-const SPARE_FRESH: Duration = Duration::from_secs(5);
+/// claimed them meanwhile. (A stale spare costs one lost claim, after
+/// which the rest are dropped; asking again costs a query whether or not
+/// they were taken.)
+const SPARE_FRESH: Duration = Duration::from_secs(15);
 
 /// Spares kept from a page that is not full: others are taking from it.
 const SHORT_SPARES: usize = 3;
@@ -114,6 +119,9 @@ pub struct Finder {
     /// Shards found with no pending task: when, and their open count from
     /// the first counter read since (`None` until then).
     empty: Vec<(u16, Instant, Option<u64>)>,
+    /// The candidates in hand are this agent's half of its home shard's
+    /// last pending tasks.
+    last_half: bool,
 }
 
 impl Finder {
@@ -152,6 +160,7 @@ impl Finder {
             jumps: 0,
             losses: 0,
             empty: Vec::new(),
+            last_half: false,
         }
     }
 
@@ -306,7 +315,7 @@ impl Finder {
                 }
                 Order::OldestFrom(_) => {
                     // On from the last of the candidates taken.
-                    self.from = found.get(CANDIDATES_PER_QUERY - 1).map(|c| c.state_at);
+                    self.from = found.get(PENDING_TAKEN - 1).map(|c| c.state_at);
                 }
             }
             found.retain(|c| {
@@ -329,18 +338,18 @@ impl Finder {
                 return Ok(None);
             }
             self.empty.retain(|e| e.0 != shard);
-            let candidate = if full || !joining {
+            self.last_half = !full && !joining;
+            if full || !joining {
                 // Claimed in index order: the first is last. An agent that
                 // has been taking this shard from one end goes on from it
-                // to the last few tasks too: one working from the other
-                // end meets it at the last one.
+                // to the last few tasks too, but only to its half of them:
+                // the other half is the one working from the other end.
                 found.truncate(if full {
-                    CANDIDATES_PER_QUERY
+                    PENDING_TAKEN
                 } else {
-                    1 + SHORT_SPARES
+                    found.len().div_ceil(2).min(1 + SHORT_SPARES)
                 });
                 found.reverse();
-                found.pop().expect("not empty")
             } else {
                 // Joining a shard at its last pending tasks, which the
                 // agents already there are taking from the ends: from a
@@ -349,8 +358,8 @@ impl Finder {
                 found.rotate_left(start);
                 found.truncate(1 + SHORT_SPARES);
                 found.reverse();
-                found.pop().expect("not empty")
-            };
+            }
+            let candidate = found.pop().expect("not empty");
             self.home = Some(shard);
             if let Some(task) = self
                 .try_claim(store, meta, &candidate, owner, stats)
@@ -389,12 +398,20 @@ impl Finder {
     }
 
     /// Another worker is taking the same tasks: drop the spare candidates
-    /// and turn to the other end of the home shard; having turned there
+    /// and leave the shard if this was its last tasks, else turn to the
+    /// other end of the home shard; having turned there
     /// already, start from a random point between its ends; having done
     /// that [`JUMPS`] times, leave it to the others.
     fn lost(&mut self) {
         self.spare.clear();
         self.losses += 1;
+        if std::mem::take(&mut self.last_half) {
+            // Where this end met the other: the rest is the other half,
+            // the one the agent working from the other end takes.
+            self.from = None;
+            self.left = self.home.take();
+            return;
+        }
         if self.home.is_some() && self.turned != self.home {
             self.turned = self.home;
             self.from = None;

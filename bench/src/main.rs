@@ -244,13 +244,24 @@ async fn dynamo_ceiling(r: &mut Results, quick: bool) -> Result<(f64, f64)> {
         if pass == 1 {
             started = Instant::now();
         }
-        conditional_updates(&client, &table, n_updates, n_items, &key).await;
+        conditional_updates(&client, &table, n_updates, n_items, &key, 4).await;
     }
     let cond_rate = n_updates as f64 / started.elapsed().as_secs_f64();
     r.add(
         "dynamodb",
         "ceiling: conditional UpdateItem (4 in flight)",
         cond_rate,
+        "writes/s",
+        format!("{n_updates} writes"),
+    );
+    // What the emulator does with as many requests at once as the largest
+    // fleet of the claim benchmarks sends it.
+    let started = Instant::now();
+    conditional_updates(&client, &table, n_updates, n_items, &key, 32).await;
+    r.add(
+        "dynamodb",
+        "ceiling: conditional UpdateItem (32 in flight)",
+        n_updates as f64 / started.elapsed().as_secs_f64(),
         "writes/s",
         format!("{n_updates} writes"),
     );
@@ -351,6 +362,7 @@ async fn conditional_updates(
     n_updates: usize,
     n_items: usize,
     key: &dyn Fn(usize) -> std::collections::HashMap<String, AttributeValue>,
+    in_flight: usize,
 ) {
     futures::stream::iter(0..n_updates)
         .map(|i| {
@@ -367,7 +379,7 @@ async fn conditional_updates(
                     .await
             }
         })
-        .buffer_unordered(4)
+        .buffer_unordered(in_flight)
         .for_each(|res| async move {
             res.expect("conditional update");
         })
