@@ -120,7 +120,7 @@ where
     let mut idle_since = Instant::now();
     let mut waits = Waits::new(&cfg);
     let mut errors = 0u32;
-    tracing::info!(step = %cfg.step, owner = %cfg.owner, slots = cfg.slots, "agent started");
+    tracing::info!(step = %cfg.step, owner = %cfg.owner, slots = cfg.slots, launch_index = ?cfg.spread, "agent started");
 
     let outcome = loop {
         // Wait for a free slot, unless a stop comes first.
