@@ -83,10 +83,13 @@ const JUMPS: u32 = 3;
 const RECENT_CLAIMS: usize = 64;
 
 /// How long a shard found with no pending task is left alone while its
-/// open count does not rise. Near the end of a step most shards hold only
-/// running tasks, and asking their pending index on every poll was most of
-/// what an idle fleet spent; a task that turns pending without raising the
-/// count (a retry after a failed attempt) waits at most this much longer.
+/// open count does not rise. Near the end of a step of short tasks most
+/// shards hold only running tasks, and agents asked their pending index on
+/// every poll; a task that turns pending without raising the count (a
+/// retry after a failed attempt, or a dependant let through while another
+/// task of the shard finished) waits at most this much longer. Idle polls
+/// further apart than this (the longest poll is 20 s by default) ask again
+/// each time.
 const EMPTY_FOR: Duration = Duration::from_secs(10);
 
 /// Finds and claims tasks for one agent; see the module documentation.
@@ -128,9 +131,11 @@ impl Finder {
     /// A finder for `owner`. With `spread`, the agent's place among the
     /// agents launched with it (`--launch-index`), agent `i` starts in shard
     /// `i mod shards`, the first round of a fleet from the oldest end and
-    /// the second from the newest: a fleet of up to twice as many agents as
-    /// shards starts with no two on the same end of a shard, and the shards
-    /// drain together. Without it, the agent starts at one end or the
+    /// the second from the newest: the agents of one launch, up to twice as
+    /// many as shards, start with no two on the same end of a shard, and
+    /// the shards drain together. (Another launch numbers its agents from
+    /// 0 again; they meet the first launch's and move on as after any
+    /// lost claim.) Without it, the agent starts at one end or the
     /// other by its name (half of a fleet from each) in a shard it picks.
     pub fn new(owner: &str, spread: Option<u32>, shards: u16) -> Self {
         let newest = match spread {
@@ -229,7 +234,11 @@ impl Finder {
             let Some(shard) = pick(&mut shards, self.left) else {
                 break;
             };
-            if let Some(task) = self.take_from(store, meta, shard, owner, stats).await? {
+            let found = self.take_from(store, meta, shard, owner, stats).await?;
+            // A shard just found empty is compared with the count read
+            // before its query, not with the next one.
+            self.count_empty(&open);
+            if let Some(task) = found {
                 return Ok(Some(task));
             }
             if self.contended() {
@@ -467,7 +476,8 @@ impl Finder {
 /// to its open tasks, avoiding `avoid` while there is another. Agents
 /// spread over the shards as the work is spread; and near the end of a
 /// step, when most shards count only a running task or two, a shard with
-/// pending work left is the likely pick, not one of the many with none.
+/// many tasks left weighs as much as many of those (the counts include
+/// running tasks, so it is likelier, not certain, to be picked).
 fn pick(shards: &mut Vec<(u16, u64)>, avoid: Option<u16>) -> Option<u16> {
     let weight = |&(shard, n): &(u16, u64)| {
         if Some(shard) == avoid && shards.len() > 1 {

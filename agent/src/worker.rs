@@ -335,8 +335,11 @@ async fn outstanding<S: TaskStore>(
     // killed before it counted them all leaves its lock on the step, and
     // the counters may trail the tasks until the next load recounts. Only
     // then must the index itself be asked, once per shard, before the
-    // fleet goes home with work left. (A step created again after a
-    // `delete-step` is a new step: this agent's fences fail on it anyway.)
+    // fleet goes home with work left. A step's first load happens once,
+    // when a load creates it; an agent that outlives its step (a
+    // `delete-step`, then a load that creates it again and dies before
+    // counting) does not see the new lock and may leave, while the agents
+    // launched for the new step read it.
     if *first_load_ended {
         return Ok(0);
     }
@@ -393,9 +396,10 @@ impl Waits {
     /// The next wait (jittered), after a call that lost its claims
     /// (`contended`) or found nothing; grows the one it used. After a call
     /// that found the step `finished` (nothing open, nothing upstream: only
-    /// an operator's load or retry brings work now), the longest poll:
-    /// shorter ones were most of what a finished fleet spent before its
-    /// idle timeout.
+    /// an operator's load or retry brings work now), the longest poll, not
+    /// jittered, so that with an idle timeout no longer than it the agent
+    /// reads the counters once more at the timeout and leaves: shorter
+    /// polls were most of what a finished fleet spent before leaving.
     fn next(&mut self, contended: bool, finished: bool) -> Duration {
         if finished && !contended {
             return self.max;
