@@ -7,28 +7,19 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::support::{Run, Taskctl, TestTable, embedded, fresh_agent};
+use crate::support::{Run, Taskctl, TestTable, agent_command, embedded};
 
 /// An agent with two slots on `step`, until the step has nothing to run.
 fn start_agent(table: &str, endpoint: Option<&str>, dir: &Path, step: &str) -> Child {
-    let mut cmd = Command::new(fresh_agent());
-    cmd.env_clear()
-        .envs(testkit::child_env())
-        .args(["--table", table, "--step", step, "--slots", "2"])
-        .args(["--idle-timeout", "1s", "--kill-grace", "1s"])
-        .arg("--work-dir")
-        .arg(dir.join("work"))
-        .arg("--log-dir")
-        .arg(dir.join("logs"))
+    agent_command(table, endpoint, dir, step)
+        .args(["--slots", "2", "--kill-grace", "1s"])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    if let Some(e) = endpoint {
-        cmd.args(["--endpoint-url", e]);
-    }
-    cmd.spawn().unwrap()
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// Waits up to `secs` for `ok`.
@@ -83,6 +74,22 @@ struct Setup {
     sheet: String,
 }
 
+/// Loads `sheet` into `step` with [`SLEEPER`] as its script and a 3 s
+/// lease.
+fn load_sleeper(t: &dyn Fn(&[&str]) -> Run, step: &str, sheet: &str) {
+    t(&[
+        "load",
+        "--step",
+        step,
+        "--lease",
+        "3s",
+        "--command",
+        SLEEPER,
+        sheet,
+    ])
+    .ok();
+}
+
 /// Each attempt leaves a mark when it starts, and one if it finishes.
 const SLEEPER: &str =
     r#"touch "$MARKS/$SAMPLE.started"; sleep 60; touch "$MARKS/$SAMPLE.finished""#;
@@ -106,18 +113,8 @@ fn cancel_then_delete(t: &dyn Fn(&[&str]) -> Run, agent: &dyn Fn(&str) -> Child,
 
 /// Cancels a step with two tasks running; returns a task that ran.
 fn cancel_part(t: &dyn Fn(&[&str]) -> Run, agent: &dyn Fn(&str) -> Child, setup: &Setup) -> String {
-    let (marks, sheet, sleeper) = (&setup.marks, setup.sheet.as_str(), SLEEPER);
-    t(&[
-        "load",
-        "--step",
-        "align",
-        "--lease",
-        "3s",
-        "--command",
-        sleeper,
-        sheet,
-    ])
-    .ok();
+    let (marks, sheet) = (&setup.marks, setup.sheet.as_str());
+    load_sleeper(t, "align", sheet);
     t(&[
         "load",
         "--step",
@@ -224,7 +221,7 @@ fn delete_part(
     setup: &Setup,
     ran: &str,
 ) {
-    let (marks, sheet, sleeper) = (&setup.marks, setup.sheet.as_str(), SLEEPER);
+    let (marks, sheet) = (&setup.marks, setup.sheet.as_str());
     // delete-step: qc first (nothing names it), then align.
     let dry = t(&["delete-step", "qc", "--dry-run", "--json"]).ok().json();
     assert_eq!(
@@ -243,17 +240,7 @@ fn delete_part(
     );
 
     // A step whose tasks run: refused without --force.
-    t(&[
-        "load",
-        "--step",
-        "solo",
-        "--lease",
-        "3s",
-        "--command",
-        sleeper,
-        sheet,
-    ])
-    .ok();
+    load_sleeper(t, "solo", sheet);
     let mut worker = agent("solo");
     wait_for(60, "two running tasks", || {
         n(&status(t, "solo"), "running") == 2

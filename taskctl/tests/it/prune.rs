@@ -5,29 +5,12 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 
-use crate::support::{Run, Taskctl, TestTable, embedded, fresh_agent};
+use crate::support::{Run, Taskctl, TestTable, agent_command, embedded, run_agent};
 
 /// The agent on step `qc` of `table` until the step has nothing to run.
-fn run_agent(table: &str, endpoint: Option<&str>, dir: &Path) {
-    let mut cmd = Command::new(fresh_agent());
-    cmd.env_clear()
-        .envs(testkit::child_env())
-        .args(["--table", table, "--step", "qc", "--idle-timeout", "1s"])
-        .arg("--work-dir")
-        .arg(dir.join("work"))
-        .arg("--log-dir")
-        .arg(dir.join("logs"));
-    if let Some(e) = endpoint {
-        cmd.args(["--endpoint-url", e]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn run_qc_agent(table: &str, endpoint: Option<&str>, dir: &Path) {
+    run_agent(agent_command(table, endpoint, dir, "qc"));
 }
 
 /// (loaded, done, failed, pending) of `qc`.
@@ -144,7 +127,7 @@ fn prune_on_the_embedded_store() {
     t(&["init"]).ok();
     prune_exports_then_removes_and_the_counts_stay_exact(
         &t,
-        &|| run_agent(&table, None, dir.path()),
+        &|| run_qc_agent(&table, None, dir.path()),
         dir.path(),
     );
 }
@@ -155,7 +138,7 @@ async fn prune_on_dynamodb() {
     let dir = tempfile::tempdir().unwrap();
     prune_exports_then_removes_and_the_counts_stay_exact(
         &|args| table.taskctl(args),
-        &|| run_agent(&table.name, Some(&table.endpoint), dir.path()),
+        &|| run_qc_agent(&table.name, Some(&table.endpoint), dir.path()),
         dir.path(),
     );
 }

@@ -2,26 +2,10 @@
 //! id, `--dry-run` changing nothing, on the embedded store with real
 //! agents.
 
-use std::process::Command;
+use crate::support::{agent_command, embedded, run_agent};
 
-use crate::support::{embedded, fresh_agent};
-
-fn run_agent(table: &str, dir: &std::path::Path) {
-    let out = Command::new(fresh_agent())
-        .env_clear()
-        .envs(testkit::child_env())
-        .args(["--table", table, "--step", "call", "--idle-timeout", "1s"])
-        .arg("--work-dir")
-        .arg(dir.join("work"))
-        .arg("--log-dir")
-        .arg(dir.join("logs"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn run_call_agent(table: &str, dir: &std::path::Path) {
+    run_agent(agent_command(table, None, dir, "call"));
 }
 
 #[test]
@@ -43,7 +27,7 @@ fn retry_puts_back_the_failed_tasks_asked_for_and_dry_run_changes_nothing() {
         sheet.to_str().unwrap(),
     ])
     .ok();
-    run_agent(&table, dir.path());
+    run_call_agent(&table, dir.path());
     let counts = |t: &dyn Fn(&[&str]) -> crate::support::Run| {
         let s = t(&["status", "--step", "call", "--json"]).ok().json();
         (
@@ -102,7 +86,7 @@ fn retry_puts_back_the_failed_tasks_asked_for_and_dry_run_changes_nothing() {
     assert!(out.contains("A: left alone, it is done"), "{out}");
     assert_eq!(counts(&t), (1, 0, 3));
 
-    run_agent(&table, dir.path());
+    run_call_agent(&table, dir.path());
     assert_eq!(
         counts(&t),
         (4, 0, 0),

@@ -144,6 +144,34 @@ pub fn fresh_agent() -> &'static Path {
     })
 }
 
+/// The fresh agent on `step` of `table` (at `endpoint`, for DynamoDB
+/// Local), with the test environment only, exiting 1 s after its step has
+/// nothing to run, its attempts under `dir`.
+pub fn agent_command(table: &str, endpoint: Option<&str>, dir: &Path, step: &str) -> Command {
+    let mut cmd = Command::new(fresh_agent());
+    cmd.env_clear()
+        .envs(testkit::child_env())
+        .args(["--table", table, "--step", step, "--idle-timeout", "1s"])
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .arg("--log-dir")
+        .arg(dir.join("logs"));
+    if let Some(e) = endpoint {
+        cmd.args(["--endpoint-url", e]);
+    }
+    cmd
+}
+
+/// Runs `cmd` (an [`agent_command`]) to its end; it must exit 0.
+pub fn run_agent(mut cmd: Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `cargo build -p agent` into the directory this test's `taskctl` is in.
 fn build_agent(workspace: &Path, out_dir: &Path) {
     let profile_dir = out_dir
