@@ -44,13 +44,33 @@ impl Lease {
             expires: now + left,
             renew_at: now,
         };
-        lease.renew_at = now + lease.period();
+        lease.renew_at = lease.next_renewal(lease.expires, now);
         lease
     }
 
     /// How often the lease is renewed: a third of its length.
     pub fn period(&self) -> Duration {
         self.length / 3
+    }
+
+    /// How long after a renewal is asked for the next one is due: a
+    /// period, or less on a short lease, so that half of the time from
+    /// asking to the kill point is left for the answer (and for a second
+    /// try). Leases of 12 s and more renew every period; a 3 s one, whose
+    /// kill point is 1.25 s after the renewal was asked for, renews every
+    /// 0.625 s, each renewal having as long again to come back.
+    fn step(&self) -> Duration {
+        let to_kill = self.length.saturating_sub(self.kill_grace + SAFETY);
+        self.period().min(to_kill / 2)
+    }
+
+    /// When the renewal after the lease that expires at `expires` is due
+    /// (never before `now`).
+    fn next_renewal(&self, expires: Instant, now: Instant) -> Instant {
+        expires
+            .checked_sub(self.length)
+            .map_or(now, |asked| asked + self.step())
+            .max(now)
     }
 
     /// The grace between TERM and KILL when the lease forces a kill.
@@ -93,7 +113,7 @@ impl Lease {
     /// The store accepted a renewal asked for with [`Lease::next`].
     pub fn renewed(&mut self, expires: Instant) {
         self.expires = self.expires.max(expires);
-        self.renew_at = Instant::now() + self.period();
+        self.renew_at = self.next_renewal(expires, Instant::now());
     }
 
     /// A renewal failed or timed out: try again soon, but not in a loop.
@@ -133,7 +153,12 @@ mod tests {
         assert_eq!(lease.kill_grace(), Duration::from_millis(1500));
         // TERM, then KILL a grace later, still a safety margin before expiry.
         assert!(lease.kill_at() + lease.kill_grace() + SAFETY <= lease.expires());
-        assert_eq!(lease.renew_at() - Instant::now(), Duration::from_secs(2));
+        // Renewed every 1.75 s, half the 3.5 s to the kill point (a third
+        // of the lease would be 2 s).
+        assert_eq!(
+            lease.renew_at() - Instant::now(),
+            Duration::from_millis(1750)
+        );
         assert!(!lease.is_over(Instant::now()));
         tokio::time::sleep(Duration::from_millis(3600)).await;
         assert!(lease.is_over(Instant::now()));
@@ -157,5 +182,39 @@ mod tests {
         assert_eq!(lease.call_deadline(), Duration::from_secs(10));
         tokio::time::sleep(Duration::from_secs(40)).await;
         assert_eq!(lease.call_deadline(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_lease_leaves_each_renewal_time_to_answer() {
+        // The shortest lease a step may have, its kill grace capped at
+        // 0.75 s: the kill point is 1.25 s after each renewal.
+        let mut lease = Lease::new(
+            Duration::from_secs(3),
+            Timestamp::now().plus(Duration::from_secs(3)),
+            Duration::from_secs(1),
+        );
+        for _ in 0..3 {
+            tokio::time::sleep_until(lease.renew_at()).await;
+            assert_eq!(lease.call_deadline(), Duration::from_millis(625));
+            let (_, until) = lease.next();
+            // The store answers slowly, within the deadline.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            lease.renewed(until);
+            assert!(!lease.is_over(Instant::now()));
+        }
+        // A claim that came back late: the first renewal comes sooner.
+        let late = Lease::new(
+            Duration::from_secs(3),
+            Timestamp::now().plus(Duration::from_millis(2500)),
+            Duration::from_secs(1),
+        );
+        assert_eq!(late.kill_at() - late.renew_at(), Duration::from_millis(625));
+        // Long leases renew every third, as before.
+        let long = Lease::new(
+            Duration::from_secs(300),
+            Timestamp::now().plus(Duration::from_secs(300)),
+            Duration::from_secs(30),
+        );
+        assert_eq!(long.renew_at() - Instant::now(), Duration::from_secs(100));
     }
 }

@@ -6,7 +6,8 @@
 //! - Fenced writes: heartbeats and the final write are conditional on
 //!   (state running, our owner, our attempt). When a fence fails the script's
 //!   whole process group is killed and nothing more is written for it.
-//! - Leases: renewed every third of the step's lease; a task whose lease
+//! - Leases: renewed every third of the step's lease (more often on a
+//!   short one: [`lease`]); a task whose lease
 //!   could not be renewed before it ran out is given up the same way.
 //! - Scripts die with their agent: each runs under a supervising process
 //!   that kills everything the script started once the agent is gone, so a

@@ -1,7 +1,7 @@
 //! One attempt of one task: the script under `bash` in its own process
 //! group, its output streamed to a log file (never held in memory), its
-//! lease renewed every third of the step's lease, and one fenced write at
-//! the end.
+//! lease renewed every third of the step's lease (or sooner:
+//! [`crate::lease`]), and one fenced write at the end.
 //!
 //! - A refused renewal means the task was taken away: the process group is
 //!   killed and nothing more is written for it. One refused because an

@@ -262,7 +262,8 @@ pub struct NewTask {
 pub struct StepSettings {
     /// Attempts a task gets before it is `failed`.
     pub max_attempts: u32,
-    /// Length of a lease; the owner renews it every third of this.
+    /// Length of a lease; the owner renews it every third of this (more
+    /// often below 12 s).
     #[serde(with = "duration_ms")]
     pub lease: Duration,
     /// Optional wall-clock limit for one attempt.

@@ -15,6 +15,9 @@
 //! closed and new ones are closed as soon as they come, so requests fail
 //! at once (an endpoint that is down), and nothing sent meanwhile reaches
 //! the store late.
+//!
+//! [`Proxy::delay_answers`] is a slow path: every answer reaches the
+//! client that much later, as from a store far away or overloaded.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -36,6 +39,7 @@ struct Gate {
     refuse: bool,
     drop_answers: bool,
     closed: bool,
+    answer_delay: std::time::Duration,
 }
 
 struct Shared {
@@ -134,12 +138,19 @@ impl Proxy {
         self.shared.set(|g| g.drop_answers = true);
     }
 
+    /// Holds every chunk of an answer for `delay` before passing it on,
+    /// until [`Proxy::restore`].
+    pub fn delay_answers(&self, delay: std::time::Duration) {
+        self.shared.set(|g| g.answer_delay = delay);
+    }
+
     /// Forwards again, held bytes first.
     pub fn restore(&self) {
         self.shared.set(|g| {
             g.cut = false;
             g.refuse = false;
             g.drop_answers = false;
+            g.answer_delay = std::time::Duration::ZERO;
         });
     }
 }
@@ -221,12 +232,15 @@ fn pump(mut from: TcpStream, mut to: TcpStream, answers: bool, shared: &Shared) 
         if !shared.pass() {
             return;
         }
-        let dropped = answers
-            && shared
-                .gate
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .drop_answers;
+        let (dropped, delay) = if answers {
+            let gate = shared.gate.lock().unwrap_or_else(PoisonError::into_inner);
+            (gate.drop_answers, gate.answer_delay)
+        } else {
+            (false, std::time::Duration::ZERO)
+        };
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         if !dropped && to.write_all(&buf[..n]).is_err() {
             return;
         }
