@@ -55,10 +55,11 @@ impl Lease {
 
     /// How long after a renewal is asked for the next one is due: a
     /// period, or less on a short lease, so that half of the time from
-    /// asking to the kill point is left for the answer (and for a second
-    /// try). Leases of 12 s and more renew every period; a 3 s one, whose
-    /// kill point is 1.25 s after the renewal was asked for, renews every
-    /// 0.625 s, each renewal having as long again to come back.
+    /// asking to the kill point is left for the answer. With the default
+    /// kill grace (10 s, capped at a quarter of the lease), leases of 12 s
+    /// and more renew every period; a 3 s one, whose kill point is 1.25 s
+    /// after the renewal was asked for, renews every 0.625 s, each renewal
+    /// having as long again to come back.
     fn step(&self) -> Duration {
         let to_kill = self.length.saturating_sub(self.kill_grace + SAFETY);
         self.period().min(to_kill / 2)
@@ -69,7 +70,7 @@ impl Lease {
     fn next_renewal(&self, expires: Instant, now: Instant) -> Instant {
         expires
             .checked_sub(self.length)
-            .map_or(now, |asked| asked + self.step())
+            .map_or(now + self.step(), |asked| asked + self.step())
             .max(now)
     }
 
@@ -155,9 +156,11 @@ mod tests {
         assert!(lease.kill_at() + lease.kill_grace() + SAFETY <= lease.expires());
         // Renewed every 1.75 s, half the 3.5 s to the kill point (a third
         // of the lease would be 2 s).
+        // (Measured from the expiry: the lease's start is read in whole
+        // milliseconds.)
         assert_eq!(
-            lease.renew_at() - Instant::now(),
-            Duration::from_millis(1750)
+            lease.expires() - lease.renew_at(),
+            Duration::from_millis(6000 - 1750)
         );
         assert!(!lease.is_over(Instant::now()));
         tokio::time::sleep(Duration::from_millis(3600)).await;
@@ -215,6 +218,6 @@ mod tests {
             Timestamp::now().plus(Duration::from_secs(300)),
             Duration::from_secs(30),
         );
-        assert_eq!(long.renew_at() - Instant::now(), Duration::from_secs(100));
+        assert_eq!(long.expires() - long.renew_at(), Duration::from_secs(200));
     }
 }

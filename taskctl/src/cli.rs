@@ -421,7 +421,7 @@ pub struct LoadArgs {
     #[arg(long)]
     pub max_attempts: Option<u32>,
     /// Lease length: a worker renews it every third of this (more often
-    /// below 12s); a task whose
+    /// on a short lease); a task whose
     /// worker vanished is claimable again when it runs out [default for a
     /// new step: 5m].
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]

@@ -263,7 +263,7 @@ pub struct StepSettings {
     /// Attempts a task gets before it is `failed`.
     pub max_attempts: u32,
     /// Length of a lease; the owner renews it every third of this (more
-    /// often below 12 s).
+    /// often on a short one).
     #[serde(with = "duration_ms")]
     pub lease: Duration,
     /// Optional wall-clock limit for one attempt.

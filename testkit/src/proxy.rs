@@ -16,8 +16,10 @@
 //! at once (an endpoint that is down), and nothing sent meanwhile reaches
 //! the store late.
 //!
-//! [`Proxy::delay_answers`] is a slow path: every answer reaches the
-//! client that much later, as from a store far away or overloaded.
+//! [`Proxy::delay_answers`] is a slow path: every read of an answer is
+//! held that long before it is passed on, as from a store far away or
+//! overloaded. A small answer (one read) is that much late; a large one,
+//! read in pieces of up to 16 KiB, is late by as many delays.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -138,7 +140,7 @@ impl Proxy {
         self.shared.set(|g| g.drop_answers = true);
     }
 
-    /// Holds every chunk of an answer for `delay` before passing it on,
+    /// Holds every read of an answer for `delay` before passing it on,
     /// until [`Proxy::restore`].
     pub fn delay_answers(&self, delay: std::time::Duration) {
         self.shared.set(|g| g.answer_delay = delay);
