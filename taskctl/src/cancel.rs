@@ -5,7 +5,11 @@
 //! script at its next renewal and ends the attempt `cancelled`. What waits
 //! for a cancelled task in later steps is cancelled in the same write.
 //! The step is read from the state index a page of a shard at a time,
-//! never the table.
+//! never the table: waiting, then pending (where waiting tasks are
+//! promoted to), then running, then pending again (where running tasks
+//! are put back). A task that changed between its read and its cancel is
+//! read again and cancelled as it is now, a few times before it is left
+//! alone and reported.
 
 use anyhow::{Result, bail};
 use futures::StreamExt as _;
@@ -23,6 +27,18 @@ const PAGE: usize = 500;
 /// Cancels written at once.
 const CONCURRENCY: usize = 16;
 
+/// Times a task that changed before its cancel landed is read again.
+const REREADS: usize = 3;
+
+/// The order a whole step is read in, so that a task moving on (waiting
+/// to pending to running, and back to pending) is met again further on.
+const PASSES: [TaskState; 4] = [
+    TaskState::Waiting,
+    TaskState::Pending,
+    TaskState::Running,
+    TaskState::Pending,
+];
+
 /// What `cancel --json` prints.
 #[derive(Debug, Default, Serialize)]
 struct Report {
@@ -37,6 +53,10 @@ struct Report {
     changed: Vec<String>,
     /// Named with --task but finished (or already asked to stop).
     not_cancellable: Vec<(String, TaskState)>,
+    /// Every task this run has dealt with, so that one met again in a
+    /// later pass is not reported twice.
+    #[serde(skip)]
+    seen: std::collections::HashSet<String>,
 }
 
 /// Runs `taskctl cancel`.
@@ -52,7 +72,7 @@ pub async fn cancel(global: &GlobalArgs, args: &CancelArgs) -> Result<()> {
     if args.tasks.is_empty() {
         // Far in the future: a running task's index time is its lease.
         let before = Timestamp::from_millis(i64::MAX);
-        for state in [TaskState::Pending, TaskState::Waiting, TaskState::Running] {
+        for state in PASSES {
             for shard in 0..meta.shards {
                 let mut cursor = None;
                 loop {
@@ -88,7 +108,9 @@ pub async fn cancel(global: &GlobalArgs, args: &CancelArgs) -> Result<()> {
     Ok(())
 }
 
-/// Cancels `tasks` (as read), a few at a time, into `report`.
+/// Cancels `tasks` (as read), a few at a time, into `report`; one that
+/// changed meanwhile is read again and cancelled as it is now, up to
+/// [`REREADS`] times.
 async fn cancel_all(
     store: &Store,
     meta: &StepMeta,
@@ -97,10 +119,45 @@ async fn cancel_all(
     dry_run: bool,
     report: &mut Report,
 ) -> Result<()> {
+    let mut tasks: Vec<Task> = tasks
+        .into_iter()
+        .filter(|t| !report.seen.contains(&t.task_id))
+        .collect();
+    for round in 0..=REREADS {
+        let changed = cancel_once(store, meta, tasks, by, dry_run, report).await?;
+        if changed.is_empty() {
+            break;
+        }
+        if round == REREADS {
+            report.seen.extend(changed.iter().cloned());
+            report.changed.extend(changed);
+            break;
+        }
+        tasks = Vec::new();
+        for id in changed {
+            // Gone meanwhile (pruned, or its step deleted): nothing to do.
+            if let Some(task) = store.task(&meta.step, &id).await? {
+                tasks.push(task);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One round of [`cancel_all`]: the ids of the tasks that changed.
+async fn cancel_once(
+    store: &Store,
+    meta: &StepMeta,
+    tasks: Vec<Task>,
+    by: &str,
+    dry_run: bool,
+    report: &mut Report,
+) -> Result<Vec<String>> {
     let now = Timestamp::now();
     let mut todo = Vec::new();
     for task in tasks {
         if taskfleet::transition::cancel(&task, by, now).is_none() {
+            report.seen.insert(task.task_id.clone());
             report.not_cancellable.push((task.task_id, task.state));
         } else {
             todo.push(task);
@@ -116,15 +173,20 @@ async fn cancel_all(
             Ok::<_, taskfleet::store::StoreError>((task, outcome))
         })
         .buffer_unordered(CONCURRENCY);
+    let mut changed = Vec::new();
     while let Some(next) = done.next().await {
         let (task, outcome) = next?;
-        match (outcome, task.state) {
-            (ReplaceOutcome::Changed, _) => report.changed.push(task.task_id),
-            (ReplaceOutcome::Replaced, TaskState::Running) => report.asked.push(task.task_id),
-            (ReplaceOutcome::Replaced, state) => report.cancelled.push((task.task_id, state)),
+        if outcome == ReplaceOutcome::Changed {
+            changed.push(task.task_id);
+            continue;
+        }
+        report.seen.insert(task.task_id.clone());
+        match task.state {
+            TaskState::Running => report.asked.push(task.task_id),
+            state => report.cancelled.push((task.task_id, state)),
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 fn print_report(r: &Report) {
@@ -159,7 +221,7 @@ fn print_report(r: &Report) {
         }
     }
     for id in &r.changed {
-        println!("  {id}: left alone, it changed meanwhile; run the command again");
+        println!("  {id}: left alone, it kept changing; run the command again");
     }
     for (id, state) in &r.not_cancellable {
         println!("  {id}: left alone, it is {state}");

@@ -263,6 +263,76 @@ fn delete_part(
     assert!(missing.contains("solo"), "{missing}");
 }
 
+/// Tasks of the step cancelled while their upstream tasks finish.
+const MOVING: usize = 300;
+
+/// `cancel --step qc` while the agent finishes align and so promotes qc's
+/// tasks from waiting to pending throughout the cancel: every one ends
+/// cancelled, none is left pending (read in one state, moved to the next
+/// before its cancel or before that state was read).
+fn cancel_while_tasks_move(t: &dyn Fn(&[&str]) -> Run, agent: &dyn Fn(&str) -> Child, dir: &Path) {
+    let sheet = dir.join("moving.csv");
+    let mut rows = "sample\n".to_owned();
+    for i in 0..MOVING {
+        writeln!(rows, "S{i:04}").unwrap();
+    }
+    std::fs::write(&sheet, rows).unwrap();
+    let sheet = sheet.to_str().unwrap();
+    t(&["load", "--step", "align", "--command", "true", sheet]).ok();
+    t(&[
+        "load",
+        "--step",
+        "qc",
+        "--after",
+        "align",
+        "--command",
+        "true",
+        sheet,
+    ])
+    .ok();
+    let mut worker = agent("align");
+    wait_for(60, "align to be under way", || {
+        n(&status(t, "align"), "done") >= 20
+    });
+    let report = t(&["cancel", "--step", "qc", "--json"]).ok().json();
+    let moved_meanwhile = n(&status(t, "align"), "done");
+    assert!(exits_by_itself(&mut worker, 60), "align's agent exits 0");
+    let q = status(t, "qc");
+    assert_eq!(
+        (n(&q, "cancelled"), n(&q, "pending"), n(&q, "waiting")),
+        (MOVING as u64, 0, 0),
+        "every qc task cancelled (align was still finishing: {moved_meanwhile} done after the cancel); {report}"
+    );
+    assert_eq!(
+        report["cancelled"].as_array().unwrap().len(),
+        MOVING,
+        "each reported once: {report}"
+    );
+}
+
+#[test]
+fn cancel_while_tasks_move_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (table, t) = embedded(dir.path());
+    t(&["init"]).ok();
+    cancel_while_tasks_move(
+        &t,
+        &|step| start_agent(&table, None, dir.path(), step),
+        dir.path(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_while_tasks_move_on_dynamodb() {
+    let table = TestTable::new("cancelmoving").await;
+    let dir = tempfile::tempdir().unwrap();
+    cancel_while_tasks_move(
+        &|args| table.taskctl(args),
+        &|step| start_agent(&table.name, Some(&table.endpoint), dir.path(), step),
+        dir.path(),
+    );
+}
+
 #[test]
 fn cancel_and_delete_step_on_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
