@@ -1,15 +1,15 @@
 //! `taskctl cancel`: sets tasks of a step aside so that they do not run,
-//! by one guarded write each on the task as read (one that changed
-//! meanwhile is left alone and reported). Pending and waiting tasks are
+//! by one guarded write each on the task as read. Pending and waiting tasks are
 //! `cancelled` at once; a running one is marked, and its worker stops the
 //! script at its next renewal and ends the attempt `cancelled`. What waits
 //! for a cancelled task in later steps is cancelled in the same write.
 //! The step is read from the state index a page of a shard at a time,
 //! never the table: waiting, then pending (where waiting tasks are
-//! promoted to), then running, then pending again (where running tasks
-//! are put back). A task that changed between its read and its cancel is
-//! read again and cancelled as it is now, a few times before it is left
-//! alone and reported.
+//! promoted to), then running; and again, until a round finds nothing
+//! left to cancel (a task put back, escalated or promoted meanwhile is
+//! met in the next round). A task that changed between its read and its
+//! cancel is read again and cancelled as it is now, a few times before it
+//! is left alone and reported.
 
 use anyhow::{Result, bail};
 use futures::StreamExt as _;
@@ -30,14 +30,13 @@ const CONCURRENCY: usize = 16;
 /// Times a task that changed before its cancel landed is read again.
 const REREADS: usize = 3;
 
-/// The order a whole step is read in, so that a task moving on (waiting
-/// to pending to running, and back to pending) is met again further on.
-const PASSES: [TaskState; 4] = [
-    TaskState::Waiting,
-    TaskState::Pending,
-    TaskState::Running,
-    TaskState::Pending,
-];
+/// The order a whole step is read in, each round: a task moving on
+/// (waiting to pending to running) is met again further on.
+const PASSES: [TaskState; 3] = [TaskState::Waiting, TaskState::Pending, TaskState::Running];
+
+/// Rounds of [`PASSES`] at most; the command stops earlier at a round
+/// that cancels nothing (and after one with `--dry-run`).
+const ROUNDS: usize = 5;
 
 /// What `cancel --json` prints.
 #[derive(Debug, Default, Serialize)]
@@ -49,12 +48,13 @@ struct Report {
     cancelled: Vec<(String, TaskState)>,
     /// Running tasks whose workers were asked to stop them.
     asked: Vec<String>,
-    /// Left alone: they changed since they were read.
+    /// Left alone: they kept changing each time they were read.
     changed: Vec<String>,
-    /// Named with --task but finished (or already asked to stop).
+    /// Finished when read (or read again), or running and already asked
+    /// to stop by an earlier command.
     not_cancellable: Vec<(String, TaskState)>,
-    /// Every task this run has dealt with, so that one met again in a
-    /// later pass is not reported twice.
+    /// Every task this run has reported, so that one met again in a later
+    /// pass or round is not reported twice.
     #[serde(skip)]
     seen: std::collections::HashSet<String>,
 }
@@ -72,19 +72,25 @@ pub async fn cancel(global: &GlobalArgs, args: &CancelArgs) -> Result<()> {
     if args.tasks.is_empty() {
         // Far in the future: a running task's index time is its lease.
         let before = Timestamp::from_millis(i64::MAX);
-        for state in PASSES {
-            for shard in 0..meta.shards {
-                let mut cursor = None;
-                loop {
-                    let (tasks, next) = store
-                        .in_state(&meta, shard, state, before, cursor.as_ref(), PAGE)
-                        .await?;
-                    cancel_all(&store, &meta, tasks, &by, args.dry_run, &mut report).await?;
-                    match next {
-                        Some(c) => cursor = Some(c),
-                        None => break,
+        for _ in 0..ROUNDS {
+            let before_round = report.cancelled.len() + report.asked.len();
+            for state in PASSES {
+                for shard in 0..meta.shards {
+                    let mut cursor = None;
+                    loop {
+                        let (tasks, next) = store
+                            .in_state(&meta, shard, state, before, cursor.as_ref(), PAGE)
+                            .await?;
+                        cancel_all(&store, &meta, tasks, &by, args.dry_run, &mut report).await?;
+                        match next {
+                            Some(c) => cursor = Some(c),
+                            None => break,
+                        }
                     }
                 }
+            }
+            if args.dry_run || report.cancelled.len() + report.asked.len() == before_round {
+                break;
             }
         }
     } else {
@@ -119,9 +125,15 @@ async fn cancel_all(
     dry_run: bool,
     report: &mut Report,
 ) -> Result<()> {
+    // Met again: with --dry-run, the same task; for real, a running task
+    // asked to stop already. Any other was put back to pending or waiting
+    // after its cancel, and is cancelled again.
     let mut tasks: Vec<Task> = tasks
         .into_iter()
-        .filter(|t| !report.seen.contains(&t.task_id))
+        .filter(|t| {
+            !report.seen.contains(&t.task_id)
+                || !(dry_run || (t.state == TaskState::Running && t.cancelled_by.is_some()))
+        })
         .collect();
     for round in 0..=REREADS {
         let changed = cancel_once(store, meta, tasks, by, dry_run, report).await?;
@@ -129,8 +141,12 @@ async fn cancel_all(
             break;
         }
         if round == REREADS {
-            report.seen.extend(changed.iter().cloned());
-            report.changed.extend(changed);
+            // A later pass or round may still cancel them.
+            for id in changed {
+                if !report.changed.contains(&id) {
+                    report.changed.push(id);
+                }
+            }
             break;
         }
         tasks = Vec::new();
@@ -181,6 +197,7 @@ async fn cancel_once(
             continue;
         }
         report.seen.insert(task.task_id.clone());
+        report.changed.retain(|id| *id != task.task_id);
         match task.state {
             TaskState::Running => report.asked.push(task.task_id),
             state => report.cancelled.push((task.task_id, state)),
