@@ -1,8 +1,9 @@
 //! `taskctl cancel`: sets tasks of a step aside so that they do not run,
-//! by one guarded write each on the task as read. Pending and waiting tasks are
-//! `cancelled` at once; a running one is marked, and its worker stops the
-//! script at its next renewal and ends the attempt `cancelled`. What waits
-//! for a cancelled task in later steps is cancelled in the same write.
+//! by one guarded write each on the task as read. Pending and waiting
+//! tasks are `cancelled` at once; a running one is marked, and its worker
+//! stops the script at its next renewal and ends the attempt `cancelled`.
+//! What waits for a cancelled task in later steps is cancelled in the same
+//! write.
 //! The step is read from the state index a page of a shard at a time,
 //! never the table: waiting, then pending (where waiting tasks are
 //! promoted to), then running; and again, until a round finds nothing
@@ -69,25 +70,17 @@ pub async fn cancel(global: &GlobalArgs, args: &CancelArgs) -> Result<()> {
         ..Report::default()
     };
     let by = crate::retry::who();
+    let c = Canceller {
+        store: &store,
+        meta: &meta,
+        by: &by,
+        dry_run: args.dry_run,
+    };
     if args.tasks.is_empty() {
-        // Far in the future: a running task's index time is its lease.
-        let before = Timestamp::from_millis(i64::MAX);
         for _ in 0..ROUNDS {
             let before_round = report.cancelled.len() + report.asked.len();
             for state in PASSES {
-                for shard in 0..meta.shards {
-                    let mut cursor = None;
-                    loop {
-                        let (tasks, next) = store
-                            .in_state(&meta, shard, state, before, cursor.as_ref(), PAGE)
-                            .await?;
-                        cancel_all(&store, &meta, tasks, &by, args.dry_run, &mut report).await?;
-                        match next {
-                            Some(c) => cursor = Some(c),
-                            None => break,
-                        }
-                    }
-                }
+                c.cancel_in_state(state, &mut report).await?;
             }
             if args.dry_run || report.cancelled.len() + report.asked.len() == before_round {
                 break;
@@ -104,7 +97,7 @@ pub async fn cancel(global: &GlobalArgs, args: &CancelArgs) -> Result<()> {
             };
             found.push(task);
         }
-        cancel_all(&store, &meta, found, &by, args.dry_run, &mut report).await?;
+        c.cancel_all(found, &mut report).await?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -114,96 +107,124 @@ pub async fn cancel(global: &GlobalArgs, args: &CancelArgs) -> Result<()> {
     Ok(())
 }
 
-/// Cancels `tasks` (as read), a few at a time, into `report`; one that
-/// changed meanwhile is read again and cancelled as it is now, up to
-/// [`REREADS`] times.
-async fn cancel_all(
-    store: &Store,
-    meta: &StepMeta,
-    tasks: Vec<Task>,
-    by: &str,
+/// One `taskctl cancel` run: where, by whom, and whether for real.
+struct Canceller<'a> {
+    store: &'a Store,
+    meta: &'a StepMeta,
+    by: &'a str,
     dry_run: bool,
-    report: &mut Report,
-) -> Result<()> {
-    // Met again: with --dry-run, the same task; for real, a running task
-    // asked to stop already. Any other was put back to pending or waiting
-    // after its cancel, and is cancelled again.
-    let mut tasks: Vec<Task> = tasks
-        .into_iter()
-        .filter(|t| {
-            !report.seen.contains(&t.task_id)
-                || !(dry_run || (t.state == TaskState::Running && t.cancelled_by.is_some()))
-        })
-        .collect();
-    for round in 0..=REREADS {
-        let changed = cancel_once(store, meta, tasks, by, dry_run, report).await?;
-        if changed.is_empty() {
-            break;
-        }
-        if round == REREADS {
-            // A later pass or round may still cancel them.
-            for id in changed {
-                if !report.changed.contains(&id) {
-                    report.changed.push(id);
-                }
-            }
-            break;
-        }
-        tasks = Vec::new();
-        for id in changed {
-            // Gone meanwhile (pruned, or its step deleted): nothing to do.
-            if let Some(task) = store.task(&meta.step, &id).await? {
-                tasks.push(task);
-            }
-        }
-    }
-    Ok(())
 }
 
-/// One round of [`cancel_all`]: the ids of the tasks that changed.
-async fn cancel_once(
-    store: &Store,
-    meta: &StepMeta,
-    tasks: Vec<Task>,
-    by: &str,
-    dry_run: bool,
-    report: &mut Report,
-) -> Result<Vec<String>> {
-    let now = Timestamp::now();
-    let mut todo = Vec::new();
-    for task in tasks {
-        if taskfleet::transition::cancel(&task, by, now).is_none() {
-            report.seen.insert(task.task_id.clone());
-            report.not_cancellable.push((task.task_id, task.state));
-        } else {
-            todo.push(task);
+impl Canceller<'_> {
+    /// Cancels the step's tasks that the index shows in `state`, a page of
+    /// a shard at a time.
+    async fn cancel_in_state(&self, state: TaskState, report: &mut Report) -> Result<()> {
+        // Far in the future: a running task's index time is its lease.
+        let before = Timestamp::from_millis(i64::MAX);
+        for shard in 0..self.meta.shards {
+            let mut cursor = None;
+            loop {
+                let (tasks, next) = self
+                    .store
+                    .in_state(self.meta, shard, state, before, cursor.as_ref(), PAGE)
+                    .await?;
+                self.cancel_all(tasks, report).await?;
+                match next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
         }
+        Ok(())
     }
-    let mut done = futures::stream::iter(todo)
-        .map(|task| async move {
-            let outcome = if dry_run {
-                ReplaceOutcome::Replaced
+
+    /// Cancels `tasks` (as read), a few at a time, into `report`; one that
+    /// changed meanwhile is read again and cancelled as it is now, up to
+    /// [`REREADS`] times.
+    async fn cancel_all(&self, tasks: Vec<Task>, report: &mut Report) -> Result<()> {
+        // Met again: with --dry-run, the same task; for real, a running
+        // task asked to stop already. Any other was put back to pending or
+        // waiting after its cancel, and is cancelled again.
+        let mut tasks: Vec<Task> = tasks
+            .into_iter()
+            .filter(|t| {
+                !report.seen.contains(&t.task_id)
+                    || !(self.dry_run
+                        || (t.state == TaskState::Running && t.cancelled_by.is_some()))
+            })
+            .collect();
+        for round in 0..=REREADS {
+            let changed = self.cancel_once(tasks, report).await?;
+            if changed.is_empty() {
+                break;
+            }
+            if round == REREADS {
+                // A later pass or round may still cancel them.
+                for id in changed {
+                    if !report.changed.contains(&id) {
+                        report.changed.push(id);
+                    }
+                }
+                break;
+            }
+            tasks = self.read_again(changed).await?;
+        }
+        Ok(())
+    }
+
+    /// The tasks `ids` as stored now, a few reads at a time (one gone
+    /// meanwhile, pruned or its step deleted, is left out).
+    async fn read_again(&self, ids: Vec<String>) -> Result<Vec<Task>> {
+        let step = self.meta.step.as_str();
+        let mut reads = futures::stream::iter(ids)
+            .map(|id| async move { self.store.task(step, &id).await })
+            .buffer_unordered(CONCURRENCY);
+        let mut tasks = Vec::new();
+        while let Some(read) = reads.next().await {
+            tasks.extend(read?);
+        }
+        Ok(tasks)
+    }
+
+    /// One round of [`Canceller::cancel_all`]: the ids of the tasks that
+    /// changed.
+    async fn cancel_once(&self, tasks: Vec<Task>, report: &mut Report) -> Result<Vec<String>> {
+        let now = Timestamp::now();
+        let mut todo = Vec::new();
+        for task in tasks {
+            if taskfleet::transition::cancel(&task, self.by, now).is_none() {
+                report.seen.insert(task.task_id.clone());
+                report.not_cancellable.push((task.task_id, task.state));
             } else {
-                store.cancel(meta, &task, by).await?
-            };
-            Ok::<_, taskfleet::store::StoreError>((task, outcome))
-        })
-        .buffer_unordered(CONCURRENCY);
-    let mut changed = Vec::new();
-    while let Some(next) = done.next().await {
-        let (task, outcome) = next?;
-        if outcome == ReplaceOutcome::Changed {
-            changed.push(task.task_id);
-            continue;
+                todo.push(task);
+            }
         }
-        report.seen.insert(task.task_id.clone());
-        report.changed.retain(|id| *id != task.task_id);
-        match task.state {
-            TaskState::Running => report.asked.push(task.task_id),
-            state => report.cancelled.push((task.task_id, state)),
+        let mut done = futures::stream::iter(todo)
+            .map(|task| async move {
+                let outcome = if self.dry_run {
+                    ReplaceOutcome::Replaced
+                } else {
+                    self.store.cancel(self.meta, &task, self.by).await?
+                };
+                Ok::<_, taskfleet::store::StoreError>((task, outcome))
+            })
+            .buffer_unordered(CONCURRENCY);
+        let mut changed = Vec::new();
+        while let Some(next) = done.next().await {
+            let (task, outcome) = next?;
+            if outcome == ReplaceOutcome::Changed {
+                changed.push(task.task_id);
+                continue;
+            }
+            report.seen.insert(task.task_id.clone());
+            report.changed.retain(|id| *id != task.task_id);
+            match task.state {
+                TaskState::Running => report.asked.push(task.task_id),
+                state => report.cancelled.push((task.task_id, state)),
+            }
         }
+        Ok(changed)
     }
-    Ok(changed)
 }
 
 fn print_report(r: &Report) {

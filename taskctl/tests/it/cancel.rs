@@ -315,48 +315,49 @@ fn cancel_while_tasks_move(t: &dyn Fn(&[&str]) -> Run, agent: &dyn Fn(&str) -> C
     );
 }
 
-#[test]
-fn cancel_while_tasks_move_on_the_embedded_store() {
+/// A case of this file: it runs `taskctl` through the first closure and
+/// starts an agent on a step with the second, in the directory given.
+type Case = fn(&dyn Fn(&[&str]) -> Run, &dyn Fn(&str) -> Child, &Path);
+
+/// Runs `case` on a fresh embedded store.
+fn on_embedded(case: Case) {
     let dir = tempfile::tempdir().unwrap();
     let (table, t) = embedded(dir.path());
     t(&["init"]).ok();
-    cancel_while_tasks_move(
+    case(
         &t,
         &|step| start_agent(&table, None, dir.path(), step),
         dir.path(),
     );
+}
+
+/// Runs `case` on a fresh table of DynamoDB Local.
+async fn on_dynamodb(name: &str, case: Case) {
+    let table = TestTable::new(name).await;
+    let dir = tempfile::tempdir().unwrap();
+    case(
+        &|args| table.taskctl(args),
+        &|step| start_agent(&table.name, Some(&table.endpoint), dir.path(), step),
+        dir.path(),
+    );
+}
+
+#[test]
+fn cancel_while_tasks_move_on_the_embedded_store() {
+    on_embedded(cancel_while_tasks_move);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_while_tasks_move_on_dynamodb() {
-    let table = TestTable::new("cancelmoving").await;
-    let dir = tempfile::tempdir().unwrap();
-    cancel_while_tasks_move(
-        &|args| table.taskctl(args),
-        &|step| start_agent(&table.name, Some(&table.endpoint), dir.path(), step),
-        dir.path(),
-    );
+    on_dynamodb("cancelmoving", cancel_while_tasks_move).await;
 }
 
 #[test]
 fn cancel_and_delete_step_on_the_embedded_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let (table, t) = embedded(dir.path());
-    t(&["init"]).ok();
-    cancel_then_delete(
-        &t,
-        &|step| start_agent(&table, None, dir.path(), step),
-        dir.path(),
-    );
+    on_embedded(cancel_then_delete);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_and_delete_step_on_dynamodb() {
-    let table = TestTable::new("cancel").await;
-    let dir = tempfile::tempdir().unwrap();
-    cancel_then_delete(
-        &|args| table.taskctl(args),
-        &|step| start_agent(&table.name, Some(&table.endpoint), dir.path(), step),
-        dir.path(),
-    );
+    on_dynamodb("cancel", cancel_then_delete).await;
 }
