@@ -439,15 +439,13 @@ async fn conclude<S: TaskStore>(
             signal,
             failure_class: class,
             log_uri,
-            provenance: Some(format!(
-                "agent {} on {}; script sha256:{}",
-                env!("CARGO_PKG_VERSION"),
-                cfg.host.as_deref().unwrap_or(&cfg.owner),
-                task.script_digest
-            )),
+            provenance: Some(provenance(cfg, task)),
         },
         output_tail,
         escalate_to,
+        expires_at: (next == TaskState::Done)
+            .then(|| meta.settings.expiry_of(now))
+            .flatten(),
     };
     let mut written = write_end((store, meta, counters), task, &finish, lease).await;
     let mut set_aside = matches!(ended, Ended::Cancelled);
@@ -475,6 +473,16 @@ async fn conclude<S: TaskStore>(
             _ => AttemptEnd::StoreFailed(e),
         },
     }
+}
+
+/// Which agent, on which host, ran which script: an attempt's provenance.
+fn provenance(cfg: &AgentConfig, task: &Task) -> String {
+    format!(
+        "agent {} on {}; script sha256:{}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.host.as_deref().unwrap_or(&cfg.owner),
+        task.script_digest
+    )
 }
 
 /// `finish` as the end of an attempt an operator cancelled: the task is

@@ -429,6 +429,13 @@ pub struct LoadArgs {
     /// Wall-clock limit of one attempt, e.g. 2h [default: none].
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
+    /// Keep each done task this long after it finished, e.g. 90d: then it
+    /// leaves status, show and export, and the table's TTL deletes it
+    /// (the counts stay exact). Failed and unfinished tasks never expire.
+    /// Applies to tasks that finish from now on; 0 turns it off [default
+    /// for a new step: never].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub expire_after: Option<Duration>,
     /// Shards of a new step (fixed once created) [default: 16].
     #[arg(long)]
     pub shards: Option<u16>,

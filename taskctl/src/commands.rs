@@ -303,6 +303,7 @@ fn load_request(args: &LoadArgs, script: String) -> Result<LoadRequest> {
             output_tail: args.no_output_tail.then_some(false),
             after: (!args.after.is_empty()).then(|| args.after.clone()),
             rules,
+            expire_after: args.expire_after,
         },
         replace: args.replace,
         concurrency: args.concurrency,

@@ -68,6 +68,13 @@ fn dependency_lines(out: &mut String, t: &Task) {
             t.task_id
         );
     }
+    if let Some(at) = t.expires_at {
+        let _ = writeln!(
+            out,
+            "expires:         {} (load --expire-after)",
+            taskfleet::time::Timestamp::from_millis(at.saturating_mul(1000))
+        );
+    }
 }
 
 /// A step's settings and its loads, newest first, as text.
@@ -89,6 +96,14 @@ pub fn step_text(meta: &StepMeta, loads: &[LoadRecord]) -> String {
         s.timeout.map_or_else(
             || "-".to_owned(),
             |t| humantime::format_duration(t).to_string()
+        )
+    );
+    let _ = writeln!(
+        out,
+        "expire after:    {}",
+        s.expire_after.map_or_else(
+            || "never (done tasks stay until pruned)".to_owned(),
+            |t| format!("{} (done tasks)", humantime::format_duration(t))
         )
     );
     if s.rules.is_empty() {

@@ -463,6 +463,7 @@ async fn ensure_escalation_steps<S: TaskStore>(
             output_tail: Some(s.output_tail),
             after: None,
             rules: None,
+            expire_after: s.expire_after,
         };
         store.ensure_step(&to, &change).await?;
     }

@@ -244,6 +244,20 @@ pub struct Task {
     /// same id and takes its outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalated_to: Option<String>,
+    /// When a `done` task expires, in epoch seconds (the table's TTL
+    /// attribute): from then on it is gone from counts and reads, and the
+    /// table deletes it. Set by the finish, from the step's
+    /// `expire_after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+impl Task {
+    /// Whether the task has expired at `now` (it is then treated as gone).
+    pub fn expired(&self, now: Timestamp) -> bool {
+        self.expires_at
+            .is_some_and(|at| at.saturating_mul(1000) <= now.as_millis())
+    }
 }
 
 /// A task to be loaded: its id and its sheet row as environment variables.
@@ -283,6 +297,37 @@ pub struct StepSettings {
     /// (`load --retry-on`, `--fail-on`); see [`crate::rules`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<crate::rules::Rule>,
+    /// How long a `done` task is kept after it finished (`load
+    /// --expire-after`): then it leaves the step's counts and every read,
+    /// and the table's TTL deletes it. See [`StepSettings::expiry_of`].
+    #[serde(
+        default,
+        with = "opt_duration_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expire_after: Option<Duration>,
+}
+
+/// Expiry times are rounded up to a whole slot of this many parts of the
+/// `--expire-after` time (at least a second, at most a day), so that a
+/// shard's counter item holds one expiry count per slot, not per task.
+pub const EXPIRY_SLOTS: u64 = 30;
+
+impl StepSettings {
+    /// When a task of this step that finished `done` at `finished`
+    /// expires, in epoch seconds (the TTL attribute's unit): `finished +
+    /// expire_after`, rounded up to its slot ([`EXPIRY_SLOTS`]). A task
+    /// expires at most a slot (a thirtieth of the time, at most a day)
+    /// after the time asked for. `None`: the step's tasks do not expire.
+    pub fn expiry_of(&self, finished: Timestamp) -> Option<i64> {
+        let after = self.expire_after?.as_secs().max(1);
+        let slot = i64::try_from((after / EXPIRY_SLOTS).clamp(1, 86_400)).unwrap_or(86_400);
+        let at = finished
+            .as_millis()
+            .div_euclid(1000)
+            .saturating_add(i64::try_from(after).unwrap_or(i64::MAX / 2));
+        Some(at.div_euclid(slot).saturating_add(1).saturating_mul(slot))
+    }
 }
 
 fn yes() -> bool {
@@ -302,6 +347,7 @@ impl Default for StepSettings {
             timeout: None,
             output_tail: true,
             rules: Vec::new(),
+            expire_after: None,
         }
     }
 }

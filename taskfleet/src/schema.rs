@@ -44,9 +44,15 @@
 //!
 //! # Counters
 //!
-//! Per (step, shard), a counter item holds `loaded`, `done`, `failed` and
-//! `waiting`, changed in the same transaction as the task transition they
-//! count (loads add to `loaded` right after each successful batch).
+//! Per (step, shard), a counter item holds `loaded`, `done`, `failed`,
+//! `waiting` and `cancelled`, changed in the same transaction as the task
+//! transition they count (loads add to `loaded` right after each
+//! successful batch). On a step loaded `--expire-after` it also holds
+//! `expiring_{at}`: how many of its `done` tasks expire at `at` (epoch
+//! seconds, the end of an expiry slot). Expired tasks are still in
+//! `loaded` and `done` (nobody writes when the table's TTL deletes them):
+//! the counts are those less every `expiring_*` whose time has come, so
+//! they are exact whether or not the table has deleted the tasks yet.
 //! `status` reads the step list, the counters of each step and the running
 //! counts from the index: a number of requests that depends on the number of
 //! steps and shards, never on the number of tasks.
@@ -69,7 +75,8 @@ pub mod attr {
     pub const STATE_PK: &str = "state_pk";
     /// Sort key of the `by_state` index (N, epoch ms).
     pub const STATE_AT: &str = "state_at";
-    /// TTL attribute (N, epoch seconds); set only on items being pruned.
+    /// TTL attribute (N, epoch seconds): set on `done` tasks of a step
+    /// loaded `--expire-after` ([`crate::model::StepSettings::expiry_of`]).
     pub const EXPIRES_AT: &str = "expires_at";
 
     /// Task: its step (S).
@@ -152,6 +159,9 @@ pub mod attr {
     pub const WAITING: &str = "waiting";
     /// Counter: tasks cancelled (N).
     pub const CANCELLED: &str = "cancelled";
+    /// Counter: `done` tasks that expire at the end of one expiry slot
+    /// (N), named [`super::expiring_attr`]`(slot end)`.
+    pub const EXPIRING_PREFIX: &str = "expiring_";
     /// Load item: the [`crate::model::LoadRecord`] as JSON (S).
     pub const RECORD: &str = "record";
 }
@@ -233,6 +243,17 @@ pub fn loads_pk(step: &str) -> String {
 /// order, and a nonce, so that two loads in one millisecond both stay.
 pub fn load_sk(at: crate::time::Timestamp, nonce: u32) -> String {
     format!("{:013}#{nonce:08x}", at.as_millis())
+}
+
+/// The counter of the `done` tasks that expire at `at` (epoch seconds,
+/// the end of an expiry slot): `expiring_{at}`.
+pub fn expiring_attr(at: i64) -> String {
+    format!("{}{at}", attr::EXPIRING_PREFIX)
+}
+
+/// The expiry time an [`expiring_attr`] counter counts for.
+pub fn expiring_at(name: &str) -> Option<i64> {
+    name.strip_prefix(attr::EXPIRING_PREFIX)?.parse().ok()
 }
 
 /// Sort key of a shard's counter.
@@ -345,6 +366,7 @@ mod tests {
             dependents: vec!["qc".into()],
             reason: Some("r".into()),
             escalated_to: Some("big".into()),
+            expires_at: Some(1_900_000_000),
         }
     }
 
@@ -383,6 +405,7 @@ mod tests {
             attr::DEPENDENTS,
             attr::REASON,
             attr::ESCALATED_TO,
+            attr::EXPIRES_AT,
         ];
         let mut serialized: Vec<&str> = item.keys().map(String::as_str).collect();
         serialized.sort_unstable();

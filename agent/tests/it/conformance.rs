@@ -26,6 +26,7 @@ per_store!(
 
 mod cancel;
 mod deps;
+mod expiry;
 mod loads;
 mod shards;
 
@@ -74,6 +75,7 @@ fn finish(
         },
         output_tail: Some(format!("attempt {attempt}")),
         escalate_to: None,
+        expires_at: None,
     }
 }
 
@@ -596,10 +598,10 @@ async fn recount_makes_the_counters_what_the_tasks_say(t: TestStore) {
         let found = t.store.recount(&meta, false).await.unwrap();
         assert_eq!(found.len(), 2, "a dry run finds both: {found:?}");
         let mut fixed = t.store.recount(&meta, true).await.unwrap();
-        fixed.sort_by_key(|c| c.counter);
+        fixed.sort_by(|a, b| a.counter.cmp(&b.counter));
         let fixed: Vec<_> = fixed
             .iter()
-            .map(|c| (c.shard, c.counter, c.was - c.now))
+            .map(|c| (c.shard, c.counter.as_str(), c.was - c.now))
             .collect();
         assert_eq!(fixed, [(shard, "done", 3), (shard, "loaded", -2)]);
     }

@@ -276,6 +276,7 @@ async fn finished_step(dir: &tempfile::TempDir) -> Arc<Hang> {
         },
         output_tail: None,
         escalate_to: None,
+        expires_at: None,
     };
     assert_eq!(
         store.finish(&meta, &task, &done).await.unwrap(),

@@ -198,6 +198,7 @@ async fn a_lease_taken_away_kills_the_script_within_a_heartbeat_and_its_result_i
         record,
         output_tail: Some("thief's output".into()),
         escalate_to: None,
+        expires_at: None,
     };
     assert_eq!(
         t.store.finish(&meta, &thief, &finish).await.unwrap(),

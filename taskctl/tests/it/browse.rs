@@ -138,6 +138,7 @@ async fn export_writes_every_task_of_a_step_once_on_both_stores() {
         },
         output_tail: None,
         escalate_to: None,
+        expires_at: None,
     };
     t.store
         .finish(&meta, &task, &finish(task.started_at.unwrap()))

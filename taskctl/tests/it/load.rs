@@ -180,6 +180,7 @@ async fn reloading_leaves_running_and_done_tasks_alone_and_replace_resets_only_t
         },
         output_tail: None,
         escalate_to: None,
+        expires_at: None,
     };
     assert_eq!(t.store.finish(&meta, &b, &done).await.unwrap(), Fence::Held);
     let a = *a;

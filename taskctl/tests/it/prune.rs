@@ -142,3 +142,78 @@ async fn prune_on_dynamodb() {
         dir.path(),
     );
 }
+
+/// How long `expire_after_*` keeps done tasks: enough for the agent's run
+/// and the checks made before they expire.
+const KEEP_SECS: u64 = 10;
+
+fn done_tasks_expire_with_exact_counts(t: &dyn Fn(&[&str]) -> Run, agent: &dyn Fn(), dir: &Path) {
+    let sheet = dir.join("s.csv");
+    std::fs::write(&sheet, "sample\nS00\nS01\nS02\nS03\n").unwrap();
+    let keep = format!("{KEEP_SECS}s");
+    t(&[
+        "load",
+        "--step",
+        "qc",
+        "--max-attempts",
+        "1",
+        "--expire-after",
+        &keep,
+        "--command",
+        r#"[ "$SAMPLE" != S03 ]"#,
+        sheet.to_str().unwrap(),
+    ])
+    .ok();
+    let settings = t(&["show", "--step", "qc"]).ok().stdout();
+    assert!(
+        settings.contains(&format!("expire after:    {keep} (done tasks)")),
+        "{settings}"
+    );
+    let started = std::time::Instant::now();
+    agent();
+    assert_eq!(counts(t), (4, 3, 1, 0));
+    let shown = t(&["show", "qc", "S00"]).ok().stdout();
+    assert!(shown.contains("expires:"), "{shown}");
+    assert!(
+        started.elapsed().as_secs() < KEEP_SECS,
+        "the agent's run took longer than the tasks are kept; KEEP_SECS is too short here"
+    );
+    // Every task expires at most a slot (1 s here) after KEEP.
+    std::thread::sleep(std::time::Duration::from_millis(KEEP_SECS * 1000 + 1500));
+    assert_eq!(
+        counts(t),
+        (1, 0, 1, 0),
+        "the done tasks are gone, the failed one stays"
+    );
+    let gone = t(&["show", "qc", "S00"]);
+    assert_ne!(gone.code(), Some(0), "an expired task is gone");
+    let export = t(&["export", "--step", "qc", "--format", "jsonl"])
+        .ok()
+        .stdout();
+    let ids: Vec<String> = export
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["task_id"].to_string())
+        .collect();
+    assert_eq!(ids, ["\"S03\""]);
+    t(&["recount", "--step", "qc"]).ok();
+    assert_eq!(counts(t), (1, 0, 1, 0), "a recount agrees");
+}
+
+#[test]
+fn expire_after_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (table, t) = embedded(dir.path());
+    t(&["init"]).ok();
+    done_tasks_expire_with_exact_counts(&t, &|| run_qc_agent(&table, None, dir.path()), dir.path());
+}
+
+#[tokio::test]
+async fn expire_after_on_dynamodb() {
+    let table = TestTable::new("expire").await;
+    let dir = tempfile::tempdir().unwrap();
+    done_tasks_expire_with_exact_counts(
+        &|args| table.taskctl(args),
+        &|| run_qc_agent(&table.name, Some(&table.endpoint), dir.path()),
+        dir.path(),
+    );
+}

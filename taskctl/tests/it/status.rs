@@ -91,6 +91,7 @@ async fn attempt(t: &TestTable, step: &str, id: &str, next: TaskState, exit_code
         },
         output_tail: Some(tail.into()),
         escalate_to: None,
+        expires_at: None,
     };
     assert_eq!(
         t.store.finish(&meta, &task, &finish).await.unwrap(),

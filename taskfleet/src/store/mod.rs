@@ -68,6 +68,9 @@ pub struct SettingsChange {
     /// The step's retry rules, all of them (`load --retry-on`,
     /// `--fail-on`).
     pub rules: Option<Vec<crate::rules::Rule>>,
+    /// How long done tasks are kept (`load --expire-after`); zero turns
+    /// expiry off.
+    pub expire_after: Option<std::time::Duration>,
 }
 
 impl SettingsChange {
@@ -118,6 +121,11 @@ impl SettingsChange {
             timeout: self.timeout.or(base.timeout),
             output_tail: self.output_tail.unwrap_or(base.output_tail),
             rules: self.rules.clone().unwrap_or_else(|| base.rules.clone()),
+            expire_after: match self.expire_after {
+                Some(d) if d.is_zero() => None,
+                Some(d) => Some(d),
+                None => base.expire_after,
+            },
         }
     }
 }
@@ -160,8 +168,9 @@ pub struct Correction {
     pub step: String,
     /// The shard whose counter item was wrong.
     pub shard: u16,
-    /// The counter (`loaded`, `done`, `failed`, `waiting`).
-    pub counter: &'static str,
+    /// The counter (`loaded`, `done`, `failed`, `waiting`, `cancelled`, or
+    /// an expiry counter `expiring_{at}`).
+    pub counter: String,
     /// What it said.
     pub was: i64,
     /// What the tasks say.
@@ -614,5 +623,6 @@ pub fn new_pending_task(
         dependents: Vec::new(),
         reason: None,
         escalated_to: None,
+        expires_at: None,
     }
 }

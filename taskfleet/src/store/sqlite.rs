@@ -54,7 +54,20 @@ CREATE TABLE IF NOT EXISTS loads (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS loads_by_step ON loads (step, at);
+CREATE INDEX IF NOT EXISTS tasks_by_expiry ON tasks (json_extract(body, '$.expires_at'))
+    WHERE json_extract(body, '$.expires_at') IS NOT NULL;
 ";
+
+/// Deletes the tasks that have expired (`load --expire-after`), as the
+/// table's TTL does on DynamoDB: counts here are of the tasks, so they
+/// leave every count with them. Run before anything reads counts or
+/// tasks for a person; an index makes it one probe when nothing expired.
+fn purge_expired(conn: &Connection) -> rusqlite::Result<()> {
+    let now_secs = Timestamp::now().as_millis().div_euclid(1000);
+    conn.prepare_cached("DELETE FROM tasks WHERE json_extract(body, '$.expires_at') <= ?1")?
+        .execute(params![now_secs])?;
+    Ok(())
+}
 
 /// How long a writer waits for another process's transaction.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -110,6 +123,8 @@ impl SqliteStore {
         // A store made before load records were kept gets their table.
         conn.execute_batch(SCHEMA)
             .map_err(|e| sql_error(path, &e))?;
+        // So that a load finds an expired task gone, as reads do.
+        purge_expired(&conn).map_err(|e| sql_error(path, &e))?;
         Ok(Self::from_conn(path, conn))
     }
 
@@ -378,8 +393,11 @@ impl TaskStore for SqliteStore {
     async fn status(&self, step: Option<&str>) -> Result<Vec<StepStatus>, StoreError> {
         let wanted = step.map(str::to_owned);
         let path = self.path.display().to_string();
-        self.tx(move |tx| counts::status_in(tx, wanted.as_deref(), &path))
-            .await
+        self.tx(move |tx| {
+            purge_expired(tx).map_err(q)?;
+            counts::status_in(tx, wanted.as_deref(), &path)
+        })
+        .await
     }
 
     async fn open_per_shard(&self, meta: &StepMeta) -> Result<Vec<u64>, StoreError> {
@@ -440,6 +458,7 @@ impl TaskStore for SqliteStore {
             if read_step(tx, &step)?.is_none() {
                 return Err(StoreError::StepNotFound { step, table: path });
             }
+            purge_expired(tx).map_err(q)?;
             read_task(tx, &step, &id)
         })
         .await
@@ -471,7 +490,11 @@ impl TaskStore for SqliteStore {
 
     async fn find(&self, task_id: &str) -> Result<Vec<crate::model::TaskSummary>, StoreError> {
         let id = task_id.to_owned();
-        self.tx(move |tx| browse::find(tx, &id)).await
+        self.tx(move |tx| {
+            purge_expired(tx).map_err(q)?;
+            browse::find(tx, &id)
+        })
+        .await
     }
 
     async fn shard_page(
@@ -482,8 +505,11 @@ impl TaskStore for SqliteStore {
         limit: usize,
     ) -> Result<crate::model::TaskPage, StoreError> {
         let (step, after) = (meta.step.clone(), after.map(str::to_owned));
-        self.tx(move |tx| browse::shard_page(tx, &step, shard, after.as_deref(), limit))
-            .await
+        self.tx(move |tx| {
+            purge_expired(tx).map_err(q)?;
+            browse::shard_page(tx, &step, shard, after.as_deref(), limit)
+        })
+        .await
     }
 
     async fn in_state(

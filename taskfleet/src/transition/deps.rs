@@ -139,6 +139,7 @@ pub fn link(upstream: &Task, step: &str) -> Option<Transition> {
         to: upstream.state,
         state_at: None,
         counters: Vec::new(),
+        expiring: None,
     })
 }
 
@@ -233,6 +234,7 @@ pub fn follow(upstream: &Task, dep: &Task, now: Timestamp) -> Option<Transition>
         to,
         state_at: moved.then_some(now),
         counters: counter_moves(Some(dep.state), to),
+        expiring: None,
     })
 }
 

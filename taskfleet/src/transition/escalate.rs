@@ -121,6 +121,7 @@ pub(super) fn take_outcome(run: &Task, dep: &Task, now: Timestamp) -> Option<Tra
         to,
         state_at: Some(now),
         counters: counter_moves(Some(dep.state), to),
+        expiring: None,
     })
 }
 
@@ -218,6 +219,7 @@ pub fn take_over(task: &Task, run_step: &str, run: Option<&Task>, now: Timestamp
             to: run.state,
             state_at: None,
             counters: Vec::new(),
+            expiring: None,
         };
     }
     // Run again from its own start: an escalation of its own is left
@@ -251,6 +253,7 @@ pub fn take_over(task: &Task, run_step: &str, run: Option<&Task>, now: Timestamp
         Change::Remove(attr::CANCELLED_BY),
         Change::Remove(attr::CANCELLED_AT),
     ]);
+    let expiring = super::leave_expiry(run, to, &mut changes);
     Transition {
         name: "escalation runs again",
         guard,
@@ -258,6 +261,7 @@ pub fn take_over(task: &Task, run_step: &str, run: Option<&Task>, now: Timestamp
         to,
         state_at: Some(now),
         counters: counter_moves(Some(run.state), to),
+        expiring,
     }
 }
 
@@ -323,6 +327,7 @@ mod tests {
                 record,
                 output_tail: None,
                 escalate_to: Some("align-large".into()),
+                expires_at: None,
             },
         );
         assert_eq!(escalation(&own).as_deref(), Some("align-large"));

@@ -132,6 +132,22 @@ pub struct Transition {
     pub state_at: Option<Timestamp>,
     /// Counter attribute and delta, applied in the same write.
     pub counters: Vec<(&'static str, i64)>,
+    /// The expiry counter ([`schema::expiring_attr`] of this time) and its
+    /// delta, in the same write: +1 when a task becomes `done` with an
+    /// expiry, -1 when one leaves `done` (pruned, replaced, re-run).
+    pub expiring: Option<(i64, i64)>,
+}
+
+/// The expiry counter change of `task` leaving `done` for `to`, if it was
+/// counted as expiring; its expiry goes with it (`changes`), so that the
+/// table's TTL never deletes a task that is not done.
+fn leave_expiry(task: &Task, to: TaskState, changes: &mut Vec<Change>) -> Option<(i64, i64)> {
+    if task.state != TaskState::Done || to == TaskState::Done {
+        return None;
+    }
+    let at = task.expires_at?;
+    changes.push(Change::Remove(attr::EXPIRES_AT));
+    Some((at, -1))
 }
 
 /// The counter that counts tasks in `state`, if one does. `pending` and
@@ -235,6 +251,7 @@ pub fn insert(task: &Task) -> Transition {
         to: task.state,
         state_at: Some(load_place(task)),
         counters: counter_moves(None, task.state),
+        expiring: None,
     }
 }
 
@@ -271,6 +288,7 @@ pub fn claim(owner: &str, now: Timestamp, lease: Duration) -> Transition {
         to: TaskState::Running,
         state_at: Some(until),
         counters: Vec::new(),
+        expiring: None,
     }
 }
 
@@ -358,6 +376,7 @@ pub fn reclaim(
         to: TaskState::Running,
         state_at: Some(until),
         counters: Vec::new(),
+        expiring: None,
     }
 }
 
@@ -389,6 +408,7 @@ fn reclaim_to_end(
         to,
         state_at: Some(now),
         counters: counter_moves(Some(TaskState::Running), to),
+        expiring: None,
     }
 }
 
@@ -412,6 +432,7 @@ pub fn heartbeat(task: &Task, until: Timestamp, now: Timestamp) -> Transition {
         to: TaskState::Running,
         state_at: Some(until),
         counters: Vec::new(),
+        expiring: None,
     }
 }
 
@@ -432,6 +453,9 @@ pub struct Finish {
     /// With `next` `waiting`: the step whose task of the same id a retry
     /// rule moves the run to (see [`crate::rules`]).
     pub escalate_to: Option<String>,
+    /// With `next` `done`: when the task expires (epoch seconds), from the
+    /// step's `expire_after` ([`crate::model::StepSettings::expiry_of`]).
+    pub expires_at: Option<i64>,
 }
 
 /// The changes that end an attempt: owner and lease gone, the attempt's
@@ -513,10 +537,15 @@ fn finish_unchecked(task: &Task, finish: &Finish) -> Transition {
     if finish.counts_as_failure {
         changes.push(Change::Add(attr::FAILED_ATTEMPTS, 1));
     }
+    let mut expiring = None;
     if finish.next == TaskState::Done {
         // Its work was done before a cancel asked could stop it.
         changes.push(Change::Remove(attr::CANCELLED_BY));
         changes.push(Change::Remove(attr::CANCELLED_AT));
+        if let Some(at) = finish.expires_at {
+            changes.push(Change::Set(attr::EXPIRES_AT, Value::from(at)));
+            expiring = Some((at, 1));
+        }
     }
     if let Some(step) = &finish.escalate_to {
         assert_eq!(
@@ -563,6 +592,7 @@ fn finish_unchecked(task: &Task, finish: &Finish) -> Transition {
         to: finish.next,
         state_at: Some(state_at),
         counters: counter_moves(Some(TaskState::Running), finish.next),
+        expiring,
     }
 }
 
@@ -583,6 +613,7 @@ pub fn release(task: &Task, record: AttemptRecord, tail: Option<String>) -> Tran
             },
             output_tail: tail,
             escalate_to: None,
+            expires_at: None,
         },
     )
 }

@@ -5,7 +5,9 @@
 
 use serde_json::Value;
 
-use super::{Change, Cond, Transition, Write, counter_moves, counter_of, deps, json, ms};
+use super::{
+    Change, Cond, Transition, Write, counter_moves, counter_of, deps, json, leave_expiry, ms,
+};
 use crate::model::{Task, TaskState};
 use crate::schema::attr;
 use crate::time::Timestamp;
@@ -29,6 +31,10 @@ pub fn prune(task: &Task) -> Transition {
         to: task.state,
         state_at: None,
         counters,
+        expiring: task
+            .expires_at
+            .filter(|_| task.state == TaskState::Done)
+            .map(|at| (at, -1)),
     }
 }
 
@@ -59,6 +65,33 @@ pub fn replace(old: &Task, new: &Task, now: Timestamp) -> Transition {
     } else {
         TaskState::Waiting
     };
+    let mut changes = vec![
+        Change::Set(attr::STATE, json(&to)),
+        Change::Remove(attr::REASON),
+        Change::Remove(attr::ESCALATED_TO),
+        deps::set_list(attr::WAITING_ON, &waiting_on),
+        Change::Set(attr::TASK_SCRIPT, Value::from(new.script.as_str())),
+        Change::Set(attr::SCRIPT_DIGEST, Value::from(new.script_digest.as_str())),
+        Change::Set(attr::ENV, json(&new.env)),
+        if new.columns.is_empty() {
+            Change::Remove(attr::COLUMNS)
+        } else {
+            Change::Set(attr::COLUMNS, json(&new.columns))
+        },
+        Change::Set(attr::FAILED_ATTEMPTS, Value::from(0)),
+        Change::Set(attr::UPDATED_AT, ms(now)),
+        Change::Remove(attr::READY_AT),
+        Change::Remove(attr::OWNER),
+        Change::Remove(attr::LEASE_EXPIRES_AT),
+        Change::Remove(attr::CANCELLED_BY),
+        Change::Remove(attr::CANCELLED_AT),
+        Change::Remove(attr::FINISHED_AT),
+        Change::Remove(attr::EXIT_CODE),
+        Change::Remove(attr::SIGNAL),
+        Change::Remove(attr::FAILURE_CLASS),
+        Change::Remove(attr::OUTPUT_TAIL),
+    ];
+    let expiring = leave_expiry(old, to, &mut changes);
     Transition {
         name: "replace",
         // What it waits for as read: an upstream task done in between
@@ -68,35 +101,11 @@ pub fn replace(old: &Task, new: &Task, now: Timestamp) -> Transition {
             Cond::Attempt(old.attempt),
             Cond::WaitingOn(old.waiting_on.clone()),
         ],
-        write: Write::Update(vec![
-            Change::Set(attr::STATE, json(&to)),
-            Change::Remove(attr::REASON),
-            Change::Remove(attr::ESCALATED_TO),
-            deps::set_list(attr::WAITING_ON, &waiting_on),
-            Change::Set(attr::TASK_SCRIPT, Value::from(new.script.as_str())),
-            Change::Set(attr::SCRIPT_DIGEST, Value::from(new.script_digest.as_str())),
-            Change::Set(attr::ENV, json(&new.env)),
-            if new.columns.is_empty() {
-                Change::Remove(attr::COLUMNS)
-            } else {
-                Change::Set(attr::COLUMNS, json(&new.columns))
-            },
-            Change::Set(attr::FAILED_ATTEMPTS, Value::from(0)),
-            Change::Set(attr::UPDATED_AT, ms(now)),
-            Change::Remove(attr::READY_AT),
-            Change::Remove(attr::OWNER),
-            Change::Remove(attr::LEASE_EXPIRES_AT),
-            Change::Remove(attr::CANCELLED_BY),
-            Change::Remove(attr::CANCELLED_AT),
-            Change::Remove(attr::FINISHED_AT),
-            Change::Remove(attr::EXIT_CODE),
-            Change::Remove(attr::SIGNAL),
-            Change::Remove(attr::FAILURE_CLASS),
-            Change::Remove(attr::OUTPUT_TAIL),
-        ]),
+        write: Write::Update(changes),
         to,
         state_at: Some(now),
         counters: counter_moves(Some(old.state), to),
+        expiring,
     }
 }
 
@@ -146,6 +155,7 @@ pub fn retry(task: &Task, attempt: u32, by: &str, now: Timestamp) -> Transition 
         to,
         state_at: Some(now),
         counters: counter_moves(Some(from), to),
+        expiring: None,
     }
 }
 
@@ -186,6 +196,7 @@ pub fn cancel(task: &Task, by: &str, now: Timestamp) -> Option<Transition> {
                 to: TaskState::Cancelled,
                 state_at: Some(now),
                 counters: counter_moves(Some(task.state), TaskState::Cancelled),
+                expiring: None,
             })
         }
         TaskState::Running if task.cancelled_by.is_none() => Some(Transition {
@@ -199,6 +210,7 @@ pub fn cancel(task: &Task, by: &str, now: Timestamp) -> Option<Transition> {
             to: TaskState::Running,
             state_at: None,
             counters: Vec::new(),
+            expiring: None,
         }),
         _ => None,
     }

@@ -83,6 +83,7 @@ fn a_retry_keeps_its_ready_time_in_ready_at() {
         record: record(1, Some(FailureClass::Exit), 3_000),
         output_tail: Some("x".into()),
         escalate_to: None,
+        expires_at: None,
     };
     let tr = finish(&c, &f);
     let after = tr.apply(Some(&c)).unwrap();
@@ -151,6 +152,7 @@ fn replace_keeps_the_attempt_and_history_and_resets_the_budget() {
         record: record(1, Some(FailureClass::Exit), 3_000),
         output_tail: None,
         escalate_to: None,
+        expires_at: None,
     };
     let failed = finish(&c, &f).apply(Some(&c)).unwrap();
     let mut new = pending();
@@ -221,6 +223,7 @@ fn a_finish_is_trimmed_to_fit_the_item_limit() {
         record: record(1, None, 3_000),
         output_tail: Some("y".repeat(200 * 1024)),
         escalate_to: None,
+        expires_at: None,
     };
     let tr = finish(&c, &f);
     let after = tr.apply(Some(&c)).unwrap();
@@ -332,6 +335,7 @@ fn finish_to(task: &Task, next: TaskState, class: Option<FailureClass>) -> Trans
             },
             output_tail: None,
             escalate_to: None,
+            expires_at: None,
         },
     )
 }
@@ -528,4 +532,71 @@ fn a_task_cancelled_on_its_own_account_is_not_brought_back_by_its_upstream() {
     let mut escalated = cancelled.clone();
     escalated.escalated_to = Some("align".into());
     assert!(deps::follow(&up, &escalated, t(3_000)).is_none());
+}
+
+#[test]
+fn a_done_task_is_counted_under_its_expiry_and_takes_it_along_when_it_leaves_done() {
+    let held = claimed(&pending(), "w", 2_000);
+    let mut end = Finish {
+        next: TaskState::Done,
+        counts_as_failure: false,
+        ready_at: t(5_000),
+        record: AttemptRecord {
+            outcome: TaskState::Done,
+            ..record(held.attempt, None, 4_000)
+        },
+        output_tail: None,
+        escalate_to: None,
+        expires_at: Some(90),
+    };
+    let tr = finish(&held, &end);
+    assert_eq!(tr.expiring, Some((90, 1)));
+    let done = tr.apply(Some(&held)).unwrap();
+    assert_eq!(done.expires_at, Some(90));
+    // Only a done end expires.
+    end.next = TaskState::Failed;
+    let failed = finish(&held, &end);
+    assert_eq!(failed.expiring, None);
+    assert_eq!(failed.apply(Some(&held)).unwrap().expires_at, None);
+
+    assert_eq!(prune(&done).expiring, Some((90, -1)));
+    let replaced = replace(&done, &pending(), t(6_000));
+    assert_eq!(replaced.expiring, Some((90, -1)));
+    assert_eq!(replaced.apply(Some(&done)).unwrap().expires_at, None);
+    let run_again = escalate::take_over(&pending(), "align-large", Some(&done), t(6_000));
+    assert_eq!(run_again.to, TaskState::Pending);
+    assert_eq!(run_again.expiring, Some((90, -1)));
+    assert_eq!(run_again.apply(Some(&done)).unwrap().expires_at, None);
+    // A task that never expired has no slot to leave.
+    let kept = Task {
+        expires_at: None,
+        ..done
+    };
+    assert_eq!(prune(&kept).expiring, None);
+}
+
+#[test]
+fn expiry_is_rounded_up_to_a_thirtieth_of_the_time_kept_at_most_a_day() {
+    let keep = |d: Duration| crate::model::StepSettings {
+        expire_after: Some(d),
+        ..crate::model::StepSettings::default()
+    };
+    let finished = t(1_000_000_500); // 1,000,000.5 s
+    let day = 86_400;
+    let at = keep(Duration::from_secs(90 * day))
+        .expiry_of(finished)
+        .unwrap();
+    assert_eq!(at % day as i64, 0, "a day's slot");
+    assert!((1_000_000 + 90 * day as i64..1_000_000 + 91 * day as i64 + 1).contains(&at));
+    let at = keep(Duration::from_secs(300)).expiry_of(finished).unwrap();
+    assert_eq!((at % 10, (1_000_300..=1_000_310).contains(&at)), (0, true));
+    let at = keep(Duration::from_secs(5)).expiry_of(finished).unwrap();
+    assert_eq!(
+        at, 1_000_006,
+        "one-second slots: after the finish's second ends"
+    );
+    assert_eq!(
+        crate::model::StepSettings::default().expiry_of(finished),
+        None
+    );
 }

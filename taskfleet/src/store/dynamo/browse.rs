@@ -10,9 +10,10 @@ use super::{DynamoStore, Item, decode, s};
 use crate::model::{StepMeta, TaskPage, TaskSummary};
 use crate::schema::{self, attr};
 use crate::store::StoreError;
+use crate::time::Timestamp;
 
 /// The attributes a [`TaskSummary`] is read from.
-const SUMMARY: [&str; 11] = [
+const SUMMARY: [&str; 12] = [
     attr::STEP,
     attr::TASK_ID,
     attr::STATE,
@@ -24,7 +25,16 @@ const SUMMARY: [&str; 11] = [
     attr::FINISHED_AT,
     attr::LOG_URI,
     attr::REASON,
+    attr::EXPIRES_AT,
 ];
+
+/// Whether the task `item` has expired by `now` (it is gone, whether or
+/// not the table's TTL has deleted it yet).
+pub(super) fn expired_item(item: &Item, now: Timestamp) -> bool {
+    item.get(attr::EXPIRES_AT)
+        .and_then(|v| v.as_n().ok()?.parse::<i64>().ok())
+        .is_some_and(|at| at.saturating_mul(1000) <= now.as_millis())
+}
 
 /// Keys of one BatchGetItem at most.
 const BATCH_KEYS: usize = 100;
@@ -41,7 +51,11 @@ impl DynamoStore {
                 .iter()
                 .map(|m| schema::task_key(&m.step, m.shards, task_id))
                 .collect();
+            let now = Timestamp::now();
             for item in self.batch_get(keys, &SUMMARY).await? {
+                if expired_item(&item, now) {
+                    continue;
+                }
                 found.push(decode::<TaskSummary>(task_id, item)?);
             }
         }
@@ -81,9 +95,11 @@ impl DynamoStore {
             ])));
         }
         let out = query.send().await.map_err(|e| self.classify("Query", &e))?;
+        let now = Timestamp::now();
         let tasks = out
             .items()
             .iter()
+            .filter(|i| !expired_item(i, now))
             .map(|i| decode::<TaskSummary>(&pk, i.clone()))
             .collect::<Result<Vec<_>, _>>()?;
         let next = out

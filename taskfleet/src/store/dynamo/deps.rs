@@ -19,7 +19,9 @@ use aws_sdk_dynamodb::types::{ConditionCheck, TransactWriteItem};
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::errors::{Reason, cancellation_reasons, is_throttled_transaction, reason_kind};
-use super::expr::{counter_item, put_in_transaction, sum_deltas, update_in_transaction};
+use super::expr::{
+    Counter, counter_item, deltas_of, put_in_transaction, sum_deltas, update_in_transaction,
+};
 use super::lease::Applied;
 use super::{DynamoStore, decode};
 use crate::model::{StepMeta, Task};
@@ -133,7 +135,7 @@ impl DynamoStore {
         writes: &[Planned],
     ) -> Result<Option<usize>, StoreError> {
         let mut items = Vec::with_capacity(2 * writes.len());
-        let mut counters: BTreeMap<(String, u16), Vec<(&'static str, i64)>> = BTreeMap::new();
+        let mut counters: BTreeMap<(String, u16), Vec<(Counter, i64)>> = BTreeMap::new();
         for (i, p) in writes.iter().enumerate() {
             let m = if i == 0 {
                 meta.clone()
@@ -168,10 +170,10 @@ impl DynamoStore {
             counters
                 .entry((p.step.clone(), schema::shard_of(&p.task_id, m.shards)))
                 .or_default()
-                .extend(p.transition.counters.iter().copied());
+                .extend(deltas_of(&p.transition));
         }
         for ((step, shard), deltas) in counters {
-            let deltas = sum_deltas(&deltas);
+            let deltas = sum_deltas(deltas);
             if !deltas.is_empty() {
                 items.push(counter_item(&self.table, &step, shard, &deltas));
             }
@@ -336,7 +338,7 @@ impl DynamoStore {
             let mut task = task.clone();
             deps::start(&mut task, ups, now);
             let insert = transition::insert(&task);
-            deltas.extend(insert.counters.iter().copied());
+            deltas.extend(deltas_of(&insert));
             items.push(
                 TransactWriteItem::builder()
                     .put(put_in_transaction(&self.table, meta, &insert))
@@ -383,7 +385,7 @@ impl DynamoStore {
             &self.table,
             &meta.step,
             shard,
-            &sum_deltas(&deltas),
+            &sum_deltas(deltas),
         ));
         owners.push((0, false));
         (items, owners)

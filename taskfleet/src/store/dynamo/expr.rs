@@ -228,12 +228,28 @@ pub(super) fn delete_in_transaction(
         .expect("table, key and condition are set")
 }
 
+/// A counter attribute: one of [`attr`]'s, or an expiry counter
+/// ([`schema::expiring_attr`]).
+pub(super) type Counter = std::borrow::Cow<'static, str>;
+
+/// Every counter delta of `t`, its expiry counter's too.
+pub(super) fn deltas_of(t: &Transition) -> Vec<(Counter, i64)> {
+    t.counters
+        .iter()
+        .map(|(c, by)| (Counter::Borrowed(*c), *by))
+        .chain(
+            t.expiring
+                .map(|(at, by)| (Counter::Owned(schema::expiring_attr(at)), by)),
+        )
+        .collect()
+}
+
 /// The counter update of one shard: every delta in one `ADD`.
 pub(super) fn counter_update(
     table: &str,
     step: &str,
     shard: u16,
-    deltas: &[(&'static str, i64)],
+    deltas: &[(Counter, i64)],
 ) -> Update {
     let mut e = Expr::default();
     for (counter, by) in deltas {
@@ -256,7 +272,7 @@ pub(super) fn counter_item(
     table: &str,
     step: &str,
     shard: u16,
-    deltas: &[(&'static str, i64)],
+    deltas: &[(Counter, i64)],
 ) -> TransactWriteItem {
     TransactWriteItem::builder()
         .update(counter_update(table, step, shard, deltas))
@@ -264,12 +280,12 @@ pub(super) fn counter_item(
 }
 
 /// Sums counter deltas per counter, dropping those that cancel out.
-pub(super) fn sum_deltas(deltas: &[(&'static str, i64)]) -> Vec<(&'static str, i64)> {
-    let mut out: Vec<(&'static str, i64)> = Vec::new();
+pub(super) fn sum_deltas(deltas: impl IntoIterator<Item = (Counter, i64)>) -> Vec<(Counter, i64)> {
+    let mut out: Vec<(Counter, i64)> = Vec::new();
     for (counter, by) in deltas {
-        match out.iter_mut().find(|(c, _)| c == counter) {
+        match out.iter_mut().find(|(c, _)| *c == counter) {
             Some((_, total)) => *total += by,
-            None => out.push((counter, *by)),
+            None => out.push((counter, by)),
         }
     }
     out.retain(|(_, by)| *by != 0);
@@ -341,13 +357,18 @@ mod tests {
     #[test]
     fn counter_deltas_are_summed_per_counter() {
         assert_eq!(
-            sum_deltas(&[
-                (attr::LOADED, 1),
-                (attr::LOADED, 1),
-                (attr::DONE, 1),
-                (attr::DONE, -1)
+            sum_deltas([
+                (Counter::Borrowed(attr::LOADED), 1),
+                (Counter::Borrowed(attr::LOADED), 1),
+                (Counter::Borrowed(attr::DONE), 1),
+                (Counter::Borrowed(attr::DONE), -1),
+                (Counter::Owned(schema::expiring_attr(60)), 1),
+                (Counter::Owned(schema::expiring_attr(60)), 1),
             ]),
-            vec![(attr::LOADED, 2)]
+            vec![
+                (Counter::Borrowed(attr::LOADED), 2),
+                (Counter::Owned("expiring_60".to_owned()), 2)
+            ]
         );
     }
 }

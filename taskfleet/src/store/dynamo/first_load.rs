@@ -37,7 +37,7 @@ use aws_sdk_dynamodb::types::{PutRequest, Select, TransactWriteItem, Update, Wri
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::errors::{Reason, cancellation_reasons, is_throttled_transaction, reason_kind};
-use super::expr::{counter_update, sum_deltas};
+use super::expr::{Counter, counter_update, sum_deltas};
 use super::{DynamoStore, n, s, task_item};
 use crate::model::{LoadLock, StepMeta, Task};
 use crate::schema::{self, STEPS_PK, attr};
@@ -246,7 +246,10 @@ impl DynamoStore {
     ) -> Result<(), StoreError> {
         let updates: Vec<Update> = counts
             .iter()
-            .map(|(shard, deltas)| (*shard, sum_deltas(deltas)))
+            .map(|(shard, deltas)| {
+                let deltas = deltas.iter().map(|(c, by)| (Counter::Borrowed(*c), *by));
+                (*shard, sum_deltas(deltas))
+            })
             .filter(|(_, deltas)| !deltas.is_empty())
             .map(|(shard, deltas)| counter_update(&self.table, &meta.step, shard, &deltas))
             .collect();

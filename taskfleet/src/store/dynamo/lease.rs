@@ -17,7 +17,7 @@ use super::errors::{
     Reason, cancellation_reasons, is_condition_failed, is_retryable, is_throttled_transaction,
     reason_kind,
 };
-use super::expr::{counter_item, render_update, sum_deltas, update_in_transaction};
+use super::expr::{counter_item, deltas_of, render_update, sum_deltas, update_in_transaction};
 use super::{DynamoStore, Item, decode, n, s};
 use crate::model::{StepMeta, Task, TaskState};
 use crate::schema::{self, BY_STATE_INDEX, attr};
@@ -68,7 +68,7 @@ impl DynamoStore {
         t: &Transition,
         return_new: bool,
     ) -> Result<Applied, StoreError> {
-        let counters = sum_deltas(&t.counters);
+        let counters = sum_deltas(deltas_of(t));
         let mut tries = 0;
         loop {
             tries += 1;

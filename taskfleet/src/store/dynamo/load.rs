@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::TransactWriteItem;
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::errors::{Reason, cancellation_reasons, is_throttled_transaction, reason_kind};
-use super::expr::{counter_item, put_in_transaction, sum_deltas};
+use super::expr::{counter_item, deltas_of, put_in_transaction, sum_deltas};
 use super::{DynamoStore, decode, task_item};
 use crate::model::{StepMeta, Task};
 use crate::schema::{self, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_ITEMS};
@@ -74,7 +74,7 @@ impl DynamoStore {
         while !remaining.is_empty() {
             tries += 1;
             let inserts: Vec<_> = remaining.iter().map(|t| transition::insert(t)).collect();
-            let deltas: Vec<_> = inserts.iter().flat_map(|t| t.counters.clone()).collect();
+            let deltas: Vec<_> = inserts.iter().flat_map(deltas_of).collect();
             let mut items: Vec<TransactWriteItem> = inserts
                 .iter()
                 .map(|t| {
@@ -87,7 +87,7 @@ impl DynamoStore {
                 &self.table,
                 &meta.step,
                 shard,
-                &sum_deltas(&deltas),
+                &sum_deltas(deltas),
             ));
             let Err(err) = self
                 .client

@@ -314,7 +314,12 @@ impl TaskStore for DynamoStore {
 
     async fn task(&self, step: &str, task_id: &str) -> Result<Option<Task>, StoreError> {
         let meta = self.required_step(step).await?;
-        self.read_task(&meta, task_id).await
+        // An expired task is gone, deleted by the TTL or not.
+        let now = Timestamp::now();
+        Ok(self
+            .read_task(&meta, task_id)
+            .await?
+            .filter(|t| !t.expired(now)))
     }
 
     async fn step(&self, step: &str) -> Result<Option<StepMeta>, StoreError> {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 
-use super::expr::{counter_item, delete_in_transaction, sum_deltas};
+use super::expr::{counter_item, delete_in_transaction, deltas_of, sum_deltas};
 use super::{DynamoStore, Item, decode, n, s};
 use crate::model::{StepMeta, Task, TaskState};
 use crate::schema::{self, attr};
@@ -86,13 +86,18 @@ impl DynamoStore {
     /// only while it counts no task), its load records, then the step.
     pub(super) async fn remove_step_of(&self, meta: &StepMeta) -> Result<(), StoreError> {
         let counters = self.counter_items(&meta.step).await?;
-        // Any shard that counts a task (a drifted counter too: `recount`
-        // first), checked before anything is removed.
-        let loaded: i64 = counters
-            .iter()
-            .filter_map(|c| c.get(attr::LOADED)?.as_n().ok()?.parse::<i64>().ok())
-            .filter(|n| *n > 0)
-            .sum();
+        let now = Timestamp::now();
+        // Tasks a shard still counts (expired ones are gone; a drifted
+        // counter counts too: `recount` first), checked before anything is
+        // removed.
+        let loaded_of = |c: &Item| -> i64 {
+            let loaded = c
+                .get(attr::LOADED)
+                .and_then(|v| v.as_n().ok()?.parse::<i64>().ok())
+                .unwrap_or(0);
+            loaded - super::report::expired_in(c, now)
+        };
+        let loaded: i64 = counters.iter().map(loaded_of).filter(|n| *n > 0).sum();
         if loaded > 0 {
             return Err(crate::store::prune_not_empty(
                 &meta.step,
@@ -103,17 +108,30 @@ impl DynamoStore {
             let (Some(pk), Some(sk)) = (item.get(attr::PK), item.get(attr::SK)) else {
                 continue;
             };
-            let out = self
+            // Removed only as read: a task loaded or finished since changes
+            // it. (A shard whose expired tasks are all that is left still
+            // counts them in `loaded`.)
+            let was = item
+                .get(attr::LOADED)
+                .and_then(|v| v.as_n().ok()?.parse::<i64>().ok())
+                .unwrap_or(0);
+            let mut delete = self
                 .client
                 .delete_item()
                 .table_name(&self.table)
                 .key(attr::PK, pk.clone())
                 .key(attr::SK, sk.clone())
-                .condition_expression("attribute_not_exists(#loaded) OR #loaded <= :zero")
-                .expression_attribute_names("#loaded", attr::LOADED)
-                .expression_attribute_values(":zero", n(0))
-                .send()
-                .await;
+                .expression_attribute_names("#loaded", attr::LOADED);
+            delete = if was == 0 {
+                delete
+                    .condition_expression("attribute_not_exists(#loaded) OR #loaded <= :zero")
+                    .expression_attribute_values(":zero", n(0))
+            } else {
+                delete
+                    .condition_expression("#loaded = :was")
+                    .expression_attribute_values(":was", n(was))
+            };
+            let out = delete.send().await;
             match out {
                 Ok(_) => {}
                 Err(e) if super::errors::is_condition_failed(&e) => {
@@ -183,15 +201,12 @@ impl DynamoStore {
                                 .build()
                         })
                         .collect();
-                    let deltas: Vec<(&'static str, i64)> = transitions
-                        .iter()
-                        .flat_map(|t| t.counters.iter().copied())
-                        .collect();
+                    let deltas: Vec<_> = transitions.iter().flat_map(deltas_of).collect();
                     items.push(counter_item(
                         &self.table,
                         &meta.step,
                         shard,
-                        &sum_deltas(&deltas),
+                        &sum_deltas(deltas),
                     ));
                     let failed = self.transact(items).await?;
                     if failed.is_empty() {

@@ -15,6 +15,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Select};
 use futures::{StreamExt, TryStreamExt};
 
 use super::errors::{is_condition_failed, is_retryable};
+use super::expr::Counter;
 use super::{DynamoStore, Item, n, s};
 use crate::model::{FailedTask, StepMeta, StepStatus, TaskState};
 use crate::schema::{self, attr};
@@ -27,6 +28,17 @@ const STATUS_CONCURRENCY: usize = 32;
 
 /// Tries to correct one shard's counters while tasks keep moving.
 const RECOUNT_TRIES: u32 = 5;
+
+/// The `done` tasks of one counter item that have expired by `now` (its
+/// `expiring_*` counters whose time has come): still in its `loaded` and
+/// `done`, gone from the step (see [`crate::schema`], "Counters").
+pub(super) fn expired_in(item: &Item, now: Timestamp) -> i64 {
+    item.iter()
+        .filter_map(|(name, v)| Some((schema::expiring_at(name)?, v)))
+        .filter(|(at, _)| at.saturating_mul(1000) <= now.as_millis())
+        .filter_map(|(_, v)| v.as_n().ok()?.parse::<i64>().ok())
+        .sum()
+}
 
 impl DynamoStore {
     /// The step's counter items, one per shard that ever had a task: one
@@ -100,12 +112,23 @@ impl DynamoStore {
 
     pub(super) async fn counts_of(&self, meta: &StepMeta) -> Result<StepStatus, StoreError> {
         let counters = self.counter_items(&meta.step).await?;
+        let now = Timestamp::now();
         let sum = |name: &str| -> u64 {
             counters
                 .iter()
-                .filter_map(|c| c.get(name))
-                .filter_map(|v| v.as_n().ok())
-                .filter_map(|n| n.parse::<i64>().ok())
+                .map(|c| {
+                    let n = c
+                        .get(name)
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|n| n.parse::<i64>().ok())
+                        .unwrap_or(0);
+                    // Expired tasks are gone, deleted by the TTL or not.
+                    if name == attr::LOADED || name == attr::DONE {
+                        n - expired_in(c, now)
+                    } else {
+                        n
+                    }
+                })
                 .sum::<i64>()
                 .max(0)
                 .unsigned_abs()
@@ -358,24 +381,20 @@ impl DynamoStore {
         Ok(out)
     }
 
-    /// Counts every state of one shard from the index, and the counter item
-    /// as stored.
+    /// Counts every state of one shard, and the counter item as stored,
+    /// at `now` (returned). From the state index; but on a shard whose
+    /// done tasks expire (the step's setting, or expiry counters on its
+    /// counter item), from one consistent read of the shard's task
+    /// partition instead: the index holds no expiry, and it lags the table
+    /// while the TTL deletes tasks. There an expiry counter counts the
+    /// expired tasks still in the table, which `loaded` and `done` count
+    /// too, so that the counts stay exact as the TTL deletes them.
     async fn shard_counts(
         &self,
         meta: &StepMeta,
         shard: u16,
-    ) -> Result<(HashMap<&'static str, i64>, HashMap<&'static str, i64>), StoreError> {
-        let mut counted: HashMap<&'static str, i64> = HashMap::new();
-        let mut loaded = 0;
-        for state in TaskState::ALL {
-            let k = self.count_in_state(&meta.step, state, shard).await?;
-            let k = i64::try_from(k).unwrap_or(i64::MAX);
-            loaded += k;
-            if let Some(c) = counter_of(state) {
-                counted.insert(c, k);
-            }
-        }
-        counted.insert(attr::LOADED, loaded);
+    ) -> Result<(Counts, Counts, Timestamp), StoreError> {
+        let now = Timestamp::now();
         let stored = self
             .client
             .get_item()
@@ -387,18 +406,93 @@ impl DynamoStore {
             .await
             .map_err(|e| self.classify("GetItem", &e))?;
         let item = stored.item().cloned().unwrap_or_default();
+        let has_expiring = item.keys().any(|k| schema::expiring_at(k).is_some());
+        let mut counted: Counts = if meta.settings.expire_after.is_some() || has_expiring {
+            self.partition_counts(&meta.step, shard).await?
+        } else {
+            let mut counted = Counts::new();
+            let mut loaded = 0;
+            for state in TaskState::ALL {
+                let k = self.count_in_state(&meta.step, state, shard).await?;
+                let k = i64::try_from(k).unwrap_or(i64::MAX);
+                loaded += k;
+                if let Some(c) = counter_of(state) {
+                    counted.insert(Counter::Borrowed(c), k);
+                }
+            }
+            counted.insert(Counter::Borrowed(attr::LOADED), loaded);
+            counted
+        };
+        // Expiry counters of no task left go.
+        for name in item.keys() {
+            if schema::expiring_at(name).is_some() {
+                counted.entry(Counter::Owned(name.clone())).or_insert(0);
+            }
+        }
         let stored = counted
             .keys()
             .map(|c| {
                 let v = item
-                    .get(*c)
+                    .get(c.as_ref())
                     .and_then(|v| v.as_n().ok())
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
-                (*c, v)
+                (c.clone(), v)
             })
             .collect();
-        Ok((counted, stored))
+        Ok((counted, stored, now))
+    }
+
+    /// The counters of one shard as its task partition says, read once,
+    /// consistently, keeping only each task's state and expiry: every
+    /// state's counter, `loaded`, and an expiry counter per expiry time of
+    /// the done tasks that have one (expired or not).
+    async fn partition_counts(&self, step: &str, shard: u16) -> Result<Counts, StoreError> {
+        let items: Vec<Item> = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk")
+            .projection_expression("#state, #exp")
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_names("#state", attr::STATE)
+            .expression_attribute_names("#exp", attr::EXPIRES_AT)
+            .expression_attribute_values(":pk", s(&schema::task_pk(step, shard)))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| self.classify("Query", &e))?;
+        let mut counted = Counts::new();
+        for state in TaskState::ALL {
+            if let Some(c) = counter_of(state) {
+                counted.insert(Counter::Borrowed(c), 0);
+            }
+        }
+        counted.insert(
+            Counter::Borrowed(attr::LOADED),
+            i64::try_from(items.len()).unwrap_or(i64::MAX),
+        );
+        for item in &items {
+            let state = item
+                .get(attr::STATE)
+                .and_then(|v| v.as_s().ok())
+                .and_then(|v| TaskState::ALL.into_iter().find(|s| s.as_str() == v));
+            if let Some(c) = state.and_then(counter_of) {
+                *counted.entry(Counter::Borrowed(c)).or_default() += 1;
+            }
+            let expiry = item
+                .get(attr::EXPIRES_AT)
+                .and_then(|v| v.as_n().ok()?.parse::<i64>().ok());
+            if let (Some(TaskState::Done), Some(at)) = (state, expiry) {
+                *counted
+                    .entry(Counter::Owned(schema::expiring_attr(at)))
+                    .or_default() += 1;
+            }
+        }
+        Ok(counted)
     }
 
     pub(super) async fn recount_step(
@@ -411,13 +505,21 @@ impl DynamoStore {
             let mut tries = 0;
             loop {
                 tries += 1;
-                let (counted, stored) = self.shard_counts(meta, shard).await?;
-                let mut wrong: Vec<(&'static str, i64, i64)> = counted
+                let (counted, stored, now) = self.shard_counts(meta, shard).await?;
+                let mut wrong: Vec<(Counter, i64, i64)> = counted
                     .iter()
                     .filter(|(c, v)| stored[*c] != **v)
-                    .map(|(c, v)| (*c, stored[c], *v))
+                    .map(|(c, v)| (c.clone(), stored[c], *v))
                     .collect();
                 if wrong.is_empty() {
+                    break;
+                }
+                // Expired tasks the TTL deleted are still in `loaded`,
+                // `done` and their expiry counter: taking them off all
+                // three changes no count, so it is made without being
+                // reported (and not at all on a dry run).
+                let drift = !same_counts(&stored, &counted, now);
+                if !drift && !apply {
                     break;
                 }
                 wrong.sort_unstable();
@@ -425,7 +527,7 @@ impl DynamoStore {
                     corrections.extend(wrong.into_iter().map(|(counter, was, now)| Correction {
                         step: meta.step.clone(),
                         shard,
-                        counter,
+                        counter: counter.into_owned(),
                         was,
                         now,
                     }));
@@ -436,12 +538,17 @@ impl DynamoStore {
                 let mut names = HashMap::new();
                 let mut values = HashMap::new();
                 let mut sets = Vec::new();
+                let mut removes = Vec::new();
                 let mut conditions = Vec::new();
                 for (i, (counter, was, now)) in wrong.iter().enumerate() {
-                    names.insert(format!("#c{i}"), (*counter).to_owned());
-                    values.insert(format!(":now{i}"), n(*now));
+                    names.insert(format!("#c{i}"), counter.to_string());
                     values.insert(format!(":was{i}"), n(*was));
-                    sets.push(format!("#c{i} = :now{i}"));
+                    if *now == 0 && schema::expiring_at(counter).is_some() {
+                        removes.push(format!("#c{i}"));
+                    } else {
+                        values.insert(format!(":now{i}"), n(*now));
+                        sets.push(format!("#c{i} = :now{i}"));
+                    }
                     conditions.push(if *was == 0 {
                         format!("(attribute_not_exists(#c{i}) OR #c{i} = :was{i})")
                     } else {
@@ -454,19 +561,20 @@ impl DynamoStore {
                     .table_name(&self.table)
                     .key(attr::PK, s(&schema::counts_pk(&meta.step)))
                     .key(attr::SK, s(&schema::shard_sk(shard)))
-                    .update_expression(format!("SET {}", sets.join(", ")))
+                    .update_expression(update_expression(&sets, &removes))
                     .condition_expression(conditions.join(" AND "))
                     .set_expression_attribute_names(Some(names))
                     .set_expression_attribute_values(Some(values))
                     .send()
                     .await;
                 match written {
+                    Ok(_) if !drift => break,
                     Ok(_) => {
                         corrections.extend(wrong.into_iter().map(|(counter, was, now)| {
                             Correction {
                                 step: meta.step.clone(),
                                 shard,
-                                counter,
+                                counter: counter.into_owned(),
                                 was,
                                 now,
                             }
@@ -494,4 +602,46 @@ impl DynamoStore {
         }
         Ok(corrections)
     }
+}
+
+/// `SET a, b REMOVE c`, without an empty clause.
+fn update_expression(sets: &[String], removes: &[String]) -> String {
+    let mut out = Vec::new();
+    if !sets.is_empty() {
+        out.push(format!("SET {}", sets.join(", ")));
+    }
+    if !removes.is_empty() {
+        out.push(format!("REMOVE {}", removes.join(", ")));
+    }
+    out.join(" ")
+}
+
+/// Counter values by counter.
+type Counts = HashMap<Counter, i64>;
+
+/// Whether `a` and `b` give the same counts at `now`: every counter
+/// equal, but for `loaded` and `done` less the expired tasks (the expiry
+/// counters whose time has come), which need only agree less those.
+fn same_counts(a: &Counts, b: &Counts, now: Timestamp) -> bool {
+    let expired = |m: &Counts| -> i64 {
+        m.iter()
+            .filter(|(c, _)| {
+                schema::expiring_at(c).is_some_and(|at| at.saturating_mul(1000) <= now.as_millis())
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let (ea, eb) = (expired(a), expired(b));
+    a.iter().all(|(c, v)| {
+        let w = b.get(c).copied().unwrap_or(0);
+        match c.as_ref() {
+            attr::LOADED | attr::DONE => v - ea == w - eb,
+            name if schema::expiring_at(name)
+                .is_some_and(|at| at.saturating_mul(1000) <= now.as_millis()) =>
+            {
+                true
+            }
+            _ => *v == w,
+        }
+    })
 }
