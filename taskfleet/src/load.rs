@@ -273,6 +273,60 @@ pub async fn load<S: TaskStore>(
     Box::pin(load_rows(store, prepared, progress)).await
 }
 
+/// The steps waited for must exist, and not wait for this one: nothing is
+/// written otherwise.
+async fn check_after<S: TaskStore>(store: &S, request: &LoadRequest) -> Result<(), LoadError> {
+    let after = || request.settings.after.iter().flatten();
+    for up in after() {
+        if store.step(up).await?.is_none() {
+            return Err(LoadError::Input(format!(
+                "--after {up}: there is no step '{up}' in {}; load it first (its tasks must exist for these to wait for them)",
+                store.describe()
+            )));
+        }
+    }
+    refuse_a_cycle(store, &request.step, after()).await
+}
+
+/// Refuses `--after` steps that wait, through the steps they wait for,
+/// for `step` itself: its tasks and theirs would wait for each other for
+/// ever. One step read per step on the way, each at most once.
+async fn refuse_a_cycle<S: TaskStore>(
+    store: &S,
+    step: &str,
+    after: impl Iterator<Item = &String>,
+) -> Result<(), LoadError> {
+    // Each step to visit, with the way to it from `step`.
+    let mut todo: Vec<Vec<String>> = after.map(|up| vec![up.clone()]).collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(way) = todo.pop() {
+        let last = way.last().expect("a way has a step");
+        if !seen.insert(last.clone()) {
+            continue;
+        }
+        let Some(meta) = store.step(last).await? else {
+            continue;
+        };
+        for up in &meta.after {
+            if up == step {
+                let mut chain = way.iter().map(String::as_str).collect::<Vec<_>>();
+                chain.push(step);
+                return Err(LoadError::Input(format!(
+                    "--after {}: {} waits for {}; the tasks of these steps would wait for each other for ever. Load {step} without --after {} (or as a step of another name)",
+                    way[0],
+                    chain[0],
+                    chain[1..].join(", which waits for "),
+                    way[0],
+                )));
+            }
+            let mut longer = way.clone();
+            longer.push(up.clone());
+            todo.push(longer);
+        }
+    }
+    Ok(())
+}
+
 async fn load_rows<S: TaskStore>(
     store: &S,
     prepared: &PreparedLoad,
@@ -281,15 +335,7 @@ async fn load_rows<S: TaskStore>(
     let started = Instant::now();
     let request = &prepared.request;
     let mut lock = LoadLock::new(Timestamp::now().plus(LOCK_LEASE));
-    // The steps waited for must exist: nothing is written otherwise.
-    for up in request.settings.after.iter().flatten() {
-        if store.step(up).await?.is_none() {
-            return Err(LoadError::Input(format!(
-                "--after {up}: there is no step '{up}' in {}; load it first (its tasks must exist for these to wait for them)",
-                store.describe()
-            )));
-        }
-    }
+    check_after(store, request).await?;
     let (meta, change) = ensure_step(store, request, &lock).await?;
     ensure_escalation_steps(store, &meta).await?;
     let after = request.after(&meta).to_vec();

@@ -14,6 +14,7 @@ per_store!(
     a_dependent_loaded_while_its_upstream_task_runs_is_promoted_by_that_finish,
     a_failure_runs_down_the_chain_and_a_retry_brings_it_back,
     a_retried_dependent_of_a_failed_task_waits_and_a_step_keeps_an_after_added_later,
+    a_cycle_of_steps_is_refused_with_nothing_written,
 );
 
 fn after(steps: &[&str]) -> SettingsChange {
@@ -249,5 +250,43 @@ async fn a_retried_dependent_of_a_failed_task_waits_and_a_step_keeps_an_after_ad
     assert_eq!(
         (b.state, b.after.clone()),
         (TaskState::Waiting, vec!["call".to_owned()])
+    );
+}
+
+async fn a_cycle_of_steps_is_refused_with_nothing_written(t: TestStore) {
+    let sheet = "sample\nA\n";
+    load_text(&t.store, "align", "true", sheet, settings(1, 60)).await;
+    load_text(&t.store, "call", "true", sheet, after(&["align"])).await;
+    load_text(&t.store, "qc", "true", sheet, after(&["call"])).await;
+    // align after qc: align's tasks would wait for qc's, which wait for
+    // call's, which wait for align's.
+    let request = taskfleet::load::LoadRequest {
+        step: "align".into(),
+        script: "true".into(),
+        settings: after(&["qc"]),
+        replace: false,
+        concurrency: 1,
+    };
+    let sheet = taskfleet::sheet::Sheet::parse(
+        std::path::Path::new("s.csv"),
+        b"sample\nA\nB\n",
+        &taskfleet::sheet::SheetOptions::default(),
+    )
+    .unwrap();
+    let prepared = taskfleet::load::prepare(request, sheet).unwrap();
+    let err = taskfleet::load::load(&t.store, &prepared, &|_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "--after qc: qc waits for call, which waits for align; the tasks of these steps would wait for each other for ever. Load align without --after qc (or as a step of another name)"
+    );
+    let align = t.store.step("align").await.unwrap().unwrap();
+    assert!(align.after.is_empty(), "{:?}", align.after);
+    assert_eq!(
+        states(&t.store, "align").await,
+        (0, 1, 0, 0, 0),
+        "B not loaded"
     );
 }
