@@ -72,7 +72,7 @@ fn dependency_lines(out: &mut String, t: &Task) {
         let _ = writeln!(
             out,
             "expires:         {} (load --expire-after)",
-            taskfleet::time::Timestamp::from_millis(at.saturating_mul(1000))
+            taskfleet::time::Timestamp::from_secs(at)
         );
     }
 }

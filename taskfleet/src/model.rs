@@ -256,7 +256,7 @@ impl Task {
     /// Whether the task has expired at `now` (it is then treated as gone).
     pub fn expired(&self, now: Timestamp) -> bool {
         self.expires_at
-            .is_some_and(|at| at.saturating_mul(1000) <= now.as_millis())
+            .is_some_and(|at| Timestamp::from_secs(at) <= now)
     }
 }
 

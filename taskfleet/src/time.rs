@@ -26,6 +26,11 @@ impl Timestamp {
         Self(ms)
     }
 
+    /// The instant `secs` epoch seconds name (the TTL attribute's unit).
+    pub const fn from_secs(secs: i64) -> Self {
+        Self(secs.saturating_mul(1000))
+    }
+
     /// Milliseconds since the epoch.
     pub const fn as_millis(self) -> i64 {
         self.0

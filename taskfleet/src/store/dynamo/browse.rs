@@ -31,9 +31,7 @@ const SUMMARY: [&str; 12] = [
 /// Whether the task `item` has expired by `now` (it is gone, whether or
 /// not the table's TTL has deleted it yet).
 pub(super) fn expired_item(item: &Item, now: Timestamp) -> bool {
-    item.get(attr::EXPIRES_AT)
-        .and_then(|v| v.as_n().ok()?.parse::<i64>().ok())
-        .is_some_and(|at| at.saturating_mul(1000) <= now.as_millis())
+    super::number(item, attr::EXPIRES_AT).is_some_and(|at| Timestamp::from_secs(at) <= now)
 }
 
 /// Keys of one BatchGetItem at most.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 
 use super::expr::{counter_item, delete_in_transaction, deltas_of, sum_deltas};
-use super::{DynamoStore, Item, decode, n, s};
+use super::{DynamoStore, Item, decode, n, number, s};
 use crate::model::{StepMeta, Task, TaskState};
 use crate::schema::{self, attr};
 use crate::store::{PruneCursor, StoreError};
@@ -90,13 +90,8 @@ impl DynamoStore {
         // Tasks a shard still counts (expired ones are gone; a drifted
         // counter counts too: `recount` first), checked before anything is
         // removed.
-        let loaded_of = |c: &Item| -> i64 {
-            let loaded = c
-                .get(attr::LOADED)
-                .and_then(|v| v.as_n().ok()?.parse::<i64>().ok())
-                .unwrap_or(0);
-            loaded - super::report::expired_in(c, now)
-        };
+        let loaded_of =
+            |c: &Item| number(c, attr::LOADED).unwrap_or(0) - super::report::expired_in(c, now);
         let loaded: i64 = counters.iter().map(loaded_of).filter(|n| *n > 0).sum();
         if loaded > 0 {
             return Err(crate::store::prune_not_empty(
@@ -111,10 +106,7 @@ impl DynamoStore {
             // Removed only as read: a task loaded or finished since changes
             // it. (A shard whose expired tasks are all that is left still
             // counts them in `loaded`.)
-            let was = item
-                .get(attr::LOADED)
-                .and_then(|v| v.as_n().ok()?.parse::<i64>().ok())
-                .unwrap_or(0);
+            let was = number(item, attr::LOADED).unwrap_or(0);
             let mut delete = self
                 .client
                 .delete_item()

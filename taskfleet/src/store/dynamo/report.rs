@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::errors::{is_condition_failed, is_retryable};
 use super::expr::Counter;
-use super::{DynamoStore, Item, n, s};
+use super::{DynamoStore, Item, n, number, s};
 use crate::model::{FailedTask, StepMeta, StepStatus, TaskState};
 use crate::schema::{self, attr};
 use crate::store::{Correction, StoreError, Unfinished};
@@ -33,11 +33,15 @@ const RECOUNT_TRIES: u32 = 5;
 /// `expiring_*` counters whose time has come): still in its `loaded` and
 /// `done`, gone from the step (see [`crate::schema`], "Counters").
 pub(super) fn expired_in(item: &Item, now: Timestamp) -> i64 {
-    item.iter()
-        .filter_map(|(name, v)| Some((schema::expiring_at(name)?, v)))
-        .filter(|(at, _)| at.saturating_mul(1000) <= now.as_millis())
-        .filter_map(|(_, v)| v.as_n().ok()?.parse::<i64>().ok())
+    item.keys()
+        .filter(|name| expired_slot(name, now))
+        .filter_map(|name| number(item, name))
         .sum()
+}
+
+/// Whether `name` is an expiry counter whose time has come at `now`.
+fn expired_slot(name: &str, now: Timestamp) -> bool {
+    schema::expiring_at(name).is_some_and(|at| Timestamp::from_secs(at) <= now)
 }
 
 impl DynamoStore {
@@ -71,12 +75,7 @@ impl DynamoStore {
             let Some(slot) = shard.and_then(|k| open.get_mut(k)) else {
                 continue;
             };
-            let get = |name: &str| -> i64 {
-                item.get(name)
-                    .and_then(|v| v.as_n().ok())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0)
-            };
+            let get = |name: &str| number(&item, name).unwrap_or(0);
             let n = get(attr::LOADED)
                 - get(attr::DONE)
                 - get(attr::FAILED)
@@ -92,12 +91,7 @@ impl DynamoStore {
     pub(super) async fn unfinished_of(&self, step: &str) -> Result<Unfinished, StoreError> {
         let mut out = Unfinished::default();
         for item in self.counter_items(step).await? {
-            let get = |name: &str| -> i64 {
-                item.get(name)
-                    .and_then(|v| v.as_n().ok())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0)
-            };
+            let get = |name: &str| number(&item, name).unwrap_or(0);
             let waiting = get(attr::WAITING);
             let open = get(attr::LOADED)
                 - get(attr::DONE)
@@ -117,11 +111,7 @@ impl DynamoStore {
             counters
                 .iter()
                 .map(|c| {
-                    let n = c
-                        .get(name)
-                        .and_then(|v| v.as_n().ok())
-                        .and_then(|n| n.parse::<i64>().ok())
-                        .unwrap_or(0);
+                    let n = number(c, name).unwrap_or(0);
                     // Expired tasks are gone, deleted by the TTL or not.
                     if name == attr::LOADED || name == attr::DONE {
                         n - expired_in(c, now)
@@ -216,11 +206,7 @@ impl DynamoStore {
             .try_collect()
             .await?;
         let mut entries: Vec<Item> = per_shard.into_iter().flatten().collect();
-        let finished = |i: &Item| {
-            i.get(attr::STATE_AT)
-                .and_then(|v| v.as_n().ok())
-                .and_then(|n| n.parse::<i64>().ok())
-        };
+        let finished = |i: &Item| number(i, attr::STATE_AT);
         entries.sort_by_key(|i| std::cmp::Reverse(finished(i)));
         entries.truncate(limit);
 
@@ -253,11 +239,6 @@ impl DynamoStore {
                 }
             }
         }
-        let num = |i: &Item, a: &str| {
-            i.get(a)
-                .and_then(|v| v.as_n().ok())
-                .and_then(|n| n.parse::<i64>().ok())
-        };
         Ok(entries
             .iter()
             .map(|i| {
@@ -268,15 +249,15 @@ impl DynamoStore {
                     .unwrap_or_default();
                 FailedTask {
                     step: meta.step.clone(),
-                    attempt: num(i, attr::ATTEMPT)
+                    attempt: number(i, attr::ATTEMPT)
                         .and_then(|n| u32::try_from(n).ok())
                         .unwrap_or(0),
-                    exit_code: num(i, attr::EXIT_CODE).and_then(|n| i32::try_from(n).ok()),
-                    signal: num(i, attr::SIGNAL).and_then(|n| i32::try_from(n).ok()),
+                    exit_code: number(i, attr::EXIT_CODE).and_then(|n| i32::try_from(n).ok()),
+                    signal: number(i, attr::SIGNAL).and_then(|n| i32::try_from(n).ok()),
                     failure_class: i
                         .get(attr::FAILURE_CLASS)
                         .and_then(|v| serde_dynamo::from_attribute_value(v.clone()).ok()),
-                    finished_at: num(i, attr::FINISHED_AT).map(Timestamp::from_millis),
+                    finished_at: number(i, attr::FINISHED_AT).map(Timestamp::from_millis),
                     output_tail: tails.remove(&id),
                     log_uri: logs.remove(&id),
                     task_id: id,
@@ -431,14 +412,7 @@ impl DynamoStore {
         }
         let stored = counted
             .keys()
-            .map(|c| {
-                let v = item
-                    .get(c.as_ref())
-                    .and_then(|v| v.as_n().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                (c.clone(), v)
-            })
+            .map(|c| (c.clone(), number(&item, c).unwrap_or(0)))
             .collect();
         Ok((counted, stored, now))
     }
@@ -483,10 +457,7 @@ impl DynamoStore {
             if let Some(c) = state.and_then(counter_of) {
                 *counted.entry(Counter::Borrowed(c)).or_default() += 1;
             }
-            let expiry = item
-                .get(attr::EXPIRES_AT)
-                .and_then(|v| v.as_n().ok()?.parse::<i64>().ok());
-            if let (Some(TaskState::Done), Some(at)) = (state, expiry) {
+            if let (Some(TaskState::Done), Some(at)) = (state, number(item, attr::EXPIRES_AT)) {
                 *counted
                     .entry(Counter::Owned(schema::expiring_attr(at)))
                     .or_default() += 1;
@@ -625,9 +596,7 @@ type Counts = HashMap<Counter, i64>;
 fn same_counts(a: &Counts, b: &Counts, now: Timestamp) -> bool {
     let expired = |m: &Counts| -> i64 {
         m.iter()
-            .filter(|(c, _)| {
-                schema::expiring_at(c).is_some_and(|at| at.saturating_mul(1000) <= now.as_millis())
-            })
+            .filter(|(c, _)| expired_slot(c, now))
             .map(|(_, v)| v)
             .sum()
     };
@@ -636,11 +605,7 @@ fn same_counts(a: &Counts, b: &Counts, now: Timestamp) -> bool {
         let w = b.get(c).copied().unwrap_or(0);
         match c.as_ref() {
             attr::LOADED | attr::DONE => v - ea == w - eb,
-            name if schema::expiring_at(name)
-                .is_some_and(|at| at.saturating_mul(1000) <= now.as_millis()) =>
-            {
-                true
-            }
+            name if expired_slot(name, now) => true,
             _ => *v == w,
         }
     })
