@@ -19,7 +19,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 
 use super::{
     Candidate, Claim, Correction, Fence, Finish, InsertOutcome, Order, ReplaceOutcome,
-    SettingsChange, StepChange, StoreError, TaskStore, reclaim_cutoff,
+    SettingsChange, StepChange, StoreError, TaskStore,
 };
 use crate::model::{FailedTask, StepMeta, StepStatus, Task, TaskState};
 use crate::schema;
@@ -29,6 +29,7 @@ use crate::transition::{self, Transition, Write};
 mod browse;
 mod counts;
 mod deps;
+mod lease;
 mod prune;
 
 const SCHEMA: &str = "
@@ -416,36 +417,8 @@ impl TaskStore for SqliteStore {
             .into_iter()
             .map(|s| s.step)
             .collect();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.tx(move |tx| {
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT body FROM tasks WHERE step = ?1 AND state = 'failed' ORDER BY state_at DESC LIMIT ?2",
-                )
-                .map_err(q)?;
-            let mut out = Vec::new();
-            for step in &steps {
-                let rows = stmt
-                    .query_map(params![step, limit], |r| r.get::<_, String>(0))
-                    .map_err(q)?;
-                for row in rows {
-                    let t: Task = from_json(step, &row.map_err(q)?)?;
-                    out.push(FailedTask {
-                        step: t.step,
-                        task_id: t.task_id,
-                        attempt: t.attempt,
-                        exit_code: t.exit_code,
-                        signal: t.signal,
-                        failure_class: t.failure_class,
-                        finished_at: t.finished_at,
-                        output_tail: t.output_tail,
-                        log_uri: t.log_uri,
-                    });
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.tx(move |tx| counts::failed_in(tx, &steps, limit))
+            .await
     }
 
     async fn task(&self, step: &str, task_id: &str) -> Result<Option<Task>, StoreError> {
@@ -594,49 +567,8 @@ impl TaskStore for SqliteStore {
         limit: usize,
         order: Order,
     ) -> Result<Vec<Candidate>, StoreError> {
-        let cutoff = match state {
-            TaskState::Running => reclaim_cutoff(now).as_millis(),
-            _ => now.as_millis(),
-        };
-        let step = meta.step.clone();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let from = match order {
-            Order::OldestFrom(from) => from.as_millis(),
-            Order::OldestFirst | Order::NewestFirst => i64::MIN,
-        };
-        self.tx(move |tx| {
-            let mut stmt = tx
-                .prepare_cached(match order {
-                    Order::OldestFirst | Order::OldestFrom(_) => {
-                        "SELECT task_id, attempt, state_at FROM tasks
-                         WHERE step = ?1 AND state = ?2 AND shard = ?5 AND state_at <= ?3
-                           AND state_at >= ?6
-                         ORDER BY state_at, task_id LIMIT ?4"
-                    }
-                    Order::NewestFirst => {
-                        "SELECT task_id, attempt, state_at FROM tasks
-                         WHERE step = ?1 AND state = ?2 AND shard = ?5 AND state_at <= ?3
-                           AND state_at >= ?6
-                         ORDER BY state_at DESC, task_id DESC LIMIT ?4"
-                    }
-                })
-                .map_err(q)?;
-            let rows = stmt
-                .query_map(
-                    params![step, state.as_str(), cutoff, limit, shard, from],
-                    |r| {
-                        Ok(Candidate {
-                            task_id: r.get(0)?,
-                            state,
-                            attempt: r.get(1)?,
-                            state_at: Timestamp::from_millis(r.get(2)?),
-                        })
-                    },
-                )
-                .map_err(q)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(q)
-        })
-        .await
+        self.candidates_in(meta, shard, state, now, limit, order)
+            .await
     }
 
     async fn claim(
@@ -646,24 +578,7 @@ impl TaskStore for SqliteStore {
         owner: &str,
         now: Timestamp,
     ) -> Result<Claim, StoreError> {
-        let (meta, candidate, owner) = (meta.clone(), candidate.clone(), owner.to_owned());
-        self.tx(move |tx| {
-            if candidate.state == TaskState::Pending {
-                let t = transition::claim(&owner, now, meta.settings.lease);
-                return Ok(match apply(tx, &meta, &candidate.task_id, &t)? {
-                    Some(task) => Claim::Claimed(Box::new(task)),
-                    None => Claim::Lost,
-                });
-            }
-            let Some(old) = read_task(tx, &meta.step, &candidate.task_id)? else {
-                return Ok(Claim::Lost);
-            };
-            if old.attempt != candidate.attempt {
-                return Ok(Claim::Lost);
-            }
-            reclaim_in(tx, &meta, &old, &owner, now)
-        })
-        .await
+        self.claim_task(meta, candidate, owner, now).await
     }
 
     async fn reclaim(
@@ -673,9 +588,7 @@ impl TaskStore for SqliteStore {
         owner: &str,
         now: Timestamp,
     ) -> Result<Claim, StoreError> {
-        let (meta, old, owner) = (meta.clone(), old.clone(), owner.to_owned());
-        self.tx(move |tx| reclaim_in(tx, &meta, &old, &owner, now))
-            .await
+        self.reclaim_task(meta, old, owner, now).await
     }
 
     async fn heartbeat(
@@ -684,8 +597,7 @@ impl TaskStore for SqliteStore {
         task: &Task,
         until: Timestamp,
     ) -> Result<Fence, StoreError> {
-        let t = transition::heartbeat(task, until, Timestamp::now());
-        self.fenced_write(meta, task, t).await
+        self.heartbeat_task(meta, task, until).await
     }
 
     async fn finish(
@@ -694,64 +606,6 @@ impl TaskStore for SqliteStore {
         task: &Task,
         finish: &Finish,
     ) -> Result<Fence, StoreError> {
-        let (meta, task, finish) = (meta.clone(), task.clone(), finish.clone());
-        self.tx(move |tx| {
-            let make = |t: &Task| transition::finish(t, &finish);
-            Ok(match deps::end_in(tx, &meta, &task, &make)? {
-                Some(_) => Fence::Held,
-                None => lost_or_cancelled(tx, &meta, &task)?,
-            })
-        })
-        .await
+        self.finish_task(meta, task, finish).await
     }
-}
-
-impl SqliteStore {
-    async fn fenced_write(
-        &self,
-        meta: &StepMeta,
-        task: &Task,
-        t: Transition,
-    ) -> Result<Fence, StoreError> {
-        let (meta, id) = (meta.clone(), task.task_id.clone());
-        let task = task.clone();
-        self.tx(move |tx| {
-            Ok(match apply(tx, &meta, &id, &t)? {
-                Some(_) => Fence::Held,
-                None => lost_or_cancelled(tx, &meta, &task)?,
-            })
-        })
-        .await
-    }
-}
-
-/// Why a fenced write on `held` did not happen: the task is gone from its
-/// owner, or an operator cancelled it.
-fn lost_or_cancelled(
-    tx: &rusqlite::Transaction<'_>,
-    meta: &StepMeta,
-    held: &Task,
-) -> Result<Fence, StoreError> {
-    let stored = read_task(tx, &meta.step, &held.task_id)?;
-    Ok(if transition::cancel_asked(held, stored.as_ref()) {
-        Fence::Cancelled
-    } else {
-        Fence::Lost
-    })
-}
-
-/// The reclaim of `old`, inside a transaction.
-fn reclaim_in(
-    tx: &rusqlite::Transaction<'_>,
-    meta: &StepMeta,
-    old: &Task,
-    owner: &str,
-    now: Timestamp,
-) -> Result<Claim, StoreError> {
-    let make = |t: &Task| transition::reclaim(t, owner, now, meta.settings.lease, &meta.settings);
-    Ok(match deps::end_in(tx, meta, old, &make)? {
-        Some(task) if task.state == TaskState::Running => Claim::Claimed(Box::new(task)),
-        Some(_) => Claim::FailedLost,
-        None => Claim::Lost,
-    })
 }

@@ -2,7 +2,7 @@
 //! `status`, and per shard for a claiming agent.
 
 use super::{from_json, q, read_step};
-use crate::model::{StepMeta, StepStatus};
+use crate::model::{FailedTask, StepMeta, StepStatus, Task};
 use crate::store::StoreError;
 
 /// The step named, or every step in name order.
@@ -105,4 +105,40 @@ pub(super) fn open_in(
         }
     }
     Ok(open)
+}
+
+/// The latest failed tasks of each of `steps`, at most `limit` a step,
+/// newest first.
+pub(super) fn failed_in(
+    tx: &rusqlite::Transaction<'_>,
+    steps: &[String],
+    limit: usize,
+) -> Result<Vec<FailedTask>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT body FROM tasks WHERE step = ?1 AND state = 'failed' ORDER BY state_at DESC LIMIT ?2",
+        )
+        .map_err(q)?;
+    let mut out = Vec::new();
+    for step in steps {
+        let rows = stmt
+            .query_map(rusqlite::params![step, limit], |r| r.get::<_, String>(0))
+            .map_err(q)?;
+        for row in rows {
+            let t: Task = from_json(step, &row.map_err(q)?)?;
+            out.push(FailedTask {
+                step: t.step,
+                task_id: t.task_id,
+                attempt: t.attempt,
+                exit_code: t.exit_code,
+                signal: t.signal,
+                failure_class: t.failure_class,
+                finished_at: t.finished_at,
+                output_tail: t.output_tail,
+                log_uri: t.log_uri,
+            });
+        }
+    }
+    Ok(out)
 }
