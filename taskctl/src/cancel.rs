@@ -2,8 +2,8 @@
 //! by one guarded write each on the task as read. Pending and waiting
 //! tasks are `cancelled` at once; a running one is marked, and its worker
 //! stops the script at its next renewal and ends the attempt `cancelled`.
-//! What waits for a cancelled task in later steps is cancelled in the same
-//! write.
+//! What waits for a cancelled task in later steps, and the run a retry
+//! rule escalated it to on another step, are cancelled in the same write.
 //! The step is read from the state index a page of a shard at a time,
 //! never the table: waiting, then pending (where waiting tasks are
 //! promoted to), then running; and again, until a round finds nothing
@@ -248,7 +248,9 @@ fn print_report(r: &Report) {
         );
     }
     if !r.cancelled.is_empty() || !r.asked.is_empty() {
-        println!("tasks of later steps that wait for them are cancelled with them");
+        println!(
+            "tasks of later steps that wait for them, and runs a retry rule escalated to another step, are cancelled with them"
+        );
     }
     if r.cancelled.len() + r.asked.len() <= 50 {
         for (id, state) in &r.cancelled {

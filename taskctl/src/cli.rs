@@ -129,7 +129,8 @@ pub enum Command {
     /// Set tasks of a step aside so that they do not run: pending and
     /// waiting ones at once, running ones through their lease (the worker
     /// stops the script at its next renewal, within a third of the
-    /// lease); what waits for them in later steps is cancelled with them.
+    /// lease); what waits for them in later steps, and a run a retry rule
+    /// escalated to another step, are cancelled with them.
     /// `retry --task ID` puts a cancelled task back. --dry-run lists them
     /// only.
     Cancel(CancelArgs),

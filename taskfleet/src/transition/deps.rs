@@ -276,9 +276,19 @@ pub struct Cascade {
     now: Timestamp,
     /// Dependents past [`MAX_CASCADE`] were met: the write must not happen.
     overflow: bool,
-    /// The own write escalates the task's run to this step, whose task is
-    /// still to be read.
-    escalate: Option<String>,
+    /// The own write moves the task's run to the task of the same id in
+    /// this step, or cancels it there, and that task is still to be read.
+    run: Option<(String, RunWrite)>,
+}
+
+/// What an own write does to the task of its task's escalated run.
+#[derive(Debug, Clone, Copy)]
+enum RunWrite {
+    /// Escalates: the run is taken over ([`super::escalate::take_over`]).
+    TakeOver,
+    /// Cancels the escalated task: the run is cancelled with it
+    /// ([`super::escalate::cancel_run`]).
+    Cancel,
 }
 
 impl Cascade {
@@ -288,13 +298,16 @@ impl Cascade {
     pub fn new(task: &Task, mut own: Transition, now: Timestamp) -> Self {
         let after = own.apply(Some(task));
         own.guard.push(Cond::Dependents(task.dependents.clone()));
-        let escalate = super::escalate::escalation(&own);
+        let run = match super::escalate::escalation(&own) {
+            Some(step) => Some((step, RunWrite::TakeOver)),
+            None => super::escalate::cancels_run(task, &own).map(|s| (s, RunWrite::Cancel)),
+        };
         let frontier = after
-            .filter(|a| escalate.is_some() || cascades(task.state, a.state))
+            .filter(|a| run.is_some() || cascades(task.state, a.state))
             .into_iter()
             .collect();
         Self {
-            escalate,
+            run,
             writes: vec![Planned {
                 step: task.step.clone(),
                 task_id: task.task_id.clone(),
@@ -308,7 +321,7 @@ impl Cascade {
 
     /// The tasks (step, id) to read next; empty when the plan is complete.
     pub fn wanted(&self) -> Vec<(String, String)> {
-        if let Some(step) = &self.escalate {
+        if let Some((step, _)) = &self.run {
             return vec![(step.clone(), self.writes[0].task_id.clone())];
         }
         if self.writes.len() > MAX_CASCADE {
@@ -323,10 +336,14 @@ impl Cascade {
     /// The tasks [`Cascade::wanted`] named, in its order (`None`: no such
     /// task).
     pub fn feed(&mut self, read: &[Option<Task>]) {
-        if let Some(step) = self.escalate.take() {
+        if let Some((step, write)) = self.run.take() {
+            let run = read.first().and_then(Option::as_ref);
+            if let RunWrite::Cancel = write {
+                self.cancel_run(step, run);
+                return;
+            }
             // The frontier holds the escalated task as its write leaves it.
             let task = self.frontier.pop().expect("an escalation plans its task");
-            let run = read.first().and_then(Option::as_ref);
             let t = super::escalate::take_over(&task, &step, run, self.now);
             if let Some(after) = t.apply(run)
                 && run.is_some_and(|r| cascades(r.state, after.state))
@@ -374,6 +391,27 @@ impl Cascade {
                 });
             }
         }
+    }
+
+    /// Plans the cancel of `run` (the task of `step`, as read) with the
+    /// cancelled task at the frontier, whose dependents are read next.
+    fn cancel_run(&mut self, step: String, run: Option<&Task>) {
+        let (Some(task), Some(run)) = (self.frontier.first(), run) else {
+            return;
+        };
+        let Some(t) = super::escalate::cancel_run(task, run, self.now) else {
+            return;
+        };
+        if let Some(after) = t.apply(Some(run))
+            && cascades(run.state, after.state)
+        {
+            self.frontier.push(after);
+        }
+        self.writes.push(Planned {
+            step,
+            task_id: run.task_id.clone(),
+            transition: t,
+        });
     }
 
     /// Every planned write, the own one first.

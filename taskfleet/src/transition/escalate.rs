@@ -9,6 +9,9 @@
 //! usual. The worker that escalates writes both tasks in one atomic write
 //! (a [`super::deps::Cascade`] that reads the run's task first); an
 //! operator's retry of the escalated task starts it over on its own step.
+//! An operator's cancel of the escalated task cancels its run in the same
+//! write (asks the run's worker to stop, when it runs), unless another
+//! task waits for that run too.
 
 use serde_json::Value;
 
@@ -142,6 +145,41 @@ pub fn escalation(own: &Transition) -> Option<String> {
 /// its run.
 pub fn needs_plan(from: TaskState, own: &Transition) -> bool {
     cascades(from, own.to) || escalation(own).is_some()
+}
+
+/// The step of the run that `own`, a write on `task` (as read), cancels
+/// with it: an operator's cancel of a task that waits for its escalated
+/// run.
+pub fn cancels_run(task: &Task, own: &Transition) -> Option<String> {
+    let step = task.escalated_to.as_ref()?;
+    (task.state == TaskState::Waiting
+        && own.to == TaskState::Cancelled
+        && task.waiting_on.contains(step))
+    .then(|| step.clone())
+}
+
+/// The write on `run` (as read) that the cancel of `task` (as its cancel
+/// leaves it), whose escalated run it is, carries: the run's own cancel
+/// ([`super::cancel`]: at once, or its worker asked to stop), guarded on
+/// `task`'s step being the only one that waits for it. `None` when another
+/// task waits for the run too, or the run has ended or been asked already.
+pub fn cancel_run(task: &Task, run: &Task, now: Timestamp) -> Option<Transition> {
+    if run.dependents != [task.step.as_str()] {
+        return None;
+    }
+    let by = task.cancelled_by.as_deref().unwrap_or("an operator");
+    let mut t = super::cancel(run, by, now)?;
+    t.guard.push(Cond::Dependents(run.dependents.clone()));
+    if let Write::Update(changes) = &mut t.write {
+        changes.push(Change::Set(
+            attr::REASON,
+            Value::from(format!(
+                "cancelled with {}/{}, whose escalated run this is",
+                task.step, task.task_id
+            )),
+        ));
+    }
+    Some(t)
 }
 
 /// A new task of `run_step` that runs `task` (as its escalation leaves
@@ -442,5 +480,77 @@ mod tests {
             ),
             (TaskState::Pending, None, 0)
         );
+    }
+
+    #[test]
+    fn a_cancel_of_the_escalated_task_cancels_its_run_unless_another_waits_for_it() {
+        let (escalated, run) = escalated();
+        let own = crate::transition::cancel(&escalated, "ana", NOW).unwrap();
+        assert_eq!(
+            cancels_run(&escalated, &own).as_deref(),
+            Some("align-large")
+        );
+        let plan = |run: &Task| {
+            let own = crate::transition::cancel(&escalated, "ana", NOW).unwrap();
+            let mut c = Cascade::new(&escalated, own, NOW);
+            assert_eq!(c.wanted(), [("align-large".to_owned(), "A".to_owned())]);
+            c.feed(&[Some(run.clone())]);
+            c
+        };
+        let c = plan(&run);
+        let t = &c.writes()[1];
+        assert_eq!(
+            (
+                t.step.as_str(),
+                t.transition.to,
+                t.transition.counters.clone()
+            ),
+            (
+                "align-large",
+                TaskState::Cancelled,
+                vec![(attr::CANCELLED, 1)]
+            )
+        );
+        let cancelled = t.transition.apply(Some(&run)).unwrap();
+        assert_eq!(cancelled.cancelled_by.as_deref(), Some("ana"));
+        // Then the dependents of both: call's task is cancelled with its
+        // upstream one; the run's only dependent is the task itself.
+        assert_eq!(
+            c.wanted(),
+            [
+                ("call".to_owned(), "A".to_owned()),
+                ("align".to_owned(), "A".to_owned())
+            ]
+        );
+        // Running: its worker is asked to stop.
+        let mut busy = run.clone();
+        busy.state = TaskState::Running;
+        busy.attempt = 1;
+        let c = plan(&busy);
+        assert_eq!(
+            (
+                c.writes()[1].transition.to,
+                c.writes()[1].transition.counters.len()
+            ),
+            (TaskState::Running, 0)
+        );
+        assert!(
+            c.writes()[1]
+                .transition
+                .apply(Some(&busy))
+                .unwrap()
+                .cancelled_by
+                .is_some()
+        );
+        // Another step's task waits for the same run: it is left alone.
+        let mut shared = run.clone();
+        shared.dependents.push("realign".into());
+        assert_eq!(plan(&shared).writes().len(), 1);
+        // A plain cancel of a task with no escalated run reads nothing more.
+        let mut unescalated = escalated.clone();
+        unescalated.escalated_to = None;
+        unescalated.waiting_on = vec!["qc".into()];
+        let own = crate::transition::cancel(&unescalated, "ana", NOW).unwrap();
+        assert_eq!(cancels_run(&unescalated, &own), None);
     }
 }

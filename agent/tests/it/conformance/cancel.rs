@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use taskfleet::model::{FailureClass, TaskState};
 use taskfleet::store::ReplaceOutcome::{Changed, Replaced};
-use taskfleet::store::{Candidate, Claim, Fence, TaskStore};
+use taskfleet::store::{Candidate, Claim, Fence, SettingsChange, TaskStore};
 use taskfleet::time::Timestamp;
 use testkit::{TestStore, generated_sheet, load_text};
 
@@ -16,6 +16,7 @@ use super::{claimed, finish, settings};
 per_store!(
     a_cancelled_running_task_is_refused_its_renewal_and_ends_cancelled,
     a_cancel_asked_of_a_dead_owner_is_ended_by_the_reclaim,
+    cancelling_an_escalated_task_cancels_its_run_on_the_other_step,
 );
 
 async fn a_cancelled_running_task_is_refused_its_renewal_and_ends_cancelled(t: TestStore) {
@@ -149,4 +150,112 @@ async fn a_cancel_asked_of_a_dead_owner_is_ended_by_the_reclaim(t: TestStore) {
     );
     let s = &t.store.status(Some("qc")).await.unwrap()[0];
     assert_eq!((s.cancelled, s.running, s.pending), (1, 0, 0), "{s:?}");
+}
+
+/// Escalates `id` of align, as its worker does after an exit 137.
+async fn escalated(t: &TestStore, id: &str) {
+    let meta = t.store.step("align").await.unwrap().unwrap();
+    let held = claimed(&t.store, "align", id, "a/w").await;
+    let mut end = finish(
+        1,
+        TaskState::Waiting,
+        Some(FailureClass::Exit),
+        Timestamp::now(),
+    );
+    end.record.exit_code = Some(137);
+    end.escalate_to = Some("align-large".into());
+    assert_eq!(
+        t.store.finish(&meta, &held, &end).await.unwrap(),
+        Fence::Held
+    );
+    let task = t.store.task("align", id).await.unwrap().unwrap();
+    assert_eq!(
+        (task.state, task.waiting_on.clone()),
+        (TaskState::Waiting, vec!["align-large".to_owned()])
+    );
+}
+
+async fn cancelling_an_escalated_task_cancels_its_run_on_the_other_step(t: TestStore) {
+    let rules = SettingsChange {
+        rules: Some(vec![
+            taskfleet::rules::parse("exit=137:escalate-to=align-large", false).unwrap(),
+        ]),
+        ..settings(3, 60)
+    };
+    load_text(&t.store, "align", "true", &generated_sheet(3), rules).await;
+    let after = SettingsChange {
+        after: Some(vec!["align".into()]),
+        ..SettingsChange::default()
+    };
+    load_text(&t.store, "call", "true", &generated_sheet(3), after).await;
+    let align = t.store.step("align").await.unwrap().unwrap();
+    let large = t.store.step("align-large").await.unwrap().unwrap();
+    // S0: its run is pending on align-large; S1: its run is running there.
+    escalated(&t, "S0000000").await;
+    escalated(&t, "S0000001").await;
+    let running = claimed(&t.store, "align-large", "S0000001", "big/w").await;
+
+    for id in ["S0000000", "S0000001"] {
+        let task = t.store.task("align", id).await.unwrap().unwrap();
+        assert_eq!(
+            t.store.cancel(&align, &task, "ana@login").await.unwrap(),
+            Replaced
+        );
+    }
+    let run = t
+        .store
+        .task("align-large", "S0000000")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (run.state, run.cancelled_by.as_deref()),
+        (TaskState::Cancelled, Some("ana@login")),
+        "the pending run is cancelled with its task"
+    );
+    // The running one's worker is told at its next renewal, and its end
+    // leaves the cancelled task as it is.
+    let until = Timestamp::now().plus(Duration::from_secs(60));
+    assert_eq!(
+        t.store.heartbeat(&large, &running, until).await.unwrap(),
+        Fence::Cancelled
+    );
+    let mut end = finish(
+        1,
+        TaskState::Cancelled,
+        Some(FailureClass::Cancelled),
+        Timestamp::now(),
+    );
+    end.counts_as_failure = false;
+    assert_eq!(
+        t.store.finish(&large, &running, &end).await.unwrap(),
+        Fence::Held
+    );
+    for id in ["S0000000", "S0000001"] {
+        let task = t.store.task("align", id).await.unwrap().unwrap();
+        assert_eq!(
+            (task.state, task.failure_class, task.cancelled_by.as_deref()),
+            (TaskState::Cancelled, None, Some("ana@login")),
+            "{id}"
+        );
+        let call = t.store.task("call", id).await.unwrap().unwrap();
+        assert_eq!(
+            (call.state, call.failure_class),
+            (TaskState::Cancelled, Some(FailureClass::Upstream)),
+            "{id}"
+        );
+    }
+    let cancelled = |step: &'static str| {
+        let store = &t.store;
+        async move {
+            let s = &store.status(Some(step)).await.unwrap()[0];
+            (s.total, s.cancelled, s.pending, s.running, s.waiting)
+        }
+    };
+    assert_eq!(cancelled("align").await, (3, 2, 1, 0, 0));
+    assert_eq!(cancelled("align-large").await, (2, 2, 0, 0, 0));
+    assert_eq!(cancelled("call").await, (3, 2, 0, 0, 1));
+    for meta in [&align, &large] {
+        assert!(t.store.recount(meta, false).await.unwrap().is_empty());
+    }
 }
