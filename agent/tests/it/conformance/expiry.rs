@@ -167,6 +167,24 @@ async fn expired_tasks_leave_the_counts_whether_or_not_the_ttl_deleted_them(t: T
     }
     assert_eq!(t.store.recount(&meta, true).await.unwrap(), vec![]);
 
-    // S2 expired but is not deleted on DynamoDB.
+    // The sheet loaded again: the expired (S2 still stored on DynamoDB,
+    // S0 and S1 deleted) and the pruned come back as new tasks.
+    let again = load_text(
+        &t.store,
+        "qc",
+        "true",
+        &generated_sheet(8),
+        SettingsChange::default(),
+    )
+    .await;
+    assert_eq!(
+        (again.loaded, again.skipped_existing, again.replaced),
+        (4, 4, 0)
+    );
+    let s2 = t.store.task("qc", &id(2)).await.unwrap().unwrap();
+    assert_eq!((s2.state, s2.expires_at), (TaskState::Pending, None));
+    assert_eq!(counts(&t.store, "qc").await, (8, 7, 0, 0, 1));
+    assert_eq!(t.store.recount(&meta, false).await.unwrap(), vec![]);
+
     delete_the_step(&t, &meta).await;
 }

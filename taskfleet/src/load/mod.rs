@@ -11,22 +11,20 @@
 //! state, attempts and history unless `replace` is asked for, and even
 //! then a running task is never touched and the attempt number stays.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::envrules::{self, SizeProblem};
-use crate::model::{LoadLock, NewTask, StepMeta, Task, TaskState};
+use crate::model::{LoadLock, NewTask, StepMeta};
 use crate::schema::{self, MAX_ITEM_BYTES, RUNTIME_RESERVE_BYTES};
 use crate::sheet::{Sheet, SheetError};
 use crate::store::dynamo::task_item;
-use crate::store::{
-    ReplaceOutcome, SettingsChange, StepChange, StoreError, TaskStore, new_pending_task,
-};
+use crate::store::{SettingsChange, StepChange, StoreError, TaskStore, new_pending_task};
 use crate::time::Timestamp;
-use crate::transition;
+
+use batch::{BatchOutcome, Batcher, count_first, write};
 
 /// Tasks a batch holds: one transaction, with its counter update.
 pub const BATCH: usize = schema::MAX_TRANSACTION_ITEMS - 1;
@@ -522,189 +520,6 @@ pub const LOCK_LEASE: Duration = Duration::from_secs(30);
 /// How often a first load counts what it wrote, and renews its lock.
 const COUNT_EVERY: Duration = Duration::from_secs(1);
 
-/// `deltas` times `k`.
-fn scaled(deltas: &[(&'static str, i64)], k: usize) -> Vec<(&'static str, i64)> {
-    deltas.iter().map(|(c, by)| (*c, by * k as i64)).collect()
-}
-
-/// Writes one batch: plain puts under the first-load `lock`, else
-/// conditional inserts. Returns what happened and the counter deltas still
-/// to add.
-async fn write<S: TaskStore>(
-    store: &S,
-    meta: &StepMeta,
-    lock: Option<&LoadLock>,
-    batch: &[Task],
-    replace: bool,
-    after: &[String],
-) -> Result<(BatchOutcome, Vec<(&'static str, i64)>), StoreError> {
-    let Some(lock) = lock else {
-        return Ok((
-            write_batch(store, meta, batch, replace, after).await?,
-            Vec::new(),
-        ));
-    };
-    // Every task of the batch is new and ends up written by this load; `k`
-    // of them are not counted yet.
-    let k = store.put_first(meta, lock, batch).await?;
-    let deltas = scaled(&transition::insert(&batch[0]).counters, k);
-    let outcome = BatchOutcome {
-        loaded: batch.len(),
-        ..BatchOutcome::default()
-    };
-    Ok((outcome, deltas))
-}
-
-/// Counts what a first load wrote since it last counted, and renews its
-/// lock.
-async fn count_first<S: TaskStore>(
-    store: &S,
-    meta: &StepMeta,
-    lock: &mut LoadLock,
-    uncounted: &mut [Vec<(&'static str, i64)>],
-) -> Result<(), StoreError> {
-    let counts: Vec<(u16, Vec<(&'static str, i64)>)> = uncounted
-        .iter_mut()
-        .enumerate()
-        .filter(|(_, d)| !d.is_empty())
-        .map(|(shard, d)| (shard as u16, std::mem::take(d)))
-        .collect();
-    let renewed = Timestamp::now().plus(LOCK_LEASE);
-    store.count_first(meta, lock, renewed, &counts).await?;
-    lock.until = renewed;
-    Ok(())
-}
-
-#[derive(Debug, Default)]
-struct BatchOutcome {
-    loaded: usize,
-    skipped_existing: usize,
-    replaced: usize,
-    skipped_running: usize,
-}
-
-impl BatchOutcome {
-    fn add(&mut self, other: &BatchOutcome) {
-        self.loaded += other.loaded;
-        self.skipped_existing += other.skipped_existing;
-        self.replaced += other.replaced;
-        self.skipped_running += other.skipped_running;
-    }
-}
-
-/// Most tasks held in per-shard buffers: with many shards, the fullest
-/// buffer goes out before it is a full batch, so that memory stays bounded
-/// whatever the shard count.
-const MAX_BUFFERED: usize = 8192;
-
-/// Rows grouped by shard into batches of up to [`BATCH`] tasks, and which
-/// shards have a batch in flight.
-struct Batcher {
-    buffers: Vec<Vec<Task>>,
-    buffered: usize,
-    ready: VecDeque<(u16, Vec<Task>)>,
-    busy: Vec<bool>,
-}
-
-impl Batcher {
-    fn new(shards: u16) -> Self {
-        let shards = usize::from(shards.max(1));
-        Self {
-            buffers: (0..shards).map(|_| Vec::new()).collect(),
-            buffered: 0,
-            ready: VecDeque::new(),
-            busy: vec![false; shards],
-        }
-    }
-
-    fn push(&mut self, task: Task, meta: &StepMeta) {
-        let shard = usize::from(schema::shard_of(&task.task_id, meta.shards));
-        self.buffers[shard].push(task);
-        self.buffered += 1;
-        if self.buffers[shard].len() >= BATCH {
-            self.close(shard);
-        } else if self.buffered > MAX_BUFFERED {
-            let fullest = (0..self.buffers.len())
-                .max_by_key(|&s| self.buffers[s].len())
-                .unwrap_or(shard);
-            self.close(fullest);
-        }
-    }
-
-    fn close(&mut self, shard: usize) {
-        let batch = std::mem::take(&mut self.buffers[shard]);
-        self.buffered -= batch.len();
-        self.ready.push_back((shard as u16, batch));
-    }
-
-    fn flush_all(&mut self) {
-        for shard in 0..self.buffers.len() {
-            if !self.buffers[shard].is_empty() {
-                self.close(shard);
-            }
-        }
-    }
-
-    /// Whether a ready batch's shard has nothing in flight.
-    fn startable(&self) -> bool {
-        self.ready.iter().any(|(s, _)| !self.busy[usize::from(*s)])
-    }
-
-    fn start(&mut self) -> Option<(u16, Vec<Task>)> {
-        let i = self
-            .ready
-            .iter()
-            .position(|(s, _)| !self.busy[usize::from(*s)])?;
-        let (shard, batch) = self.ready.remove(i)?;
-        self.busy[usize::from(shard)] = true;
-        Some((shard, batch))
-    }
-
-    fn finished(&mut self, shard: u16) {
-        self.busy[usize::from(shard)] = false;
-    }
-
-    fn is_empty(&self) -> bool {
-        self.ready.is_empty() && self.buffered == 0
-    }
-}
-
-async fn write_batch<S: TaskStore>(
-    store: &S,
-    meta: &StepMeta,
-    batch: &[Task],
-    replace: bool,
-    after: &[String],
-) -> Result<BatchOutcome, StoreError> {
-    let inserted = if after.is_empty() {
-        store.insert(meta, batch).await?
-    } else {
-        store.insert_after(meta, batch, after).await?
-    };
-    let mut outcome = BatchOutcome {
-        loaded: inserted.inserted,
-        ..BatchOutcome::default()
-    };
-    for old in inserted.existing {
-        if !replace {
-            outcome.skipped_existing += 1;
-        } else if old.state == TaskState::Running {
-            outcome.skipped_running += 1;
-        } else {
-            let new = batch
-                .iter()
-                .find(|t| t.task_id == old.task_id)
-                .expect("existing tasks come from the batch");
-            match store.replace(meta, &old, new).await? {
-                ReplaceOutcome::Replaced => outcome.replaced += 1,
-                // Claimed (or otherwise changed) since we looked: leave it.
-                ReplaceOutcome::Changed => outcome.skipped_running += 1,
-            }
-        }
-    }
-    Ok(outcome)
-}
-
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
@@ -715,84 +530,6 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
+mod batch;
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-    use crate::sheet::SheetOptions;
-
-    fn prepare_sheet(text: &str) -> Result<PreparedLoad, LoadError> {
-        let sheet = Sheet::parse(
-            Path::new("s.csv"),
-            text.as_bytes(),
-            &SheetOptions::default(),
-        )
-        .unwrap();
-        let request = LoadRequest {
-            step: "qc".into(),
-            script: "true".into(),
-            settings: SettingsChange::default(),
-            replace: false,
-            concurrency: 1,
-        };
-        prepare(request, sheet)
-    }
-
-    #[test]
-    fn a_value_the_kernel_would_refuse_as_environment_is_refused_with_task_column_and_sizes() {
-        let at_limit = "v".repeat(envrules::MAX_ENV_STRING_BYTES - "NOTES=".len() - 1);
-        assert!(prepare_sheet(&format!("sample,notes\nA,{at_limit}\n")).is_ok());
-        let err = prepare_sheet(&format!("sample,notes\nA,x\nB,{at_limit}v\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with(
-                "s.csv:3: column 'notes': task 'B': NOTES=... takes 131073 bytes as an \
-                 environment string; the kernel allows at most 131072"
-            ),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_row_over_the_environment_budget_is_refused() {
-        let value = "v".repeat(100_000);
-        let header: Vec<String> = (0..11).map(|i| format!("c{i:02}")).collect();
-        let row: Vec<&str> = (0..11).map(|_| value.as_str()).collect();
-        let text = format!("sample,{}\nA,{}\n", header.join(","), row.join(","));
-        let err = prepare_sheet(&text).unwrap_err().to_string();
-        assert!(
-            err.starts_with("s.csv:2: task 'A': the row takes 1100160 bytes as environment"),
-            "{err}"
-        );
-        assert!(err.contains("at most 1048576 are allowed"), "{err}");
-    }
-
-    #[test]
-    fn a_step_after_itself_or_after_a_bad_name_is_refused() {
-        let sheet =
-            || Sheet::parse(Path::new("s.csv"), b"sample\nA\n", &SheetOptions::default()).unwrap();
-        let request = |after: &str| LoadRequest {
-            step: "qc".into(),
-            script: "true".into(),
-            settings: SettingsChange {
-                after: Some(vec![after.to_owned()]),
-                ..SettingsChange::default()
-            },
-            replace: false,
-            concurrency: 1,
-        };
-        let err = prepare(request("qc"), sheet()).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            "--after qc: a step cannot wait for itself; name the step whose tasks must be done first"
-        );
-        let err = prepare(request("a#b"), sheet()).unwrap_err().to_string();
-        assert!(
-            err.starts_with("--after 'a#b' is not a valid step name"),
-            "{err}"
-        );
-        assert!(prepare(request("align"), sheet()).is_ok());
-    }
-}
+mod tests;
