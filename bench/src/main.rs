@@ -393,6 +393,40 @@ fn cpu_seconds() -> f64 {
     })
 }
 
+/// CPU seconds (user + system) of the children this process has waited
+/// for, and of theirs: the agents and the scripts they ran.
+fn children_cpu_seconds() -> f64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
+/// CPU seconds DynamoDB Local's JVM has used so far (`None`: not found on
+/// this machine). `/proc` counts them in `USER_HZ`, 100 a second on Linux.
+fn emulator_cpu_seconds() -> Option<f64> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !cmdline.windows(13).any(|w| w == b"DynamoDBLocal") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command's closing parenthesis start at the
+        // third (state); utime and stime are the 14th and 15th.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+        return Some((ticks(11)? + ticks(12)?) / 100.0);
+    }
+    None
+}
+
 fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
@@ -631,6 +665,12 @@ async fn bench_claim_run(
         SettingsChange::default(),
     )
     .await;
+    // The emulator's CPU counts only where it does the work.
+    let emulator = || match kind {
+        Kind::Dynamo => emulator_cpu_seconds(),
+        Kind::Sqlite => None,
+    };
+    let (agents_cpu, emulator_cpu) = (children_cpu_seconds(), emulator());
     let started = Instant::now();
     let mut children = Vec::new();
     for i in 0..agents {
@@ -691,6 +731,11 @@ async fn bench_claim_run(
                 .filter_map(serde_json::Value::as_u64),
         );
     }
+    let agents_cpu = children_cpu_seconds() - agents_cpu;
+    let emulator_cpu = emulator()
+        .zip(emulator_cpu)
+        .map(|(after, before)| after - before);
+    let wall = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
@@ -733,6 +778,22 @@ async fn bench_claim_run(
         lost as f64 / won.max(1) as f64,
         "ratio",
         "",
+    );
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    r.add(
+        name,
+        format!("{what}: CPU per task"),
+        1000.0 * (agents_cpu + emulator_cpu.unwrap_or(0.0)) / n as f64,
+        "ms",
+        format!(
+            "agents and scripts {:.2}{}; {:.0}% of {cores} cores busy until the agents exited",
+            1000.0 * agents_cpu / n as f64,
+            emulator_cpu.map_or(String::new(), |e| format!(
+                ", DynamoDB Local {:.2}",
+                1000.0 * e / n as f64
+            )),
+            100.0 * (agents_cpu + emulator_cpu.unwrap_or(0.0)) / (wall * cores as f64)
+        ),
     );
     r.add(
         name,
