@@ -170,7 +170,8 @@ pub fn cancel_run(task: &Task, run: &Task, now: Timestamp) -> Option<Transition>
     let by = task.cancelled_by.as_deref().unwrap_or("an operator");
     let mut t = super::cancel(run, by, now)?;
     t.guard.push(Cond::Dependents(run.dependents.clone()));
-    if let Write::Update(changes) = &mut t.write {
+    // Only when cancelled at once: a run asked to stop may still end done.
+    if let (TaskState::Cancelled, Write::Update(changes)) = (t.to, &mut t.write) {
         changes.push(Change::Set(
             attr::REASON,
             Value::from(format!(
@@ -513,6 +514,10 @@ mod tests {
         );
         let cancelled = t.transition.apply(Some(&run)).unwrap();
         assert_eq!(cancelled.cancelled_by.as_deref(), Some("ana"));
+        assert_eq!(
+            cancelled.reason.as_deref(),
+            Some("cancelled with align/A, whose escalated run this is")
+        );
         // Then the dependents of both: call's task is cancelled with its
         // upstream one; the run's only dependent is the task itself.
         assert_eq!(
@@ -534,14 +539,9 @@ mod tests {
             ),
             (TaskState::Running, 0)
         );
-        assert!(
-            c.writes()[1]
-                .transition
-                .apply(Some(&busy))
-                .unwrap()
-                .cancelled_by
-                .is_some()
-        );
+        let asked = c.writes()[1].transition.apply(Some(&busy)).unwrap();
+        assert!(asked.cancelled_by.is_some());
+        assert_eq!(asked.reason, busy.reason, "asked, not cancelled yet");
         // Another step's task waits for the same run: it is left alone.
         let mut shared = run.clone();
         shared.dependents.push("realign".into());

@@ -51,6 +51,16 @@ pub fn reclaim_cutoff(now: Timestamp) -> Timestamp {
     Timestamp::from_millis(now.as_millis() - CLOCK_SKEW_MARGIN.as_millis() as i64)
 }
 
+/// The latest index time at which a task in `state` is claimable at
+/// `now`: a running task's index time is its lease, which must have run
+/// out by the skew margin; a pending one's is its ready time.
+pub fn claimable_by(state: crate::model::TaskState, now: Timestamp) -> Timestamp {
+    match state {
+        crate::model::TaskState::Running => reclaim_cutoff(now),
+        _ => now,
+    }
+}
+
 /// One condition on the stored task. A guard is a conjunction of these.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cond {

@@ -78,17 +78,7 @@ async fn a_cancelled_running_task_is_refused_its_renewal_and_ends_cancelled(t: T
         t.store.heartbeat(&meta, &other, until).await.unwrap(),
         Fence::Lost
     );
-    let mut end = finish(
-        1,
-        TaskState::Cancelled,
-        Some(FailureClass::Cancelled),
-        Timestamp::now(),
-    );
-    end.counts_as_failure = false;
-    assert_eq!(
-        t.store.finish(&meta, &held, &end).await.unwrap(),
-        Fence::Held
-    );
+    assert_eq!(end_cancelled(&t.store, &meta, &held).await, Fence::Held);
     let task = t.store.task("qc", "S0000000").await.unwrap().unwrap();
     assert_eq!(
         (task.state, task.failed_attempts, task.owner),
@@ -150,6 +140,22 @@ async fn a_cancel_asked_of_a_dead_owner_is_ended_by_the_reclaim(t: TestStore) {
     );
     let s = &t.store.status(Some("qc")).await.unwrap()[0];
     assert_eq!((s.cancelled, s.running, s.pending), (1, 0, 0), "{s:?}");
+}
+
+/// The worker's end of attempt 1 of `held` after it was asked to stop.
+async fn end_cancelled(
+    store: &taskfleet::store::Store,
+    meta: &taskfleet::model::StepMeta,
+    held: &taskfleet::Task,
+) -> Fence {
+    let mut end = finish(
+        1,
+        TaskState::Cancelled,
+        Some(FailureClass::Cancelled),
+        Timestamp::now(),
+    );
+    end.counts_as_failure = false;
+    store.finish(meta, held, &end).await.unwrap()
 }
 
 /// Escalates `id` of align, as its worker does after an exit 137.
@@ -220,17 +226,7 @@ async fn cancelling_an_escalated_task_cancels_its_run_on_the_other_step(t: TestS
         t.store.heartbeat(&large, &running, until).await.unwrap(),
         Fence::Cancelled
     );
-    let mut end = finish(
-        1,
-        TaskState::Cancelled,
-        Some(FailureClass::Cancelled),
-        Timestamp::now(),
-    );
-    end.counts_as_failure = false;
-    assert_eq!(
-        t.store.finish(&large, &running, &end).await.unwrap(),
-        Fence::Held
-    );
+    assert_eq!(end_cancelled(&t.store, &large, &running).await, Fence::Held);
     for id in ["S0000000", "S0000001"] {
         let task = t.store.task("align", id).await.unwrap().unwrap();
         assert_eq!(

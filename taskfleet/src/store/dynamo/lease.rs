@@ -142,10 +142,7 @@ impl DynamoStore {
         limit: usize,
         order: Order,
     ) -> Result<Vec<Candidate>, StoreError> {
-        let cutoff = match state {
-            TaskState::Running => reclaim_cutoff(now),
-            _ => now,
-        };
+        let cutoff = crate::transition::claimable_by(state, now);
         let query = self
             .client
             .query()

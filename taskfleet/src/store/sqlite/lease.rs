@@ -7,7 +7,7 @@ use rusqlite::params;
 
 use super::{SqliteStore, apply, deps, q, read_task};
 use crate::model::{StepMeta, Task, TaskState};
-use crate::store::{Candidate, Claim, Fence, Finish, Order, StoreError, reclaim_cutoff};
+use crate::store::{Candidate, Claim, Fence, Finish, Order, StoreError};
 use crate::time::Timestamp;
 use crate::transition::{self, Transition};
 
@@ -21,10 +21,7 @@ impl SqliteStore {
         limit: usize,
         order: Order,
     ) -> Result<Vec<Candidate>, StoreError> {
-        let cutoff = match state {
-            TaskState::Running => reclaim_cutoff(now).as_millis(),
-            _ => now.as_millis(),
-        };
+        let cutoff = transition::claimable_by(state, now).as_millis();
         let step = meta.step.clone();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let from = match order {
