@@ -47,6 +47,7 @@ pub mod ec2;
 pub mod finder;
 pub mod lease;
 pub mod log_upload;
+mod outcome;
 pub mod process;
 pub mod runner;
 pub mod script;

@@ -7,7 +7,9 @@
 //!   killed and nothing more is written for it. One refused because an
 //!   operator cancelled the task (`taskctl cancel`) kills it too, and the
 //!   attempt ends `cancelled` without using an attempt; so does an end
-//!   write other than `done` that meets the cancel.
+//!   write other than `done` that meets the cancel. An ask withdrawn
+//!   meanwhile (the escalated task that asked it was retried and took its
+//!   run back) refuses that end, and the attempt is given back instead.
 //! - A renewal that fails or hangs does not hold anything up: it runs
 //!   beside the script with a deadline, and if the lease was not renewed
 //!   by the kill point of [`crate::lease::Lease`], the script is killed so
@@ -31,7 +33,6 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use taskfleet::model::{AttemptRecord, FailureClass, StepMeta, Task, TaskState};
-use taskfleet::rules;
 use taskfleet::store::{Fence, Finish, StoreError, TaskStore};
 use taskfleet::time::Timestamp;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
@@ -40,6 +41,7 @@ use tracing::Instrument;
 use crate::config::AgentConfig;
 use crate::lease::Lease;
 use crate::log_upload;
+use crate::outcome;
 use crate::process::{kill_group, signal_group};
 use crate::script::{append_note, log_path, read_tail, spawn};
 use crate::shutdown::Shutdown;
@@ -54,9 +56,6 @@ const LAST_UPLOAD_MAX: Duration = Duration::from_secs(300);
 
 /// The same while the agent stops.
 const STOPPING_UPLOAD_MAX: Duration = Duration::from_secs(10);
-
-/// Longest wait before a failed task is retried.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
 
 /// How long a script killed by a signal waits for the agent's own stop
 /// to arrive: a supervisor that stops a host signals every process at
@@ -413,7 +412,7 @@ async fn conclude<S: TaskStore>(
     let (next, counts_as_failure, ready_at, escalate_to) = if matches!(ended, Ended::Cancelled) {
         (TaskState::Cancelled, false, now, None)
     } else {
-        next_state(task, meta, cfg, (class, exit_code, signal), now)
+        outcome::next_state(task, meta, cfg, (class, exit_code, signal), now)
     };
     let (log_uri, output_tail) = match &ended {
         // The log may be what could not be written.
@@ -447,19 +446,20 @@ async fn conclude<S: TaskStore>(
             .then(|| meta.settings.expiry_of(now))
             .flatten(),
     };
-    let mut written = write_end((store, meta, counters), task, &finish, lease).await;
-    let mut set_aside = matches!(ended, Ended::Cancelled);
-    if matches!(written, Ok(Fence::Cancelled)) {
-        // Cancelled after the last renewal: the attempt ends as asked.
-        tracing::warn!("task cancelled by an operator as it ended; recording it cancelled");
-        set_aside = true;
-        written = write_end((store, meta, counters), task, &cancelled(finish), lease).await;
-    }
+    let (written, how) = write_outcome(
+        (store, meta, counters),
+        task,
+        finish,
+        matches!(ended, Ended::Cancelled),
+        lease,
+    )
+    .await;
     match written {
         Ok(Fence::Held) => match ended {
             // The host's trouble stops the agent, cancelled or not.
             Ended::HostTrouble(why) => AttemptEnd::HostTrouble(why),
-            _ if set_aside => AttemptEnd::Finished(TaskState::Cancelled),
+            _ if how == Written::Cancelled => AttemptEnd::Finished(TaskState::Cancelled),
+            _ if how == Written::GivenBack => AttemptEnd::Released,
             Ended::Interrupted | Ended::Reclaimed => AttemptEnd::Released,
             _ => AttemptEnd::Finished(next),
         },
@@ -475,6 +475,52 @@ async fn conclude<S: TaskStore>(
     }
 }
 
+/// Which end [`write_outcome`] wrote, when it was not the one asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// As asked.
+    AsAsked,
+    /// Cancelled: the script was stopped for a cancel, or the end met one.
+    Cancelled,
+    /// Given back: the cancel was withdrawn after the script was stopped.
+    GivenBack,
+}
+
+/// Writes `finish`, or the end as cancelled (`cancelled`: the script was
+/// stopped for a cancel) when it meets one; and gives the task back when
+/// an end as cancelled is refused while still ours.
+async fn write_outcome<S: TaskStore>(
+    (store, meta, counters): (&S, &StepMeta, &Stats),
+    task: &Task,
+    mut finish: Finish,
+    cancelled: bool,
+    lease: &mut Lease,
+) -> (Result<Fence, StoreError>, Written) {
+    let mut how = if cancelled {
+        Written::Cancelled
+    } else {
+        Written::AsAsked
+    };
+    let mut written = write_end((store, meta, counters), task, &finish, lease).await;
+    if matches!(written, Ok(Fence::Cancelled)) {
+        // Cancelled after the last renewal: the attempt ends as asked.
+        tracing::warn!("task cancelled by an operator as it ended; recording it cancelled");
+        how = Written::Cancelled;
+        finish = outcome::cancelled(finish);
+        written = write_end((store, meta, counters), task, &finish, lease).await;
+    }
+    if how == Written::Cancelled && matches!(written, Ok(Fence::Lost)) {
+        // Refused as cancelled: the ask may have been withdrawn (the task
+        // that escalated here was retried and took its run back). Still
+        // ours, it is given back; lost, that is refused too.
+        tracing::warn!("cancel withdrawn after the script was stopped; giving the task back");
+        how = Written::GivenBack;
+        let back = outcome::given_back(finish);
+        written = write_end((store, meta, counters), task, &back, lease).await;
+    }
+    (written, how)
+}
+
 /// Which agent, on which host, ran which script: an attempt's provenance.
 fn provenance(cfg: &AgentConfig, task: &Task) -> String {
     format!(
@@ -483,55 +529,6 @@ fn provenance(cfg: &AgentConfig, task: &Task) -> String {
         cfg.host.as_deref().unwrap_or(&cfg.owner),
         task.script_digest
     )
-}
-
-/// `finish` as the end of an attempt an operator cancelled: the task is
-/// set aside, without using an attempt; how the script ended stays in the
-/// record.
-fn cancelled(finish: Finish) -> Finish {
-    Finish {
-        next: TaskState::Cancelled,
-        counts_as_failure: false,
-        escalate_to: None,
-        record: AttemptRecord {
-            outcome: TaskState::Cancelled,
-            failure_class: Some(FailureClass::Cancelled),
-            ..finish.record
-        },
-        ..finish
-    }
-}
-
-/// Where a task goes after an attempt that ended as `class` (`None`:
-/// success) with `exit_code` or `signal`, by the step's retry rules
-/// ([`taskfleet::rules`]): the next state, whether the attempt counts
-/// against the limit, when it may be claimed again, and the step its run
-/// is escalated to.
-fn next_state(
-    task: &Task,
-    meta: &StepMeta,
-    cfg: &AgentConfig,
-    (class, exit_code, signal): (Option<FailureClass>, Option<i32>, Option<i32>),
-    now: Timestamp,
-) -> (TaskState, bool, Timestamp, Option<String>) {
-    let Some(class) = class else {
-        return (TaskState::Done, false, now, None);
-    };
-    let failure = rules::Failure {
-        class,
-        exit_code,
-        signal,
-    };
-    match rules::decide(&meta.settings, &failure, task.failed_attempts) {
-        rules::Next::Retry { counts: false } => (TaskState::Pending, false, now, None),
-        rules::Next::Retry { counts: true } => {
-            let factor = 1u32 << task.failed_attempts.min(16);
-            let delay = cfg.retry_delay.saturating_mul(factor).min(MAX_RETRY_DELAY);
-            (TaskState::Pending, true, now.plus(delay), None)
-        }
-        rules::Next::Fail => (TaskState::Failed, true, now, None),
-        rules::Next::Escalate(step) => (TaskState::Waiting, true, now, Some(step)),
-    }
 }
 
 /// Where an ended attempt's log is kept: uploaded once more within

@@ -296,7 +296,14 @@ impl Cascade {
     /// `task`'s dependents as well, so that a dependent linked meanwhile
     /// fails it rather than being missed.
     pub fn new(task: &Task, mut own: Transition, now: Timestamp) -> Self {
-        let after = own.apply(Some(task));
+        // As the write leaves the task, its guard aside: `task` may be the
+        // owner's copy, on which a guard on the stored task (a cancel
+        // asked) does not hold; the store checks the guard.
+        let after = Transition {
+            guard: Vec::new(),
+            ..own.clone()
+        }
+        .apply(Some(task));
         own.guard.push(Cond::Dependents(task.dependents.clone()));
         let run = match super::escalate::escalation(&own) {
             Some(step) => Some((step, RunWrite::TakeOver)),
@@ -324,7 +331,7 @@ impl Cascade {
         if let Some((step, _)) = &self.run {
             return vec![(step.clone(), self.writes[0].task_id.clone())];
         }
-        if self.writes.len() > MAX_CASCADE {
+        if self.overflow {
             return Vec::new();
         }
         self.frontier
@@ -364,10 +371,6 @@ impl Cascade {
                 let Some(Some(dep)) = read.next() else {
                     continue;
                 };
-                if self.writes.len() > MAX_CASCADE {
-                    self.overflow = true;
-                    continue;
-                }
                 // A cycle of steps would visit a task twice.
                 if self
                     .writes
@@ -379,6 +382,10 @@ impl Cascade {
                 let Some(t) = follow(upstream, dep, self.now) else {
                     continue;
                 };
+                if self.writes.len() > MAX_CASCADE {
+                    self.overflow = true;
+                    continue;
+                }
                 if let Some(after) = t.apply(Some(dep))
                     && cascades(dep.state, after.state)
                 {
@@ -394,14 +401,16 @@ impl Cascade {
     }
 
     /// Plans the cancel of `run` (the task of `step`, as read) with the
-    /// cancelled task at the frontier, whose dependents are read next.
+    /// cancelled task last at the frontier, whose dependents are read
+    /// next; and of the run's own escalated run, if it waits for one.
     fn cancel_run(&mut self, step: String, run: Option<&Task>) {
-        let (Some(task), Some(run)) = (self.frontier.first(), run) else {
+        let (Some(task), Some(run)) = (self.frontier.last(), run) else {
             return;
         };
         let Some(t) = super::escalate::cancel_run(task, run, self.now) else {
             return;
         };
+        self.run = super::escalate::cancels_run(run, &t).map(|s| (s, RunWrite::Cancel));
         if let Some(after) = t.apply(Some(run))
             && cascades(run.state, after.state)
         {
@@ -600,5 +609,41 @@ mod tests {
                 ("qc", TaskState::Failed)
             ]
         );
+    }
+
+    /// The plan of a failure at the head of a chain of `len` steps after
+    /// it, each task read as its cascade asks.
+    fn chain_failure(len: usize) -> Cascade {
+        let step = |i: usize| format!("s{i}");
+        let mut head = task(&step(0), TaskState::Running);
+        head.owner = Some("w".into());
+        head.attempt = 1;
+        head.dependents = vec![step(1)];
+        let mut own = crate::transition::claim("w", NOW, std::time::Duration::from_secs(60));
+        own.to = TaskState::Failed;
+        own.write = Write::Update(vec![Change::Set(attr::STATE, json(&TaskState::Failed))]);
+        own.guard = vec![Cond::State(TaskState::Running)];
+        let mut c = Cascade::new(&head, own, NOW);
+        let mut level = 1;
+        while let [(wanted, _)] = c.wanted().as_slice() {
+            assert_eq!(*wanted, step(level));
+            let mut dep = waiting(&step(level), &[&step(level - 1)]);
+            if level < len {
+                dep.dependents = vec![step(level + 1)];
+            }
+            c.feed(&[Some(dep)]);
+            level += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn a_cascade_past_its_cap_is_refused_not_cut_short() {
+        let whole = chain_failure(MAX_CASCADE);
+        assert_eq!(whole.writes().len(), MAX_CASCADE + 1);
+        assert!(whole.overflow().is_none());
+        // One more level: the whole write is refused, none of it dropped.
+        let over = chain_failure(MAX_CASCADE + 1);
+        assert!(over.overflow().is_some(), "{} writes", over.writes().len());
     }
 }

@@ -224,8 +224,8 @@ fn new_run(task: &Task, run_step: &str, reason: String, now: Timestamp) -> Task 
 /// is none) that takes over the run of `task` (as its escalation leaves
 /// it): a new task with `task`'s script and row, or the existing one run
 /// again with them; one that is running or about to is only told to report
-/// back. Either way `run` lists `task`'s step as a dependent, so that its
-/// end ends `task`.
+/// back (and a running one's cancel asked is withdrawn). Either way `run`
+/// lists `task`'s step as a dependent, so that its end ends `task`.
 pub fn take_over(task: &Task, run_step: &str, run: Option<&Task>, now: Timestamp) -> Transition {
     let reason = format!(
         "escalated from {}/{}: {}",
@@ -241,7 +241,7 @@ pub fn take_over(task: &Task, run_step: &str, run: Option<&Task>, now: Timestamp
         dependents.push(task.step.clone());
         dependents.sort();
     }
-    let guard = vec![
+    let mut guard = vec![
         Cond::State(run.state),
         Cond::Attempt(run.attempt),
         Cond::Dependents(run.dependents.clone()),
@@ -251,6 +251,19 @@ pub fn take_over(task: &Task, run_step: &str, run: Option<&Task>, now: Timestamp
         run.state,
         TaskState::Running | TaskState::Pending | TaskState::Waiting
     ) {
+        // Asked to stop by a cancel of `task` before it was retried (or of
+        // the run itself, before this escalation needed it): the ask is
+        // withdrawn, so that the retried task does not end cancelled.
+        // Its worker goes on, or, if it had stopped the script already,
+        // may no longer end the run cancelled, and gives it back.
+        if run.state == TaskState::Running && run.cancelled_by.is_some() {
+            guard.push(Cond::CancelAsked);
+            changes.extend([
+                Change::Remove(attr::CANCELLED_BY),
+                Change::Remove(attr::CANCELLED_AT),
+                Change::Set(attr::UPDATED_AT, ms(now)),
+            ]);
+        }
         return Transition {
             name: "escalation joins its run",
             guard,
@@ -552,5 +565,56 @@ mod tests {
         unescalated.waiting_on = vec!["qc".into()];
         let own = crate::transition::cancel(&unescalated, "ana", NOW).unwrap();
         assert_eq!(cancels_run(&unescalated, &own), None);
+    }
+
+    #[test]
+    fn a_cancel_follows_a_run_escalated_again_down_to_the_last() {
+        // align/A waits for align-large/A, which waits for align-xlarge/A.
+        let (escalated, mut large) = escalated();
+        large.state = TaskState::Waiting;
+        large.attempt = 1;
+        large.escalated_to = Some("align-xlarge".into());
+        large.waiting_on = vec!["align-xlarge".into()];
+        let mut xlarge = large.clone();
+        xlarge.step = "align-xlarge".into();
+        xlarge.state = TaskState::Pending;
+        xlarge.attempt = 0;
+        xlarge.escalated_to = None;
+        xlarge.waiting_on.clear();
+        xlarge.dependents = vec!["align-large".into()];
+
+        let own = crate::transition::cancel(&escalated, "ana", NOW).unwrap();
+        let mut c = Cascade::new(&escalated, own, NOW);
+        c.feed(&[Some(large.clone())]);
+        assert_eq!(c.wanted(), [("align-xlarge".to_owned(), "A".to_owned())]);
+        c.feed(&[Some(xlarge.clone())]);
+        let cancelled: Vec<(&str, TaskState)> = c
+            .writes()
+            .iter()
+            .map(|w| (w.step.as_str(), w.transition.to))
+            .collect();
+        assert_eq!(
+            cancelled,
+            [
+                ("align", TaskState::Cancelled),
+                ("align-large", TaskState::Cancelled),
+                ("align-xlarge", TaskState::Cancelled)
+            ]
+        );
+        let last = c.writes()[2].transition.apply(Some(&xlarge)).unwrap();
+        assert_eq!(
+            last.reason.as_deref(),
+            Some("cancelled with align-large/A, whose escalated run this is")
+        );
+        // Then the dependents of all three; those of the runs are the
+        // tasks already written.
+        assert_eq!(
+            c.wanted(),
+            [
+                ("call".to_owned(), "A".to_owned()),
+                ("align".to_owned(), "A".to_owned()),
+                ("align-large".to_owned(), "A".to_owned())
+            ]
+        );
     }
 }

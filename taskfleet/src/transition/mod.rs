@@ -82,6 +82,9 @@ pub enum Cond {
     LeaseExpiredBefore(Timestamp),
     /// No operator asked for the task to be cancelled.
     CancelNotAsked,
+    /// An operator asked for the task to be cancelled, and the ask stands
+    /// (an escalation that takes the task's run back withdraws it).
+    CancelAsked,
 }
 
 impl Cond {
@@ -98,6 +101,7 @@ impl Cond {
             (Cond::ReadyBy(at), Some(t)) => t.ready_at.is_none_or(|r| r <= *at),
             (Cond::LeaseExpiredBefore(at), Some(t)) => t.lease_expires_at.is_some_and(|l| l < *at),
             (Cond::CancelNotAsked, Some(t)) => t.cancelled_by.is_none(),
+            (Cond::CancelAsked, Some(t)) => t.cancelled_by.is_some(),
         }
     }
 }
@@ -216,11 +220,14 @@ pub fn cancel_asked(held: &Task, stored: Option<&Task>) -> bool {
 }
 
 /// The guard of an end write to `next`: the fence, and no cancel asked
-/// unless the attempt succeeded (its work is done) or ends cancelled.
+/// unless the attempt succeeded (its work is done); an end as cancelled
+/// only while the ask stands.
 fn end_guard(task: &Task, next: TaskState) -> Vec<Cond> {
     let mut guard = fence(task);
-    if !matches!(next, TaskState::Done | TaskState::Cancelled) {
-        guard.push(Cond::CancelNotAsked);
+    match next {
+        TaskState::Done => {}
+        TaskState::Cancelled => guard.push(Cond::CancelAsked),
+        _ => guard.push(Cond::CancelNotAsked),
     }
     guard
 }
@@ -342,10 +349,12 @@ pub fn reclaim(
         Cond::LeaseExpiredBefore(reclaim_cutoff(now)),
     ];
     // A cancel asked after the read must not be run over (the claim would
-    // clear its mark).
-    if old.cancelled_by.is_none() {
-        guard.push(Cond::CancelNotAsked);
-    }
+    // clear its mark), nor one withdrawn after it carried out.
+    guard.push(if old.cancelled_by.is_none() {
+        Cond::CancelNotAsked
+    } else {
+        Cond::CancelAsked
+    });
     // The lost record grows the item: make room for it in the history
     // (never a reason for the write to fail).
     let mut base = old.clone();

@@ -17,6 +17,7 @@ per_store!(
     a_cancelled_running_task_is_refused_its_renewal_and_ends_cancelled,
     a_cancel_asked_of_a_dead_owner_is_ended_by_the_reclaim,
     cancelling_an_escalated_task_cancels_its_run_on_the_other_step,
+    a_retried_task_takes_its_running_run_back_from_the_cancel,
 );
 
 async fn a_cancelled_running_task_is_refused_its_renewal_and_ends_cancelled(t: TestStore) {
@@ -163,7 +164,7 @@ async fn escalated(t: &TestStore, id: &str) {
     let meta = t.store.step("align").await.unwrap().unwrap();
     let held = claimed(&t.store, "align", id, "a/w").await;
     let mut end = finish(
-        1,
+        held.attempt,
         TaskState::Waiting,
         Some(FailureClass::Exit),
         Timestamp::now(),
@@ -181,14 +182,19 @@ async fn escalated(t: &TestStore, id: &str) {
     );
 }
 
-async fn cancelling_an_escalated_task_cancels_its_run_on_the_other_step(t: TestStore) {
+/// Loads `n` tasks of align, whose exit 137 escalates to align-large.
+async fn load_escalating(t: &TestStore, n: usize) {
     let rules = SettingsChange {
         rules: Some(vec![
             taskfleet::rules::parse("exit=137:escalate-to=align-large", false).unwrap(),
         ]),
         ..settings(3, 60)
     };
-    load_text(&t.store, "align", "true", &generated_sheet(3), rules).await;
+    load_text(&t.store, "align", "true", &generated_sheet(n), rules).await;
+}
+
+async fn cancelling_an_escalated_task_cancels_its_run_on_the_other_step(t: TestStore) {
+    load_escalating(&t, 3).await;
     let after = SettingsChange {
         after: Some(vec!["align".into()]),
         ..SettingsChange::default()
@@ -251,6 +257,98 @@ async fn cancelling_an_escalated_task_cancels_its_run_on_the_other_step(t: TestS
     assert_eq!(cancelled("align").await, (3, 2, 1, 0, 0));
     assert_eq!(cancelled("align-large").await, (2, 2, 0, 0, 0));
     assert_eq!(cancelled("call").await, (3, 2, 0, 0, 1));
+    for meta in [&align, &large] {
+        assert!(t.store.recount(meta, false).await.unwrap().is_empty());
+    }
+}
+
+/// Cancelling align/A only asks its running run on align-large to stop;
+/// retried and escalated again before the run's worker acted on that, the
+/// task takes the run back: the stale ask is withdrawn, and the run's end
+/// is the retried task's. S0: the worker had not heard of the ask, its run
+/// goes on; S1: it had, and killed its script: its cancelled end is
+/// refused and it gives the run back to be run again.
+async fn a_retried_task_takes_its_running_run_back_from_the_cancel(t: TestStore) {
+    load_escalating(&t, 2).await;
+    let align = t.store.step("align").await.unwrap().unwrap();
+    let large = t.store.step("align-large").await.unwrap().unwrap();
+    let until = Timestamp::now().plus(Duration::from_secs(60));
+    let mut runs = Vec::new();
+    for id in ["S0000000", "S0000001"] {
+        escalated(&t, id).await;
+        runs.push(claimed(&t.store, "align-large", id, "big/w").await);
+        let task = t.store.task("align", id).await.unwrap().unwrap();
+        assert_eq!(
+            t.store.cancel(&align, &task, "ana@login").await.unwrap(),
+            Replaced
+        );
+    }
+    assert_eq!(
+        t.store.heartbeat(&large, &runs[1], until).await.unwrap(),
+        Fence::Cancelled,
+        "S1's worker hears of the ask"
+    );
+    for id in ["S0000000", "S0000001"] {
+        let task = t.store.task("align", id).await.unwrap().unwrap();
+        assert_eq!(
+            t.store
+                .retry(&align, id, task.attempt, "ana@login")
+                .await
+                .unwrap(),
+            Replaced
+        );
+        escalated(&t, id).await;
+        let run = t.store.task("align-large", id).await.unwrap().unwrap();
+        assert_eq!(
+            (run.state, run.attempt, run.cancelled_by, run.dependents),
+            (TaskState::Running, 1, None, vec!["align".to_owned()]),
+            "{id}: the ask is withdrawn"
+        );
+    }
+    // S0 goes on and ends done, and so does its task.
+    assert_eq!(
+        t.store.heartbeat(&large, &runs[0], until).await.unwrap(),
+        Fence::Held
+    );
+    let done = finish(1, TaskState::Done, None, Timestamp::now());
+    assert_eq!(
+        t.store.finish(&large, &runs[0], &done).await.unwrap(),
+        Fence::Held
+    );
+    let s0 = t.store.task("align", "S0000000").await.unwrap().unwrap();
+    assert_eq!((s0.state, s0.failure_class), (TaskState::Done, None));
+    // S1's worker may no longer end its run cancelled; it releases it.
+    assert_eq!(end_cancelled(&t.store, &large, &runs[1]).await, Fence::Lost);
+    let release = finish(
+        1,
+        TaskState::Pending,
+        Some(FailureClass::Interrupted),
+        Timestamp::now(),
+    );
+    assert_eq!(
+        t.store.finish(&large, &runs[1], &release).await.unwrap(),
+        Fence::Held
+    );
+    let s1 = t.store.task("align", "S0000001").await.unwrap().unwrap();
+    assert_eq!(
+        (s1.state, s1.waiting_on),
+        (TaskState::Waiting, vec!["align-large".to_owned()])
+    );
+    let again = claimed(&t.store, "align-large", "S0000001", "big/w2").await;
+    assert_eq!((again.attempt, again.failed_attempts), (2, 0));
+
+    let s = &t.store.status(Some("align")).await.unwrap()[0];
+    assert_eq!(
+        (s.total, s.done, s.waiting, s.cancelled),
+        (2, 1, 1, 0),
+        "{s:?}"
+    );
+    let s = &t.store.status(Some("align-large")).await.unwrap()[0];
+    assert_eq!(
+        (s.total, s.done, s.running, s.cancelled),
+        (2, 1, 1, 0),
+        "{s:?}"
+    );
     for meta in [&align, &large] {
         assert!(t.store.recount(meta, false).await.unwrap().is_empty());
     }

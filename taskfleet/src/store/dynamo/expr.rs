@@ -52,6 +52,7 @@ impl Expr {
             Cond::CancelNotAsked => {
                 format!("attribute_not_exists({})", self.name(attr::CANCELLED_BY))
             }
+            Cond::CancelAsked => format!("attribute_exists({})", self.name(attr::CANCELLED_BY)),
             Cond::State(state) => {
                 let (a, v) = (self.name(attr::STATE), self.value(s(state.as_str())));
                 format!("{a} = {v}")
