@@ -39,6 +39,7 @@ pub(crate) fn given_back(finish: Finish) -> Finish {
         counts_as_failure: false,
         escalate_to: None,
         expires_at: None,
+        ready_at: finish.record.finished_at,
         record: AttemptRecord {
             outcome: TaskState::Pending,
             failure_class: Some(FailureClass::Interrupted),

@@ -67,7 +67,8 @@ const STOP_SETTLE: Duration = Duration::from_millis(500);
 pub enum AttemptEnd {
     /// The final write went through; the task is now in this state.
     Finished(TaskState),
-    /// The task was released to `pending` (stop requested).
+    /// The task was released to `pending` (stop requested, or given back
+    /// after a cancel that was withdrawn).
     Released,
     /// This host could not prepare the attempt; the task was released
     /// (if the store took the release) and the agent must stop.
@@ -463,7 +464,6 @@ async fn conclude<S: TaskStore>(
             Ended::Interrupted | Ended::Reclaimed => AttemptEnd::Released,
             _ => AttemptEnd::Finished(next),
         },
-        // (A cancelled end is never refused for a cancel.)
         Ok(Fence::Lost | Fence::Cancelled) => {
             tracing::warn!("task was taken over before it finished; result discarded");
             AttemptEnd::Lost
@@ -475,50 +475,59 @@ async fn conclude<S: TaskStore>(
     }
 }
 
-/// Which end [`write_outcome`] wrote, when it was not the one asked for.
+/// Which end [`write_outcome`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Written {
-    /// As asked.
+    /// The one asked for: as the script ended.
     AsAsked,
     /// Cancelled: the script was stopped for a cancel, or the end met one.
     Cancelled,
-    /// Given back: the cancel was withdrawn after the script was stopped.
+    /// Given back: the script was stopped for a cancel that was then
+    /// withdrawn.
     GivenBack,
 }
 
-/// Writes `finish`, or the end as cancelled (`cancelled`: the script was
-/// stopped for a cancel) when it meets one; and gives the task back when
-/// an end as cancelled is refused while still ours.
+/// Writes `finish`; the end as cancelled instead when it meets a cancel;
+/// and when that is refused while the task is still ours (the ask was
+/// withdrawn: the task that escalated here was retried and took its run
+/// back), the end as the script left it, or, if the script was stopped for
+/// the ask (`cancelled`), the task given back.
 async fn write_outcome<S: TaskStore>(
     (store, meta, counters): (&S, &StepMeta, &Stats),
     task: &Task,
-    mut finish: Finish,
+    finish: Finish,
     cancelled: bool,
     lease: &mut Lease,
 ) -> (Result<Fence, StoreError>, Written) {
-    let mut how = if cancelled {
-        Written::Cancelled
-    } else {
-        Written::AsAsked
-    };
-    let mut written = write_end((store, meta, counters), task, &finish, lease).await;
-    if matches!(written, Ok(Fence::Cancelled)) {
+    let ctx = (store, meta, counters);
+    let written = write_end(ctx, task, &finish, lease).await;
+    if !cancelled {
+        if !matches!(written, Ok(Fence::Cancelled)) {
+            return (written, Written::AsAsked);
+        }
         // Cancelled after the last renewal: the attempt ends as asked.
         tracing::warn!("task cancelled by an operator as it ended; recording it cancelled");
-        how = Written::Cancelled;
-        finish = outcome::cancelled(finish);
-        written = write_end((store, meta, counters), task, &finish, lease).await;
+        let written = write_end(ctx, task, &outcome::cancelled(finish.clone()), lease).await;
+        if !matches!(written, Ok(Fence::Lost)) {
+            return (written, Written::Cancelled);
+        }
+        // Withdrawn meanwhile, or lost: the end as the script left it
+        // (refused too if lost).
+        return (write_end(ctx, task, &finish, lease).await, Written::AsAsked);
     }
-    if how == Written::Cancelled && matches!(written, Ok(Fence::Lost)) {
-        // Refused as cancelled: the ask may have been withdrawn (the task
-        // that escalated here was retried and took its run back). Still
-        // ours, it is given back; lost, that is refused too.
-        tracing::warn!("cancel withdrawn after the script was stopped; giving the task back");
-        how = Written::GivenBack;
-        let back = outcome::given_back(finish);
-        written = write_end((store, meta, counters), task, &back, lease).await;
+    if !matches!(written, Ok(Fence::Lost)) {
+        return (written, Written::Cancelled);
     }
-    (written, how)
+    tracing::warn!("end as cancelled refused; giving the task back if it is still ours");
+    let written = write_end(ctx, task, &outcome::given_back(finish.clone()), lease).await;
+    if matches!(written, Ok(Fence::Cancelled)) {
+        // Asked again since: cancelled after all.
+        return (
+            write_end(ctx, task, &finish, lease).await,
+            Written::Cancelled,
+        );
+    }
+    (written, Written::GivenBack)
 }
 
 /// Which agent, on which host, ran which script: an attempt's provenance.

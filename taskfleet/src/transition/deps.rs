@@ -277,7 +277,8 @@ pub struct Cascade {
     /// Dependents past [`MAX_CASCADE`] were met: the write must not happen.
     overflow: bool,
     /// The own write moves the task's run to the task of the same id in
-    /// this step, or cancels it there, and that task is still to be read.
+    /// this step, or cancels it there (or the cancel of such a run cancels
+    /// the run's own run), and that task is still to be read.
     run: Option<(String, RunWrite)>,
 }
 
@@ -407,9 +408,21 @@ impl Cascade {
         let (Some(task), Some(run)) = (self.frontier.last(), run) else {
             return;
         };
+        // A cycle of escalations would come back to a task planned already.
+        if self
+            .writes
+            .iter()
+            .any(|w| w.step == run.step && w.task_id == run.task_id)
+        {
+            return;
+        }
         let Some(t) = super::escalate::cancel_run(task, run, self.now) else {
             return;
         };
+        if self.writes.len() > MAX_CASCADE {
+            self.overflow = true;
+            return;
+        }
         self.run = super::escalate::cancels_run(run, &t).map(|s| (s, RunWrite::Cancel));
         if let Some(after) = t.apply(Some(run))
             && cascades(run.state, after.state)

@@ -10,8 +10,10 @@
 //! (a [`super::deps::Cascade`] that reads the run's task first); an
 //! operator's retry of the escalated task starts it over on its own step.
 //! An operator's cancel of the escalated task cancels its run in the same
-//! write (asks the run's worker to stop, when it runs), unless another
-//! task waits for that run too.
+//! write (asks the run's worker to stop, when it runs), and so on down a
+//! run escalated again, unless another task waits for that run too. A new
+//! escalation of the task, once retried, takes back a run only asked to
+//! stop: the ask is withdrawn.
 
 use serde_json::Value;
 
@@ -606,6 +608,27 @@ mod tests {
             last.reason.as_deref(),
             Some("cancelled with align-large/A, whose escalated run this is")
         );
+        // A cycle of escalations (xlarge escalated back to align) ends
+        // where it began.
+        let mut cycle = xlarge.clone();
+        cycle.state = TaskState::Waiting;
+        cycle.attempt = 1;
+        cycle.escalated_to = Some("align".into());
+        cycle.waiting_on = vec!["align".into()];
+        // (which joined align/A's run, so align/A's only dependent).
+        let mut head = escalated.clone();
+        head.dependents = vec!["align-xlarge".into()];
+        let own = crate::transition::cancel(&head, "ana", NOW).unwrap();
+        let mut round = Cascade::new(&head, own, NOW);
+        round.feed(&[Some(large.clone())]);
+        round.feed(&[Some(cycle)]);
+        assert_eq!(round.wanted()[0], ("align".to_owned(), "A".to_owned()));
+        round.feed(&[Some(head)]);
+        assert_eq!(round.writes().len(), 3);
+        let rest = round.wanted().len();
+        round.feed(&vec![None; rest]);
+        assert!(round.wanted().is_empty(), "the plan ends");
+        assert_eq!(round.writes().len(), 3);
         // Then the dependents of all three; those of the runs are the
         // tasks already written.
         assert_eq!(

@@ -214,7 +214,8 @@ pub fn fence(task: &Task) -> Vec<Cond> {
 /// Whether `stored` is still the attempt `held` (its owner's copy) and an
 /// operator asked for it to be cancelled (`taskctl cancel`): the owner's
 /// renewals and its end writes other than `done` fail on that, and the
-/// owner then stops the script and ends the attempt `cancelled`.
+/// owner then stops the script and ends the attempt `cancelled` (given
+/// back instead if the ask was withdrawn meanwhile).
 pub fn cancel_asked(held: &Task, stored: Option<&Task>) -> bool {
     fence(held).iter().all(|c| c.holds(stored)) && stored.is_some_and(|t| t.cancelled_by.is_some())
 }

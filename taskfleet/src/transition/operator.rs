@@ -168,7 +168,9 @@ pub fn retry(task: &Task, attempt: u32, by: &str, now: Timestamp) -> Transition 
 ///   is still that attempt and nobody asked before). The owner's next
 ///   renewal fails on the mark ([`super::cancel_asked`]): it kills the
 ///   script and ends the attempt `cancelled`, without using an attempt. A
-///   reclaim after the owner died ends it `cancelled` as well.
+///   reclaim after the owner died ends it `cancelled` as well. Both need
+///   the ask to stand: an escalation that takes the run back withdraws it
+///   ([`super::escalate::take_over`]).
 ///
 /// `None` for a task that has ended, or runs with a cancel asked already.
 pub fn cancel(task: &Task, by: &str, now: Timestamp) -> Option<Transition> {
