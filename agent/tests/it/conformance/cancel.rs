@@ -18,6 +18,7 @@ per_store!(
     a_cancel_asked_of_a_dead_owner_is_ended_by_the_reclaim,
     cancelling_an_escalated_task_cancels_its_run_on_the_other_step,
     a_retried_task_takes_its_running_run_back_from_the_cancel,
+    a_worker_stopped_by_a_cancel_passes_who_asked_to_the_dependents,
 );
 
 async fn a_cancelled_running_task_is_refused_its_renewal_and_ends_cancelled(t: TestStore) {
@@ -141,6 +142,46 @@ async fn a_cancel_asked_of_a_dead_owner_is_ended_by_the_reclaim(t: TestStore) {
     );
     let s = &t.store.status(Some("qc")).await.unwrap()[0];
     assert_eq!((s.cancelled, s.running, s.pending), (1, 0, 0), "{s:?}");
+}
+
+/// The worker's copy of a task predates the cancel: its cancelled end still
+/// tells the steps `--after` it who cancelled, as an operator's cancel of a
+/// pending task does.
+async fn a_worker_stopped_by_a_cancel_passes_who_asked_to_the_dependents(t: TestStore) {
+    load_text(&t.store, "qc", "true", &generated_sheet(2), settings(3, 60)).await;
+    let after = SettingsChange {
+        after: Some(vec!["qc".into()]),
+        ..SettingsChange::default()
+    };
+    load_text(&t.store, "call", "true", &generated_sheet(2), after).await;
+    let meta = t.store.step("qc").await.unwrap().unwrap();
+    let held = claimed(&t.store, "qc", "S0000000", "a/w").await;
+    let running = t.store.task("qc", "S0000000").await.unwrap().unwrap();
+    assert_eq!(
+        t.store.cancel(&meta, &running, "ana@login").await.unwrap(),
+        Replaced
+    );
+    let pending = t.store.task("qc", "S0000001").await.unwrap().unwrap();
+    assert_eq!(
+        t.store.cancel(&meta, &pending, "bo@login").await.unwrap(),
+        Replaced
+    );
+    assert_eq!(end_cancelled(&t.store, &meta, &held).await, Fence::Held);
+    for (id, by) in [("S0000000", "ana@login"), ("S0000001", "bo@login")] {
+        let qc = t.store.task("qc", id).await.unwrap().unwrap();
+        assert_eq!(
+            (qc.state, qc.cancelled_by.as_deref()),
+            (TaskState::Cancelled, Some(by))
+        );
+        let call = t.store.task("call", id).await.unwrap().unwrap();
+        assert_eq!(
+            (call.state, call.failure_class, call.cancelled_by.as_deref()),
+            (TaskState::Cancelled, Some(FailureClass::Upstream), Some(by)),
+            "{id}"
+        );
+    }
+    let s = &t.store.status(Some("call")).await.unwrap()[0];
+    assert_eq!((s.cancelled, s.waiting), (2, 0), "{s:?}");
 }
 
 /// The worker's end of attempt 1 of `held` after it was asked to stop.

@@ -24,7 +24,7 @@ use super::expr::{
 };
 use super::lease::Applied;
 use super::{DynamoStore, decode};
-use crate::model::{StepMeta, Task};
+use crate::model::{StepMeta, Task, TaskState};
 use crate::schema::{self, MAX_TRANSACTION_ITEMS, attr};
 use crate::store::{InsertOutcome, StoreError};
 use crate::time::Timestamp;
@@ -70,12 +70,22 @@ impl DynamoStore {
     ) -> Result<bool, StoreError> {
         let mut base = base.clone();
         for _ in 0..PLAN_TRIES {
-            let own = make(&base);
+            let mut own = make(&base);
             if !crate::transition::escalate::needs_plan(base.state, &own) {
                 return Ok(matches!(
                     self.apply(meta, &base.task_id, &own, false).await?,
                     Applied::Written(_)
                 ));
+            }
+            if own.to == TaskState::Cancelled && base.cancelled_by.is_none() {
+                // The owner's copy predates the ask; who asked (for the
+                // dependents' cancel) is in the table.
+                let Some(current) = self.read_task(meta, &base.task_id).await? else {
+                    return Ok(false);
+                };
+                base.cancelled_by = current.cancelled_by;
+                base.cancelled_at = current.cancelled_at;
+                own = make(&base);
             }
             let mut cascade = Cascade::new(&base, own, Timestamp::now());
             self.plan(&mut cascade).await?;
@@ -91,6 +101,8 @@ impl DynamoStore {
                         return Ok(false);
                     };
                     base.dependents.clone_from(&current.dependents);
+                    base.cancelled_by.clone_from(&current.cancelled_by);
+                    base.cancelled_at = current.cancelled_at;
                     if !make(&base).allows(Some(&current)) {
                         return Ok(false);
                     }
