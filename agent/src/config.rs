@@ -46,8 +46,8 @@ pub struct AgentConfig {
     /// The host as attempts' provenance names it (on EC2: instance id,
     /// type, AMI, lifecycle, region); the owner when `None`.
     pub host: Option<String>,
-    /// The agent binary, re-executed as each script's supervising parent
-    /// ([`crate::supervisor`]).
+    /// Each script's supervising parent ([`crate::supervisor`]): the
+    /// supervisor's own program, or the agent binary re-executed.
     pub supervisor_exe: PathBuf,
     /// What scripts get of the agent's own environment (see
     /// [`inherited_env`]); nothing else of it reaches them.
@@ -72,7 +72,7 @@ pub struct LogUpload {
 
 impl AgentConfig {
     /// Defaults for `step`, with `owner` naming this worker and
-    /// `supervisor_exe` the agent binary. Scripts inherit nothing of the
+    /// `supervisor_exe` the supervisor (or agent) binary. Scripts inherit nothing of the
     /// agent's environment until [`AgentConfig::inherited_env`] is set.
     pub fn new(
         step: impl Into<String>,

@@ -216,9 +216,10 @@ async fn run_on(
     args: &Args,
     on_ec2: Option<(agent::ec2::Metadata, agent::ec2::Instance)>,
 ) -> ExitCode {
-    // Scripts run under a copy of this binary; see agent::supervisor.
+    // Scripts run under the supervisor beside this binary, or under a copy
+    // of this binary; see agent::supervisor.
     let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
+        Ok(exe) => Supervise::program_beside(&exe),
         Err(e) => {
             eprintln!("error: cannot find the agent's own binary to supervise scripts with: {e}");
             return ExitCode::from(3);

@@ -95,19 +95,40 @@ esac"#;
 
 #[test]
 fn a_supervisor_whose_agent_is_already_gone_does_not_start_the_script() {
-    let dir = tempfile::tempdir().unwrap();
-    let ran = dir.path().join("ran");
-    // Its parent is this test, not pid 1: as if the agent had died before
-    // the supervisor could ask to be told.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
-        .args(["__supervise", "--parent-pid", "1", "--", "bash", "-c"])
-        .arg(format!("touch {}", ran.display()))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(127));
-    assert!(!ran.exists(), "the script ran");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("the agent is gone"),
-        "{out:?}"
+    // The supervisor's own program, and the agent binary in its hidden mode
+    // (what runs when the program is not beside the agent).
+    for (program, mode) in [
+        (env!("CARGO_BIN_EXE_agent-supervise"), None),
+        (env!("CARGO_BIN_EXE_agent"), Some("__supervise")),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let ran = dir.path().join("ran");
+        // Its parent is this test, not pid 1: as if the agent had died
+        // before the supervisor could ask to be told.
+        let out = std::process::Command::new(program)
+            .args(mode)
+            .args(["--parent-pid", "1", "--", "bash", "-c"])
+            .arg(format!("touch {}", ran.display()))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(127), "{program}");
+        assert!(!ran.exists(), "{program}: the script ran");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("the agent is gone"),
+            "{program}: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn the_agent_runs_its_scripts_under_the_supervisor_beside_it() {
+    let agent = std::path::Path::new(env!("CARGO_BIN_EXE_agent"));
+    assert_eq!(
+        agent::supervisor::Supervise::program_beside(agent),
+        std::path::Path::new(env!("CARGO_BIN_EXE_agent-supervise")),
+        "cargo builds both into one directory"
     );
+    let alone = tempfile::tempdir().unwrap();
+    let copy = alone.path().join("agent");
+    assert_eq!(agent::supervisor::Supervise::program_beside(&copy), copy);
 }
