@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::deps::{back_to_waiting, cascades, how_it_failed, set_list};
 use super::{Change, Cond, Transition, Write, counter_moves, json, ms};
-use crate::model::{FailureClass, Task, TaskState};
+use crate::model::{FailureClass, StepSettings, Task, TaskState};
 use crate::schema::attr;
 use crate::time::Timestamp;
 
@@ -40,7 +40,7 @@ pub(super) fn take_outcome(run: &Task, dep: &Task, now: Timestamp) -> Option<Tra
     };
     let (name, to, mut changes) = match (run.state, dep.state) {
         (TaskState::Done, TaskState::Waiting) => (
-            "escalated run done",
+            RUN_DONE,
             TaskState::Done,
             vec![
                 Change::Set(attr::STATE, json(&TaskState::Done)),
@@ -128,6 +128,25 @@ pub(super) fn take_outcome(run: &Task, dep: &Task, now: Timestamp) -> Option<Tra
         counters: counter_moves(Some(dep.state), to),
         expiring: None,
     })
+}
+
+/// The transition that makes a task done as its escalated run is.
+const RUN_DONE: &str = "escalated run done";
+
+/// `t`, one write of a plan, with the expiry of its task's own step (`load
+/// --expire-after`, as `settings` have it) when it makes the task done as
+/// its escalated run is. A plan is made without the steps' settings: each
+/// store calls this where it writes the task, with that step's settings.
+pub fn with_step_expiry(t: &mut Transition, settings: &StepSettings) {
+    if t.name != RUN_DONE {
+        return;
+    }
+    let finished = t.state_at.unwrap_or_else(Timestamp::now);
+    let (Some(at), Write::Update(changes)) = (settings.expiry_of(finished), &mut t.write) else {
+        return;
+    };
+    changes.push(Change::Set(attr::EXPIRES_AT, Value::from(at)));
+    t.expiring = Some((at, 1));
 }
 
 /// The step an end write moves its task's run to (a retry rule's

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use taskfleet::model::{StepMeta, TaskState};
+use taskfleet::model::{FailureClass, StepMeta, TaskState};
 use taskfleet::store::ReplaceOutcome::Replaced;
 use taskfleet::store::{SettingsChange, Store, TaskStore};
 use taskfleet::time::Timestamp;
@@ -13,7 +13,10 @@ use testkit::{TestStore, generated_sheet, load_text};
 
 use super::{claimed, counts, finish, settings};
 
-per_store!(expired_tasks_leave_the_counts_whether_or_not_the_ttl_deleted_them);
+per_store!(
+    expired_tasks_leave_the_counts_whether_or_not_the_ttl_deleted_them,
+    a_task_done_as_its_escalated_run_is_expires_as_its_own_steps_tasks_do,
+);
 
 fn id(i: usize) -> String {
     format!("S{i:07}")
@@ -187,4 +190,47 @@ async fn expired_tasks_leave_the_counts_whether_or_not_the_ttl_deleted_them(t: T
     assert_eq!(t.store.recount(&meta, false).await.unwrap(), vec![]);
 
     delete_the_step(&t, &meta).await;
+}
+
+/// The step a retry rule moves a run to has its own settings: the task that
+/// waited for that run, done as it is, expires as align's done tasks do,
+/// and is counted as expiring.
+async fn a_task_done_as_its_escalated_run_is_expires_as_its_own_steps_tasks_do(t: TestStore) {
+    let rules = SettingsChange {
+        rules: Some(vec![
+            taskfleet::rules::parse("exit=137:escalate-to=align-large", false).unwrap(),
+        ]),
+        expire_after: Some(Duration::from_secs(86_400)),
+        ..settings(3, 60)
+    };
+    load_text(&t.store, "align", "true", &generated_sheet(1), rules).await;
+    let align = t.store.step("align").await.unwrap().unwrap();
+    let held = claimed(&t.store, "align", &id(0), "a/w").await;
+    let mut end = finish(
+        held.attempt,
+        TaskState::Waiting,
+        Some(FailureClass::Exit),
+        Timestamp::now(),
+    );
+    end.record.exit_code = Some(137);
+    end.escalate_to = Some("align-large".into());
+    t.store.finish(&align, &held, &end).await.unwrap();
+    let large = t.store.step("align-large").await.unwrap().unwrap();
+    let run = claimed(&t.store, "align-large", &id(0), "big/w").await;
+    let before = Timestamp::now();
+    let done = finish(run.attempt, TaskState::Done, None, Timestamp::now());
+    t.store.finish(&large, &run, &done).await.unwrap();
+    let after = Timestamp::now();
+    let task = t.store.task("align", &id(0)).await.unwrap().unwrap();
+    let (lo, hi) = (
+        align.settings.expiry_of(before).unwrap(),
+        align.settings.expiry_of(after).unwrap(),
+    );
+    assert_eq!(task.state, TaskState::Done);
+    assert!(
+        task.expires_at.is_some_and(|at| (lo..=hi).contains(&at)),
+        "expires at {:?}, not in {lo}..={hi}",
+        task.expires_at
+    );
+    assert_eq!(t.store.recount(&align, false).await.unwrap(), vec![]);
 }

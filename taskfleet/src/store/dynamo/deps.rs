@@ -162,27 +162,24 @@ impl DynamoStore {
                         ),
                     })?
             };
+            let mut t = p.transition.clone();
+            transition::escalate::with_step_expiry(&mut t, &m.settings);
             let item = TransactWriteItem::builder();
             items.push(
-                match p.transition.write {
+                match t.write {
                     // An escalated run's new task.
-                    transition::Write::Put(_) => {
-                        item.put(put_in_transaction(&self.table, &m, &p.transition))
-                    }
+                    transition::Write::Put(_) => item.put(put_in_transaction(&self.table, &m, &t)),
                     transition::Write::Delete => unreachable!("a cascade never deletes"),
-                    transition::Write::Update(_) => item.update(update_in_transaction(
-                        &self.table,
-                        &m,
-                        &p.task_id,
-                        &p.transition,
-                    )),
+                    transition::Write::Update(_) => {
+                        item.update(update_in_transaction(&self.table, &m, &p.task_id, &t))
+                    }
                 }
                 .build(),
             );
             counters
                 .entry((p.step.clone(), schema::shard_of(&p.task_id, m.shards)))
                 .or_default()
-                .extend(deltas_of(&p.transition));
+                .extend(deltas_of(&t));
         }
         for ((step, shard), deltas) in counters {
             let deltas = sum_deltas(deltas);

@@ -63,7 +63,9 @@ pub(super) fn end_in(
                 ),
             })?
         };
-        let written = apply(tx, &step_meta, &planned.task_id, &planned.transition)?;
+        let mut transition = planned.transition.clone();
+        crate::transition::escalate::with_step_expiry(&mut transition, &step_meta.settings);
+        let written = apply(tx, &step_meta, &planned.task_id, &transition)?;
         match written {
             Some(t) if i == 0 => own_after = Some(t),
             Some(_) => {}
