@@ -72,8 +72,9 @@ pub struct LogUpload {
 
 impl AgentConfig {
     /// Defaults for `step`, with `owner` naming this worker and
-    /// `supervisor_exe` the supervisor (or agent) binary. Scripts inherit nothing of the
-    /// agent's environment until [`AgentConfig::inherited_env`] is set.
+    /// `supervisor_exe` the supervisor (or agent) binary. Scripts inherit
+    /// nothing of the agent's environment until
+    /// [`AgentConfig::inherited_env`] is set.
     pub fn new(
         step: impl Into<String>,
         owner: impl Into<String>,

@@ -30,6 +30,40 @@ mod expiry;
 mod loads;
 mod shards;
 
+/// align's settings in the escalation cases: an exit 137 moves the run to
+/// align-large.
+fn escalating() -> SettingsChange {
+    SettingsChange {
+        rules: Some(vec![
+            taskfleet::rules::parse("exit=137:escalate-to=align-large", false).unwrap(),
+        ]),
+        ..settings(3, 60)
+    }
+}
+
+/// Escalates `id` of align, as its worker does after an exit 137.
+async fn escalated(t: &TestStore, id: &str) {
+    let meta = t.store.step("align").await.unwrap().unwrap();
+    let held = claimed(&t.store, "align", id, "a/w").await;
+    let mut end = finish(
+        held.attempt,
+        TaskState::Waiting,
+        Some(FailureClass::Exit),
+        Timestamp::now(),
+    );
+    end.record.exit_code = Some(137);
+    end.escalate_to = Some("align-large".into());
+    assert_eq!(
+        t.store.finish(&meta, &held, &end).await.unwrap(),
+        Fence::Held
+    );
+    let task = t.store.task("align", id).await.unwrap().unwrap();
+    assert_eq!(
+        (task.state, task.waiting_on.clone()),
+        (TaskState::Waiting, vec!["align-large".to_owned()])
+    );
+}
+
 /// Where candidate queries read from, unless a case says otherwise.
 const OLDEST: Order = Order::OldestFirst;
 

@@ -263,6 +263,16 @@ pub struct Planned {
     pub transition: Transition,
 }
 
+/// `base`, the owner's copy of a task it ends, with what others may have
+/// changed on the stored task since the owner read it: the steps that wait
+/// for it, and an operator's cancel ask (who asked goes on to the
+/// dependents' cancel). The end's plan is made from this.
+pub fn rebase(base: &mut Task, stored: &Task) {
+    base.dependents.clone_from(&stored.dependents);
+    base.cancelled_by.clone_from(&stored.cancelled_by);
+    base.cancelled_at = stored.cancelled_at;
+}
+
 /// An end write (or a put-back from failed) and what it carries to the
 /// dependents, level by level: the store reads the tasks
 /// [`Cascade::wanted`] names, [`Cascade::feed`]s them back, until nothing

@@ -40,7 +40,7 @@ pub(super) fn take_outcome(run: &Task, dep: &Task, now: Timestamp) -> Option<Tra
     };
     let (name, to, mut changes) = match (run.state, dep.state) {
         (TaskState::Done, TaskState::Waiting) => (
-            RUN_DONE,
+            "escalated run done",
             TaskState::Done,
             vec![
                 Change::Set(attr::STATE, json(&TaskState::Done)),
@@ -130,15 +130,13 @@ pub(super) fn take_outcome(run: &Task, dep: &Task, now: Timestamp) -> Option<Tra
     })
 }
 
-/// The transition that makes a task done as its escalated run is.
-const RUN_DONE: &str = "escalated run done";
-
 /// `t`, one write of a plan, with the expiry of its task's own step (`load
-/// --expire-after`, as `settings` have it) when it makes the task done as
-/// its escalated run is. A plan is made without the steps' settings: each
-/// store calls this where it writes the task, with that step's settings.
+/// --expire-after`, as `settings` have it) when it makes the task done and
+/// carries no expiry yet: a task done as its escalated run is. A plan is
+/// made without the steps' settings: each store calls this where it writes
+/// the task, with that step's settings.
 pub fn with_step_expiry(t: &mut Transition, settings: &StepSettings) {
-    if t.name != RUN_DONE {
+    if t.to != TaskState::Done || t.expiring.is_some() {
         return;
     }
     let finished = t.state_at.unwrap_or_else(Timestamp::now);

@@ -11,7 +11,7 @@ use taskfleet::store::{Candidate, Claim, Fence, SettingsChange, TaskStore};
 use taskfleet::time::Timestamp;
 use testkit::{TestStore, generated_sheet, load_text};
 
-use super::{claimed, finish, settings};
+use super::{claimed, escalated, escalating, finish, settings};
 
 per_store!(
     a_cancelled_running_task_is_refused_its_renewal_and_ends_cancelled,
@@ -200,38 +200,9 @@ async fn end_cancelled(
     store.finish(meta, held, &end).await.unwrap()
 }
 
-/// Escalates `id` of align, as its worker does after an exit 137.
-async fn escalated(t: &TestStore, id: &str) {
-    let meta = t.store.step("align").await.unwrap().unwrap();
-    let held = claimed(&t.store, "align", id, "a/w").await;
-    let mut end = finish(
-        held.attempt,
-        TaskState::Waiting,
-        Some(FailureClass::Exit),
-        Timestamp::now(),
-    );
-    end.record.exit_code = Some(137);
-    end.escalate_to = Some("align-large".into());
-    assert_eq!(
-        t.store.finish(&meta, &held, &end).await.unwrap(),
-        Fence::Held
-    );
-    let task = t.store.task("align", id).await.unwrap().unwrap();
-    assert_eq!(
-        (task.state, task.waiting_on.clone()),
-        (TaskState::Waiting, vec!["align-large".to_owned()])
-    );
-}
-
 /// Loads `n` tasks of align, whose exit 137 escalates to align-large.
 async fn load_escalating(t: &TestStore, n: usize) {
-    let rules = SettingsChange {
-        rules: Some(vec![
-            taskfleet::rules::parse("exit=137:escalate-to=align-large", false).unwrap(),
-        ]),
-        ..settings(3, 60)
-    };
-    load_text(&t.store, "align", "true", &generated_sheet(n), rules).await;
+    load_text(&t.store, "align", "true", &generated_sheet(n), escalating()).await;
 }
 
 async fn cancelling_an_escalated_task_cancels_its_run_on_the_other_step(t: TestStore) {

@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use taskfleet::model::{FailureClass, StepMeta, TaskState};
+use taskfleet::model::{StepMeta, TaskState};
 use taskfleet::store::ReplaceOutcome::Replaced;
 use taskfleet::store::{SettingsChange, Store, TaskStore};
 use taskfleet::time::Timestamp;
 use testkit::{TestStore, generated_sheet, load_text};
 
-use super::{claimed, counts, finish, settings};
+use super::{claimed, counts, escalated, escalating, finish, settings};
 
 per_store!(
     expired_tasks_leave_the_counts_whether_or_not_the_ttl_deleted_them,
@@ -196,25 +196,13 @@ async fn expired_tasks_leave_the_counts_whether_or_not_the_ttl_deleted_them(t: T
 /// waited for that run, done as it is, expires as align's done tasks do,
 /// and is counted as expiring.
 async fn a_task_done_as_its_escalated_run_is_expires_as_its_own_steps_tasks_do(t: TestStore) {
-    let rules = SettingsChange {
-        rules: Some(vec![
-            taskfleet::rules::parse("exit=137:escalate-to=align-large", false).unwrap(),
-        ]),
+    let keep = SettingsChange {
         expire_after: Some(Duration::from_secs(86_400)),
-        ..settings(3, 60)
+        ..escalating()
     };
-    load_text(&t.store, "align", "true", &generated_sheet(1), rules).await;
+    load_text(&t.store, "align", "true", &generated_sheet(1), keep).await;
     let align = t.store.step("align").await.unwrap().unwrap();
-    let held = claimed(&t.store, "align", &id(0), "a/w").await;
-    let mut end = finish(
-        held.attempt,
-        TaskState::Waiting,
-        Some(FailureClass::Exit),
-        Timestamp::now(),
-    );
-    end.record.exit_code = Some(137);
-    end.escalate_to = Some("align-large".into());
-    t.store.finish(&align, &held, &end).await.unwrap();
+    escalated(&t, &id(0)).await;
     let large = t.store.step("align-large").await.unwrap().unwrap();
     let run = claimed(&t.store, "align-large", &id(0), "big/w").await;
     let before = Timestamp::now();

@@ -83,8 +83,7 @@ impl DynamoStore {
                 let Some(current) = self.read_task(meta, &base.task_id).await? else {
                     return Ok(false);
                 };
-                base.cancelled_by = current.cancelled_by;
-                base.cancelled_at = current.cancelled_at;
+                deps::rebase(&mut base, &current);
                 own = make(&base);
             }
             let mut cascade = Cascade::new(&base, own, Timestamp::now());
@@ -100,9 +99,7 @@ impl DynamoStore {
                     let Some(current) = self.read_task(meta, &base.task_id).await? else {
                         return Ok(false);
                     };
-                    base.dependents.clone_from(&current.dependents);
-                    base.cancelled_by.clone_from(&current.cancelled_by);
-                    base.cancelled_at = current.cancelled_at;
+                    deps::rebase(&mut base, &current);
                     if !make(&base).allows(Some(&current)) {
                         return Ok(false);
                     }

@@ -23,11 +23,7 @@ pub(super) fn end_in(
         return Ok(None);
     };
     let mut base = base.clone();
-    base.dependents.clone_from(&current.dependents);
-    // The owner's copy predates a cancel asked since: who asked goes to
-    // the dependents' cancel.
-    base.cancelled_by.clone_from(&current.cancelled_by);
-    base.cancelled_at = current.cancelled_at;
+    deps::rebase(&mut base, &current);
     let own = make(&base);
     if !own.allows(Some(&current)) {
         return Ok(None);
