@@ -564,11 +564,15 @@ async fn three_instances_boot_from_user_data_run_every_task_and_terminate_themse
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spot_notice_mid_task_hands_the_task_to_another_instance_without_using_an_attempt() {
-    // Tasks longer than the agents' spot polling (every 5 s).
+    // The tasks run until the test opens a gate: the notice lands mid-task
+    // however slowly the agents poll for it (every 5 s) on a busy machine.
+    let gate = tempfile::tempdir().unwrap();
+    let open = gate.path().join("open");
+    let script = format!("until [ -e '{}' ]; do sleep 0.2; done", open.display());
     let (sim, ids, hosts) = Sim::fleet(
         "sim-spot",
         &[("taskfleet:idle-timeout", "2s"), ("taskfleet:grace", "5s")],
-        (4, "sleep 12"),
+        (4, &script),
         3,
     )
     .await;
@@ -580,6 +584,26 @@ async fn a_spot_notice_mid_task_hands_the_task_to_another_instance_without_using
         .await;
     let task_id = running.into_iter().find(on_victim).unwrap().task_id;
     victim.imds.announce_spot_interruption();
+    // The victim gives its task back before the gate opens.
+    let start = Instant::now();
+    while sim
+        .table
+        .store
+        .task("align", &task_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .history
+        .iter()
+        .all(|h| h.failure_class != Some(FailureClass::Spot))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{task_id} was not given back within a minute of the spot notice"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::write(&open, "").unwrap();
     wait_for_agents(&hosts, Duration::from_secs(120)).await;
 
     let states = sim.states(&ids).await;
