@@ -568,7 +568,10 @@ async fn write_end<S: TaskStore>(
         tries += 1;
         Stats::bump(&counters.finishes);
         let last = match timeout(lease.write_deadline(), store.finish(meta, task, finish)).await {
-            Ok(Ok(fence)) => return Ok(fence),
+            Ok(Ok(fence)) => {
+                counters.finished_now();
+                return Ok(fence);
+            }
             Ok(Err(e)) => e,
             Err(_) => StoreError::Unreachable {
                 endpoint: store.describe(),

@@ -24,6 +24,9 @@ pub struct Stats {
     /// Other reads (the step's open tasks per shard, read when the home
     /// shard runs dry and on every idle poll).
     pub other_reads: AtomicU64,
+    /// When the latest final write was taken, microseconds since the Unix
+    /// epoch (0: none yet).
+    last_finish_unix_micros: AtomicU64,
     claim_micros: Mutex<Vec<u64>>,
 }
 
@@ -42,6 +45,10 @@ pub struct StatsReport {
     pub finishes: u64,
     /// Other reads.
     pub other_reads: u64,
+    /// When the latest final write was taken, microseconds since the Unix
+    /// epoch; `None` if none was. A benchmark reads when the last task
+    /// ended from this instead of asking the store while it runs.
+    pub last_finish_unix_micros: Option<u64>,
     /// Latency of each claim (winning or not), microseconds.
     pub claim_micros: Vec<u64>,
 }
@@ -50,6 +57,15 @@ impl Stats {
     /// Adds one to `counter`.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records that a final write was just taken.
+    pub fn finished_now(&self) {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self.last_finish_unix_micros
+            .fetch_max(micros, Ordering::Relaxed);
     }
 
     /// Records one claim's latency.
@@ -71,6 +87,8 @@ impl Stats {
             heartbeats: get(&self.heartbeats),
             finishes: get(&self.finishes),
             other_reads: get(&self.other_reads),
+            last_finish_unix_micros: Some(get(&self.last_finish_unix_micros))
+                .filter(|&micros| micros > 0),
             claim_micros: self
                 .claim_micros
                 .lock()

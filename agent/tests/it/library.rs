@@ -374,3 +374,49 @@ async fn an_idle_agent_queries_only_the_shard_whose_task_runs_elsewhere() {
         "queries of shards with nothing open, or of leases that cannot have run out: {calls:?}"
     );
 }
+
+#[tokio::test]
+async fn an_agent_reports_when_its_last_final_write_was_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = SqliteStore::init(&dir.path().join("tasks.db")).unwrap();
+    testkit::load_text(
+        &store,
+        "qc",
+        "true",
+        "sample\nA\nB\n",
+        SettingsChange::default(),
+    )
+    .await;
+    let mut cfg = config(&dir, "h/w");
+    let idle = Duration::from_millis(600);
+    cfg.idle_timeout = Some(idle);
+    let before = std::time::SystemTime::now();
+    let stats = Arc::new(Stats::default());
+    let exit = agent::run(Arc::new(store), cfg, Shutdown::new(), stats.clone())
+        .await
+        .unwrap();
+    let after = std::time::SystemTime::now();
+    let calls = stats.report();
+    assert_eq!(
+        (exit, calls.claims_won, calls.finishes),
+        (Exit::Idle, 2, 2),
+        "{calls:?}"
+    );
+    let last = std::time::UNIX_EPOCH
+        + Duration::from_micros(
+            calls
+                .last_finish_unix_micros
+                .expect("two final writes were taken"),
+        );
+    // The last task ended once the agent had run both, and the agent then
+    // waited out most of its idle timeout: the time is the write's, not
+    // the exit's.
+    assert!(last >= before, "{last:?} is before the agent started");
+    let waited = after
+        .duration_since(last)
+        .expect("the write is before the exit");
+    assert!(
+        waited >= idle / 2,
+        "the last final write is only {waited:?} before the agent exited idle"
+    );
+}
