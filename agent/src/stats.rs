@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
+use taskfleet::time::Timestamp;
 
 /// Counters shared by the claim loop and the runners.
 #[derive(Debug, Default)]
@@ -24,9 +25,9 @@ pub struct Stats {
     /// Other reads (the step's open tasks per shard, read when the home
     /// shard runs dry and on every idle poll).
     pub other_reads: AtomicU64,
-    /// When the latest final write was taken, microseconds since the Unix
-    /// epoch (0: none yet).
-    last_finish_unix_micros: AtomicU64,
+    /// When the latest final write was taken, epoch milliseconds (0: none
+    /// yet).
+    last_finish_ms: AtomicU64,
     claim_micros: Mutex<Vec<u64>>,
 }
 
@@ -45,10 +46,10 @@ pub struct StatsReport {
     pub finishes: u64,
     /// Other reads.
     pub other_reads: u64,
-    /// When the latest final write was taken, microseconds since the Unix
-    /// epoch; `None` if none was. A benchmark reads when the last task
-    /// ended from this instead of asking the store while it runs.
-    pub last_finish_unix_micros: Option<u64>,
+    /// When the latest final write was taken; `None` if none was. A
+    /// benchmark reads when the last task ended from this instead of
+    /// asking the store while it runs.
+    pub last_finish_at: Option<Timestamp>,
     /// Latency of each claim (winning or not), microseconds.
     pub claim_micros: Vec<u64>,
 }
@@ -61,11 +62,8 @@ impl Stats {
 
     /// Records that a final write was just taken.
     pub fn finished_now(&self) {
-        let micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        self.last_finish_unix_micros
-            .fetch_max(micros, Ordering::Relaxed);
+        let ms = u64::try_from(Timestamp::now().as_millis()).unwrap_or(0);
+        self.last_finish_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
     /// Records one claim's latency.
@@ -87,8 +85,10 @@ impl Stats {
             heartbeats: get(&self.heartbeats),
             finishes: get(&self.finishes),
             other_reads: get(&self.other_reads),
-            last_finish_unix_micros: Some(get(&self.last_finish_unix_micros))
-                .filter(|&micros| micros > 0),
+            last_finish_at: i64::try_from(get(&self.last_finish_ms))
+                .ok()
+                .filter(|&ms| ms > 0)
+                .map(Timestamp::from_millis),
             claim_micros: self
                 .claim_micros
                 .lock()

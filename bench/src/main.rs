@@ -22,6 +22,7 @@ use clap::Parser;
 use futures::StreamExt;
 use serde::Serialize;
 use taskfleet::store::{SettingsChange, Store, TaskStore};
+use taskfleet::time::Timestamp;
 use testkit::{Kind, RequestCounter, TestStore, generated_sheet, load_text};
 
 mod million;
@@ -672,9 +673,7 @@ async fn bench_claim_run(
     };
     let (agents_cpu, emulator_cpu) = (children_cpu_seconds(), emulator());
     let started = Instant::now();
-    let started_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .context("the clock is before 1970")?;
+    let started_at = Timestamp::now();
     let mut children = Vec::new();
     for i in 0..agents {
         let stats = t.dir.path().join(format!("stats-{i}.json"));
@@ -709,7 +708,7 @@ async fn bench_claim_run(
     // taken. (Asking the store while they run would share its CPU with
     // them: on DynamoDB Local a status every 50 ms cost more than the
     // agents' own calls.)
-    let mut last_finish: Option<u64> = None;
+    let mut last_finish: Option<Timestamp> = None;
     let (mut won, mut lost, mut queries, mut finishes, mut other, mut heartbeats) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut latencies = Vec::new();
@@ -723,7 +722,7 @@ async fn bench_claim_run(
         finishes += g("finishes");
         other += g("other_reads");
         heartbeats += g("heartbeats");
-        last_finish = last_finish.max(s["last_finish_unix_micros"].as_u64());
+        last_finish = last_finish.max(s["last_finish_at"].as_i64().map(Timestamp::from_millis));
         latencies.extend(
             s["claim_micros"]
                 .as_array()
@@ -738,8 +737,8 @@ async fn bench_claim_run(
         bail!("the agents exited with {done} of {n} tasks done");
     }
     let secs = last_finish
-        .map(|micros| Duration::from_micros(micros).saturating_sub(started_unix))
         .context("no agent reported its last final write")?
+        .since(started_at)
         .as_secs_f64();
     let emulator_cpu = emulator()
         .zip(emulator_cpu)

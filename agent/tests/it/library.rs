@@ -390,31 +390,25 @@ async fn an_agent_reports_when_its_last_final_write_was_taken() {
     let mut cfg = config(&dir, "h/w");
     let idle = Duration::from_millis(600);
     cfg.idle_timeout = Some(idle);
-    let before = std::time::SystemTime::now();
+    let before = Timestamp::now();
     let stats = Arc::new(Stats::default());
     let exit = agent::run(Arc::new(store), cfg, Shutdown::new(), stats.clone())
         .await
         .unwrap();
-    let after = std::time::SystemTime::now();
+    let after = Timestamp::now();
     let calls = stats.report();
     assert_eq!(
         (exit, calls.claims_won, calls.finishes),
         (Exit::Idle, 2, 2),
         "{calls:?}"
     );
-    let last = std::time::UNIX_EPOCH
-        + Duration::from_micros(
-            calls
-                .last_finish_unix_micros
-                .expect("two final writes were taken"),
-        );
+    let last = calls.last_finish_at.expect("two final writes were taken");
     // The last task ended once the agent had run both, and the agent then
     // waited out most of its idle timeout: the time is the write's, not
     // the exit's.
     assert!(last >= before, "{last:?} is before the agent started");
-    let waited = after
-        .duration_since(last)
-        .expect("the write is before the exit");
+    assert!(last <= after, "{last:?} is after the agent exited");
+    let waited = after.since(last);
     assert!(
         waited >= idle / 2,
         "the last final write is only {waited:?} before the agent exited idle"
