@@ -8,6 +8,9 @@
 
 use std::collections::HashSet;
 
+use super::Column;
+use crate::model::NewTask;
+
 /// Where a task's id comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdSource {
@@ -92,4 +95,37 @@ pub fn unique_columns(columns: usize, rows: &[Vec<String>]) -> Option<Vec<usize>
         }
     }
     None
+}
+
+/// "; the columns a,b together are unique: --id-column a,b", when some
+/// set of at most three columns is.
+pub(super) fn collision_hint(columns: &[Column], tasks: &[NewTask]) -> String {
+    if tasks.len() > MAX_ROWS_SEARCHED {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| columns.iter().map(|c| t.env[&c.var].clone()).collect())
+        .collect();
+    match unique_columns(columns.len(), &rows) {
+        Some(set) => {
+            let names: Vec<&str> = set.iter().map(|&i| columns[i].name.as_str()).collect();
+            let joined = names.join(",");
+            let option = if joined
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ','))
+            {
+                format!("--id-column {joined}")
+            } else {
+                format!("--id-column '{joined}'")
+            };
+            let which = if set.len() == 1 {
+                format!("the column {} is unique", names[0])
+            } else {
+                format!("the columns {} together are unique", names.join(", "))
+            };
+            format!("; {which}: {option}")
+        }
+        None => "; no set of up to three columns is unique: give every row an id column, or --row-ids to number the rows".to_owned(),
+    }
 }

@@ -32,8 +32,9 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::model::NewTask;
 use crate::schema::MAX_TASK_ID_BYTES;
-use ids::IdSource;
-use rows::RowReader;
+use ids::{IdSource, collision_hint};
+pub use rows::Rows;
+use rows::{RowReader, row_hash};
 use sections::Found;
 
 /// Field separator of a sheet.
@@ -387,80 +388,6 @@ impl Sheet {
     }
 }
 
-/// The rows of a sheet, read again ([`Sheet::rows`]).
-pub struct Rows<'a> {
-    sheet: &'a Sheet,
-    reader: Option<RowReader<'a>>,
-    index: usize,
-}
-
-impl Rows<'_> {
-    fn changed(&mut self, line: Option<u64>) -> SheetError {
-        self.reader = None;
-        self.sheet.error(
-            line,
-            None,
-            "the sheet changed after it was checked; rows before this one were loaded, none after; \
-             load it again once nothing writes to it"
-                .into(),
-        )
-    }
-}
-
-/// A 16-byte hash of a row as a task: its id and values.
-fn row_hash(task: &NewTask) -> u128 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(task.task_id.as_bytes());
-    for (k, v) in &task.env {
-        h.update(b"\0");
-        h.update(k.as_bytes());
-        h.update(b"=");
-        h.update(v.as_bytes());
-    }
-    h.digest128()
-}
-
-impl Iterator for Rows<'_> {
-    type Item = Result<NewTask, SheetError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let reader = self.reader.as_mut()?;
-        match reader.next_task() {
-            Ok(Some(task)) => {
-                let checked = &self.sheet.row_hashes;
-                if !checked.is_empty() && checked.get(self.index) != Some(&row_hash(&task)) {
-                    return Some(Err(self.changed(Some(task.line))));
-                }
-                self.index += 1;
-                Some(Ok(task))
-            }
-            Err(e) => {
-                self.reader = None;
-                Some(Err(e))
-            }
-            Ok(None)
-                if !self.sheet.row_hashes.is_empty()
-                    && self.index < self.sheet.row_hashes.len() =>
-            {
-                Some(Err(self.changed(None)))
-            }
-            Ok(None) => {
-                let reader = self.reader.take()?;
-                match reader.finish() {
-                    Ok(sha) if self.sheet.sha256.is_empty() || sha == self.sheet.sha256 => None,
-                    Ok(_) => Some(Err(self.sheet.error(
-                        None,
-                        None,
-                        "changed while it was being read; load it again once nothing writes to it"
-                            .into(),
-                    ))),
-                    Err(e) => Some(Err(e)),
-                }
-            }
-        }
-    }
-}
-
 /// A UTF-8 byte order mark.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -518,39 +445,6 @@ fn id_source(
         list.push(found);
     }
     Ok(IdSource::Columns(list))
-}
-
-/// "; the columns a,b together are unique: --id-column a,b", when some
-/// set of at most three columns is.
-fn collision_hint(columns: &[Column], tasks: &[NewTask]) -> String {
-    if tasks.len() > ids::MAX_ROWS_SEARCHED {
-        return String::new();
-    }
-    let rows: Vec<Vec<String>> = tasks
-        .iter()
-        .map(|t| columns.iter().map(|c| t.env[&c.var].clone()).collect())
-        .collect();
-    match ids::unique_columns(columns.len(), &rows) {
-        Some(set) => {
-            let names: Vec<&str> = set.iter().map(|&i| columns[i].name.as_str()).collect();
-            let joined = names.join(",");
-            let option = if joined
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ','))
-            {
-                format!("--id-column {joined}")
-            } else {
-                format!("--id-column '{joined}'")
-            };
-            let which = if set.len() == 1 {
-                format!("the column {} is unique", names[0])
-            } else {
-                format!("the columns {} together are unique", names.join(", "))
-            };
-            format!("; {which}: {option}")
-        }
-        None => "; no set of up to three columns is unique: give every row an id column, or --row-ids to number the rows".to_owned(),
-    }
 }
 
 type ErrFn<'a> = dyn Fn(Option<u64>, Option<&str>, String) -> SheetError + 'a;

@@ -111,3 +111,77 @@ impl<'a> RowReader<'a> {
             .map_err(|e| self.sheet.error(None, None, format!("cannot read it: {e}")))
     }
 }
+
+/// The rows of a sheet, read again ([`Sheet::rows`]).
+pub struct Rows<'a> {
+    pub(super) sheet: &'a Sheet,
+    pub(super) reader: Option<RowReader<'a>>,
+    pub(super) index: usize,
+}
+
+impl Rows<'_> {
+    fn changed(&mut self, line: Option<u64>) -> SheetError {
+        self.reader = None;
+        self.sheet.error(
+            line,
+            None,
+            "the sheet changed after it was checked; rows before this one were loaded, none after; \
+             load it again once nothing writes to it"
+                .into(),
+        )
+    }
+}
+
+/// A 16-byte hash of a row as a task: its id and values.
+pub(super) fn row_hash(task: &NewTask) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(task.task_id.as_bytes());
+    for (k, v) in &task.env {
+        h.update(b"\0");
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+    }
+    h.digest128()
+}
+
+impl Iterator for Rows<'_> {
+    type Item = Result<NewTask, SheetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let reader = self.reader.as_mut()?;
+        match reader.next_task() {
+            Ok(Some(task)) => {
+                let checked = &self.sheet.row_hashes;
+                if !checked.is_empty() && checked.get(self.index) != Some(&row_hash(&task)) {
+                    return Some(Err(self.changed(Some(task.line))));
+                }
+                self.index += 1;
+                Some(Ok(task))
+            }
+            Err(e) => {
+                self.reader = None;
+                Some(Err(e))
+            }
+            Ok(None)
+                if !self.sheet.row_hashes.is_empty()
+                    && self.index < self.sheet.row_hashes.len() =>
+            {
+                Some(Err(self.changed(None)))
+            }
+            Ok(None) => {
+                let reader = self.reader.take()?;
+                match reader.finish() {
+                    Ok(sha) if self.sheet.sha256.is_empty() || sha == self.sheet.sha256 => None,
+                    Ok(_) => Some(Err(self.sheet.error(
+                        None,
+                        None,
+                        "changed while it was being read; load it again once nothing writes to it"
+                            .into(),
+                    ))),
+                    Err(e) => Some(Err(e)),
+                }
+            }
+        }
+    }
+}

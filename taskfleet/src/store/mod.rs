@@ -7,17 +7,24 @@
 pub mod any;
 pub mod dynamo;
 mod error;
+mod settings;
 pub mod sqlite;
+mod values;
 
 pub use any::Store;
 pub use error::StoreError;
+pub use settings::SettingsChange;
+pub use values::{
+    Candidate, Claim, Correction, Fence, InsertOutcome, Order, ReplaceOutcome, RunningTask,
+    StepChange, Unfinished,
+};
 
 use std::collections::BTreeMap;
 use std::future::Future;
 
 use crate::model::{
-    FailedTask, LoadLock, LoadRecord, NewTask, StepMeta, StepSettings, StepStatus, Task, TaskPage,
-    TaskState, TaskSummary,
+    FailedTask, LoadLock, LoadRecord, NewTask, StepMeta, StepStatus, Task, TaskPage, TaskState,
+    TaskSummary,
 };
 use crate::time::Timestamp;
 
@@ -49,212 +56,9 @@ fn no_first_load() -> StoreError {
     }
 }
 
-/// Changes to a step's settings asked for at load time; `None` keeps the
-/// stored value (or the default for a new step).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SettingsChange {
-    /// New attempt limit.
-    pub max_attempts: Option<u32>,
-    /// New lease length.
-    pub lease: Option<std::time::Duration>,
-    /// New timeout.
-    pub timeout: Option<std::time::Duration>,
-    /// Shard count of a new step.
-    pub shards: Option<u16>,
-    /// Whether attempts' output tails are kept on the tasks.
-    pub output_tail: Option<bool>,
-    /// The steps the step's tasks wait for (`load --after`).
-    pub after: Option<Vec<String>>,
-    /// The step's retry rules, all of them (`load --retry-on`,
-    /// `--fail-on`).
-    pub rules: Option<Vec<crate::rules::Rule>>,
-    /// How long done tasks are kept (`load --expire-after`); zero turns
-    /// expiry off.
-    pub expire_after: Option<std::time::Duration>,
-}
-
-impl SettingsChange {
-    /// The step a first load with these settings creates.
-    pub fn new_step(&self, step: &str) -> StepMeta {
-        let now = Timestamp::now();
-        StepMeta {
-            step: step.to_owned(),
-            shards: self.shards.unwrap_or(crate::schema::DEFAULT_SHARDS),
-            settings: self.apply(&StepSettings::default()),
-            created_at: now,
-            updated_at: now,
-            first_load: None,
-            after: self.after.clone().unwrap_or_default(),
-        }
-    }
-
-    /// `meta` with the asked-for settings, or `None` when nothing changes.
-    /// The shard count of an existing step cannot change.
-    pub fn update_step(&self, meta: &StepMeta) -> Result<Option<StepMeta>, StoreError> {
-        if let Some(requested) = self.shards
-            && requested != meta.shards
-        {
-            return Err(StoreError::ShardsFixed {
-                step: meta.step.clone(),
-                existing: meta.shards,
-                requested,
-            });
-        }
-        let settings = self.apply(&meta.settings);
-        let after = self.after.clone().unwrap_or_else(|| meta.after.clone());
-        if settings == meta.settings && after == meta.after {
-            return Ok(None);
-        }
-        Ok(Some(StepMeta {
-            settings,
-            after,
-            updated_at: Timestamp::now(),
-            ..meta.clone()
-        }))
-    }
-
-    /// `base` with the asked-for changes applied.
-    pub fn apply(&self, base: &StepSettings) -> StepSettings {
-        StepSettings {
-            max_attempts: self.max_attempts.unwrap_or(base.max_attempts),
-            lease: self.lease.unwrap_or(base.lease),
-            timeout: self.timeout.or(base.timeout),
-            output_tail: self.output_tail.unwrap_or(base.output_tail),
-            rules: self.rules.clone().unwrap_or_else(|| base.rules.clone()),
-            expire_after: match self.expire_after {
-                Some(d) if d.is_zero() => None,
-                Some(d) => Some(d),
-                None => base.expire_after,
-            },
-        }
-    }
-}
-
-/// What happened to a step when it was ensured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepChange {
-    /// The step is new.
-    Created,
-    /// The step existed; its settings were changed.
-    Updated,
-    /// The step existed as asked.
-    Unchanged,
-}
-
-/// Outcome of replacing one task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplaceOutcome {
-    /// The task was reset to pending with the new script and row.
-    Replaced,
-    /// The task changed since it was read (for example it was claimed);
-    /// it was left alone.
-    Changed,
-}
-
-/// What inserting a batch of tasks found.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct InsertOutcome {
-    /// Tasks written (and counted as loaded).
-    pub inserted: usize,
-    /// Tasks of the batch that existed already, as stored; they were left
-    /// alone.
-    pub existing: Vec<Task>,
-}
-
-/// One counter that `recount` found wrong, and what it is now.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Correction {
-    /// The step.
-    pub step: String,
-    /// The shard whose counter item was wrong.
-    pub shard: u16,
-    /// The counter (`loaded`, `done`, `failed`, `waiting`, `cancelled`, or
-    /// an expiry counter `expiring_{at}`).
-    pub counter: String,
-    /// What it said.
-    pub was: i64,
-    /// What the tasks say.
-    pub now: i64,
-}
-
 pub use crate::transition::{
     CLOCK_SKEW_MARGIN, Finish, HISTORY_KEEP, lost_record, reclaim_cutoff, trim_history,
 };
-
-/// A task an index says may be claimable. Only a hint: the claim decides.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
-    /// The task.
-    pub task_id: String,
-    /// `pending`, or `running` with an expired lease.
-    pub state: TaskState,
-    /// Its attempt when the index was read.
-    pub attempt: u32,
-    /// Its place in the index: ready time (pending) or lease expiry
-    /// (running).
-    pub state_at: Timestamp,
-}
-
-/// Where in a shard's index a candidate query reads: by ready time for
-/// pending tasks, by lease expiry for running ones. Two workers on one
-/// shard that read from opposite ends do not meet until it is nearly
-/// empty; more start from points in between.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Order {
-    /// Earliest first.
-    OldestFirst,
-    /// Latest first.
-    NewestFirst,
-    /// Earliest first, from this time on (inclusive).
-    OldestFrom(Timestamp),
-}
-
-/// What of a step is not finished yet.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Unfinished {
-    /// Tasks waiting for upstream tasks.
-    pub waiting: u64,
-    /// Tasks pending or running.
-    pub open: u64,
-}
-
-/// A running task as `running` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunningTask {
-    /// The task.
-    pub task_id: String,
-    /// Who holds it (`host/worker`).
-    pub owner: String,
-    /// When its lease runs out; its last renewal was a lease before.
-    pub lease_expires_at: Timestamp,
-}
-
-/// The outcome of a claim.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// The task is ours: running, with our owner and the returned attempt.
-    Claimed(Box<Task>),
-    /// Someone else got there first, or the task changed: try another.
-    Lost,
-    /// The task's owner died and it had no attempts left: it is now
-    /// `failed` with class `lost` (or `cancelled`, when an operator had
-    /// asked for that while it ran).
-    FailedLost,
-}
-
-/// The outcome of a fenced write (heartbeat, finish, release).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fence {
-    /// We still held the task; the write happened.
-    Held,
-    /// The task is no longer ours (lease taken over, reset...): nothing was
-    /// written, and the worker must stop working on it.
-    Lost,
-    /// The task is still ours, but an operator cancelled it (`taskctl
-    /// cancel`): nothing was written; the worker must stop the script and
-    /// end the attempt `cancelled` ([`crate::transition::cancel`]).
-    Cancelled,
-}
 
 /// Operations every store offers for loading and reporting.
 ///

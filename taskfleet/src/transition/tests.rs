@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::model::{AttemptRecord, FailureClass};
+use crate::schema;
 
 fn t(ms: i64) -> Timestamp {
     Timestamp::from_millis(ms)

@@ -35,6 +35,7 @@ mod first_load;
 mod lease;
 mod load;
 mod prune;
+mod recount;
 mod report;
 
 use std::collections::HashMap;
