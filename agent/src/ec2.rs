@@ -41,8 +41,10 @@ pub struct Instance {
     /// The launch template and version it was started from, from the tags
     /// `taskctl launch` sets; `None` for an instance started otherwise.
     pub template: Option<(String, String)>,
-    /// Its place among the instances started by the same request
-    /// (`ami-launch-index`: 0, 1, ...), if the metadata service says.
+    /// Its place among the step's instances: its launch's first place
+    /// (the tag `taskfleet:first-place` that `taskctl launch` sets, 0
+    /// without it) plus its place in the launch (`ami-launch-index`: 0, 1,
+    /// ...), if the metadata service says.
     pub launch_index: Option<u32>,
 }
 
@@ -126,13 +128,30 @@ impl Metadata {
             },
             // Only where the agent starts looking for tasks: not worth
             // stopping for.
-            launch_index: self
-                .notice("ami-launch-index")
-                .await
-                .ok()
-                .flatten()
-                .and_then(|i| i.trim().parse().ok()),
+            launch_index: self.place().await,
         })
+    }
+
+    /// The instance's place among the step's instances (see
+    /// [`Instance::launch_index`]); only where the agent starts looking.
+    async fn place(&self) -> Option<u32> {
+        let index: u32 = self
+            .notice("ami-launch-index")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|i| i.trim().parse().ok())?;
+        let first: u32 = self
+            .notice(&format!(
+                "tags/instance/{}",
+                taskfleet::fleet::TAG_FIRST_PLACE
+            ))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        Some(first.saturating_add(index))
     }
 }
 

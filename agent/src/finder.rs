@@ -133,8 +133,9 @@ impl Finder {
     /// `i mod shards`, the first round of a fleet from the oldest end and
     /// the second from the newest: the agents of one launch, up to twice as
     /// many as shards, start with no two on the same end of a shard, and
-    /// the shards drain together. (Another launch numbers its agents from
-    /// 0 again; they meet the first launch's and move on as after any
+    /// the shards drain together. (A later launch takes the places past
+    /// those of the step's live agents, see `taskfleet:first-place`; where
+    /// two agents share a place anyway they meet and move on as after any
     /// lost claim.) Without it, the agent starts at one end or the
     /// other by its name (half of a fleet from each) in a shard it picks.
     pub fn new(owner: &str, spread: Option<u32>, shards: u16) -> Self {

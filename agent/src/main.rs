@@ -50,7 +50,8 @@ struct Args {
     /// agent i starts in shard i mod shards, from the oldest end in the
     /// first round of a fleet and the newest in the second, so that a fleet
     /// starts spread over the step. `taskctl launch --local` passes it; on
-    /// EC2 (--on-ec2) it defaults to the instance's ami-launch-index.
+    /// EC2 (--on-ec2) it defaults to the instance's place: the launch's
+    /// first place (tag taskfleet:first-place) plus its ami-launch-index.
     #[arg(long, env = "TASKFLEET_LAUNCH_INDEX", value_name = "N")]
     launch_index: Option<u32>,
     /// Exit 0 after this long with nothing claimable and nothing running.

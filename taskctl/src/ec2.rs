@@ -191,6 +191,7 @@ pub async fn launch(global: &GlobalArgs, store: &Store, args: &LaunchArgs) -> Re
         instance_type: args.instance_type.clone(),
         subnet: args.subnet.clone(),
         security_groups: args.security_group.clone(),
+        first_place: launch::next_place(&active),
     };
     let instances = if plan.count == 0 || args.dry_run {
         Vec::new()

@@ -164,3 +164,16 @@ async fn an_agent_that_cannot_read_its_instance_metadata_does_not_start() {
     let a = task(&t, "qc", "A").await;
     assert_eq!((a.state, a.attempt), (TaskState::Pending, 0));
 }
+
+#[tokio::test]
+async fn an_instance_takes_its_place_from_its_launchs_first_place_and_its_launch_index() {
+    let mut info = InstanceInfo::spot("i-2", &[("taskfleet:first-place", "4")]);
+    info.launch_index = 1;
+    let imds = Imds::start(info);
+    let metadata = agent::ec2::Metadata::new(Some(&imds.endpoint())).unwrap();
+    assert_eq!(metadata.instance().await.unwrap().launch_index, Some(5));
+
+    // Launched some other way: its place in its own launch.
+    imds.set_tag("taskfleet:first-place", None);
+    assert_eq!(metadata.instance().await.unwrap().launch_index, Some(1));
+}

@@ -328,6 +328,22 @@ async fn launch_is_capped_by_claimable_tasks_and_max_instances_and_fleet_and_sto
         full.stdout()
     );
     assert_eq!(f.running_ids("qc").await.len(), 3);
+    // The second launch took the place past the first's two, so that the
+    // agents of both start spread over the step as one launch's do.
+    let mut places: Vec<i32> = f
+        .instances("qc")
+        .await
+        .iter()
+        .map(|i| {
+            tag(i, "taskfleet:first-place")
+                .expect("every launch tags its first place")
+                .parse::<i32>()
+                .unwrap()
+                + i.ami_launch_index().unwrap()
+        })
+        .collect();
+    places.sort_unstable();
+    assert_eq!(places, [0, 1, 2]);
 
     // fleet: the instances of each step, and the task a worker on one holds.
     let task = f.claim_one("align", &format!("{}/w1", ids[0])).await;

@@ -298,6 +298,7 @@ mod ec2 {
             instance_type: Some("c6i.large".into()),
             subnet: None,
             security_groups: vec![],
+            first_place: 4,
         }
     }
 
@@ -412,6 +413,7 @@ mod ec2 {
             ("taskfleet:step", "align"),
             ("taskfleet:launch-id", "L1"),
             ("taskfleet:slots", "2"),
+            ("taskfleet:first-place", "4"),
         ] {
             assert!(
                 tags.contains(&(pair.0.to_owned(), pair.1.to_owned())),

@@ -9,7 +9,7 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::{Filter, Instance, InstanceLifecycleType};
 use serde::Serialize;
 
-use super::{FleetError, TAG_DRAIN, TAG_LAUNCH, TAG_STEP, TAG_TABLE, classify};
+use super::{FleetError, TAG_DRAIN, TAG_FIRST_PLACE, TAG_LAUNCH, TAG_STEP, TAG_TABLE, classify};
 
 /// States of an instance that is, or may soon be, working.
 pub const ACTIVE_STATES: &[&str] = &["pending", "running"];
@@ -33,6 +33,19 @@ pub struct FleetInstance {
     pub launched_at: Option<i64>,
     /// The launch that started it.
     pub launch_id: Option<String>,
+    /// Its place among the step's instances ([`TAG_FIRST_PLACE`] plus its
+    /// `ami-launch-index`), where its agent started looking for tasks.
+    pub place: Option<u32>,
+}
+
+/// An instance's place: its launch's first place (0 for an instance
+/// launched without the tag) plus its index in the launch.
+fn place_of(instance: &Instance) -> Option<u32> {
+    let first: u32 = tag(instance, TAG_FIRST_PLACE)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let index = u32::try_from(instance.ami_launch_index()?).ok()?;
+    Some(first.saturating_add(index))
 }
 
 fn tag(instance: &Instance, key: &str) -> Option<String> {
@@ -96,6 +109,7 @@ pub async fn list(
                     .map_or_else(|| "-".to_owned(), |s| s.as_str().to_owned()),
                 launched_at: i.launch_time().map(aws_smithy_types::DateTime::secs),
                 launch_id: tag(i, TAG_LAUNCH),
+                place: place_of(i),
             })
         })
         .collect();

@@ -25,8 +25,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{
-    FleetError, TAG_LAUNCH, TAG_NAME, TAG_SLOTS, TAG_STEP, TAG_TABLE, TAG_TEMPLATE,
-    TAG_TEMPLATE_VERSION, classify, error_code,
+    FleetError, TAG_FIRST_PLACE, TAG_LAUNCH, TAG_NAME, TAG_SLOTS, TAG_STEP, TAG_TABLE,
+    TAG_TEMPLATE, TAG_TEMPLATE_VERSION, classify, error_code,
 };
 
 /// What bounds a launch.
@@ -118,6 +118,20 @@ pub struct LaunchRequest {
     pub subnet: Option<String>,
     /// Instead of the template's security groups.
     pub security_groups: Vec<String>,
+    /// The place of the launch's first instance among the step's
+    /// instances ([`TAG_FIRST_PLACE`], from [`next_place`]).
+    pub first_place: u32,
+}
+
+/// The first place a new launch of the step takes: past the highest place
+/// of the step's instances already pending or running (0 when there are
+/// none), so that no two live instances share a place.
+pub fn next_place(active: &[super::instances::FleetInstance]) -> u32 {
+    active
+        .iter()
+        .filter_map(|i| i.place)
+        .max()
+        .map_or(0, |p| p.saturating_add(1))
 }
 
 impl LaunchRequest {
@@ -131,6 +145,7 @@ impl LaunchRequest {
             (TAG_SLOTS, self.slots.to_string()),
             (TAG_TEMPLATE, self.template.clone()),
             (TAG_TEMPLATE_VERSION, self.template_version.clone()),
+            (TAG_FIRST_PLACE, self.first_place.to_string()),
         ]
     }
 
@@ -262,6 +277,28 @@ mod tests {
         assert_eq!(plan(&b).count, 0);
     }
 
+    fn instance(place: Option<u32>) -> super::super::instances::FleetInstance {
+        super::super::instances::FleetInstance {
+            instance_id: "i-1".into(),
+            step: "align".into(),
+            instance_type: "c6i.large".into(),
+            spot: false,
+            state: "running".into(),
+            launched_at: None,
+            launch_id: None,
+            place,
+        }
+    }
+
+    #[test]
+    fn a_launch_takes_the_places_past_the_highest_of_the_live_instances() {
+        assert_eq!(next_place(&[]), 0);
+        assert_eq!(next_place(&[instance(Some(0)), instance(Some(1))]), 2);
+        // One of an earlier launch's gone: still no place shared.
+        assert_eq!(next_place(&[instance(Some(3)), instance(Some(1))]), 4);
+        assert_eq!(next_place(&[instance(None)]), 0);
+    }
+
     #[test]
     fn the_client_token_depends_on_the_launch_id_and_fits_ec2s_limit() {
         let mut r = LaunchRequest {
@@ -276,6 +313,7 @@ mod tests {
             instance_type: None,
             subnet: None,
             security_groups: vec![],
+            first_place: 0,
         };
         let first = r.client_token();
         assert_eq!(first, r.client_token());

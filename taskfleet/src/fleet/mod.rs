@@ -45,6 +45,13 @@ pub const TAG_TEMPLATE: &str = "taskfleet:template";
 /// Tag holding the number of the template version it was started from
 /// (`taskctl launch` resolves `$Default` and `$Latest` to it).
 pub const TAG_TEMPLATE_VERSION: &str = "taskfleet:template-version";
+/// Tag holding the place of a launch's first instance among the step's
+/// instances: `taskctl launch` sets it past the places of those already
+/// pending or running, and an instance's place is this plus its
+/// `ami-launch-index`. The agent starts looking for tasks where its place
+/// says (as `agent --launch-index`), so that the instances of several
+/// launches start spread over the step like those of one.
+pub const TAG_FIRST_PLACE: &str = "taskfleet:first-place";
 /// The console's name tag: the step.
 pub const TAG_NAME: &str = "Name";
 /// Tag set by `taskctl stop` on instances to drain: their agents claim
