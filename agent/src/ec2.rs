@@ -139,19 +139,19 @@ impl Metadata {
             .notice("ami-launch-index")
             .await
             .ok()
-            .flatten()
-            .and_then(|i| i.trim().parse().ok())?;
-        let first: u32 = self
+            .flatten()?
+            .trim()
+            .parse()
+            .ok()?;
+        let first = self
             .notice(&format!(
                 "tags/instance/{}",
                 taskfleet::fleet::TAG_FIRST_PLACE
             ))
             .await
             .ok()
-            .flatten()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        Some(first.saturating_add(index))
+            .flatten();
+        Some(taskfleet::fleet::place(first.as_deref(), index))
     }
 }
 

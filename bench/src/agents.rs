@@ -62,8 +62,6 @@ pub(crate) struct ClaimRun<'a> {
     tasks: usize,
     agents: usize,
     logs: Option<&'a Path>,
-    /// Whether the directories are on tmpfs (`--tmpfs`), for the label.
-    tmpfs: bool,
 }
 
 impl<'a> ClaimRun<'a> {
@@ -72,14 +70,12 @@ impl<'a> ClaimRun<'a> {
         tasks: usize,
         agents: usize,
         logs: Option<&'a Path>,
-        tmpfs: bool,
     ) -> Self {
         Self {
             agent,
             tasks,
             agents,
             logs,
-            tmpfs,
         }
     }
 }
@@ -193,13 +189,8 @@ pub(crate) async fn bench_claim_run(
     let rate = n as f64 / secs;
     let per_task = (won + lost + queries + finishes + other) as f64 / n as f64;
     let what = format!(
-        "claim+run {n} x `true`, {agents} agent{}{}",
-        if agents == 1 { "" } else { "s" },
-        if run.tmpfs {
-            ", directories on tmpfs"
-        } else {
-            ""
-        }
+        "claim+run {n} x `true`, {agents} agent{}",
+        if agents == 1 { "" } else { "s" }
     );
     let note = match ceiling {
         Some(c) => format!(

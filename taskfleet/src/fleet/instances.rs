@@ -38,14 +38,13 @@ pub struct FleetInstance {
     pub place: Option<u32>,
 }
 
-/// An instance's place: its launch's first place (0 for an instance
-/// launched without the tag) plus its index in the launch.
+/// An instance's place ([`super::place`]), if EC2 gave its launch index.
 fn place_of(instance: &Instance) -> Option<u32> {
-    let first: u32 = tag(instance, TAG_FIRST_PLACE)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
     let index = u32::try_from(instance.ami_launch_index()?).ok()?;
-    Some(first.saturating_add(index))
+    Some(super::place(
+        tag(instance, TAG_FIRST_PLACE).as_deref(),
+        index,
+    ))
 }
 
 fn tag(instance: &Instance, key: &str) -> Option<String> {

@@ -52,6 +52,16 @@ pub const TAG_TEMPLATE_VERSION: &str = "taskfleet:template-version";
 /// says (as `agent --launch-index`), so that the instances of several
 /// launches start spread over the step like those of one.
 pub const TAG_FIRST_PLACE: &str = "taskfleet:first-place";
+
+/// An instance's place among its step's instances, from its
+/// [`TAG_FIRST_PLACE`] tag (0 without one, or one that is not a number:
+/// an instance launched some other way) and its `ami-launch-index`.
+pub fn place(first_place_tag: Option<&str>, launch_index: u32) -> u32 {
+    first_place_tag
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+        .saturating_add(launch_index)
+}
 /// The console's name tag: the step.
 pub const TAG_NAME: &str = "Name";
 /// Tag set by `taskctl stop` on instances to drain: their agents claim
