@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use taskfleet::store::{SettingsChange, TaskStore};
 use taskfleet::time::Timestamp;
+use tempfile::TempDir;
 use testkit::{Kind, TestStore, generated_sheet, load_text};
 
 use super::{Results, children_cpu_seconds, emulator_cpu_seconds, proc_status_kb, store_name};
@@ -57,7 +58,7 @@ pub(crate) fn spawn_agent(
 }
 
 /// One claim+run benchmark: `tasks` tasks of `true`, `agents` agents.
-pub(crate) struct ClaimRun<'a> {
+struct ClaimRun<'a> {
     agent: &'a Path,
     tasks: usize,
     agents: usize,
@@ -65,12 +66,7 @@ pub(crate) struct ClaimRun<'a> {
 }
 
 impl<'a> ClaimRun<'a> {
-    pub(crate) fn new(
-        agent: &'a Path,
-        tasks: usize,
-        agents: usize,
-        logs: Option<&'a Path>,
-    ) -> Self {
+    fn new(agent: &'a Path, tasks: usize, agents: usize, logs: Option<&'a Path>) -> Self {
         Self {
             agent,
             tasks,
@@ -80,12 +76,95 @@ impl<'a> ClaimRun<'a> {
     }
 }
 
-pub(crate) async fn bench_claim_run(
+/// The claim+run benchmarks of one store, as [`ClaimPlan`] says.
+pub(crate) async fn claim_runs(
+    r: &mut Results,
+    kind: Kind,
+    plan: &ClaimPlan<'_>,
+    ceiling: Option<f64>,
+    kept: &mut Vec<TempDir>,
+) -> Result<()> {
+    if plan.warm_up {
+        // The emulator's JIT and the page cache warm on the first run of a
+        // store: without this, the first measured count is the slower.
+        let discard = std::mem::replace(&mut r.discard, true);
+        let run = ClaimRun::new(plan.agent, plan.tasks / 4, 4, None);
+        let warm = bench_claim_run(r, kind, &run, ceiling, kept).await;
+        r.discard = discard;
+        warm.context("the warm-up run")?;
+    }
+    let mut rates: Vec<(usize, f64)> = Vec::new();
+    let mut order = Vec::new();
+    for round in 0..plan.repeat {
+        let mut counts = plan.agents.to_vec();
+        if round % 2 == 1 {
+            counts.reverse();
+        }
+        for a in counts {
+            let run = ClaimRun::new(plan.agent, plan.tasks, a, plan.logs);
+            rates.push((a, bench_claim_run(r, kind, &run, ceiling, kept).await?));
+            order.push(a.to_string());
+        }
+    }
+    if plan.repeat > 1 {
+        for &a in plan.agents {
+            let mut of: Vec<f64> = rates
+                .iter()
+                .filter(|(n, _)| *n == a)
+                .map(|(_, rate)| *rate)
+                .collect();
+            of.sort_by(f64::total_cmp);
+            let median = if of.len() % 2 == 1 {
+                of[of.len() / 2]
+            } else {
+                f64::midpoint(of[of.len() / 2 - 1], of[of.len() / 2])
+            };
+            r.add(
+                store_name(kind),
+                format!(
+                    "claim+run {} x `true`, {a} agent{}: median of {} runs",
+                    plan.tasks,
+                    if a == 1 { "" } else { "s" },
+                    of.len()
+                ),
+                median,
+                "tasks/s",
+                format!(
+                    "{:.0} to {:.0}; agents in the order {}",
+                    of[0],
+                    of[of.len() - 1],
+                    order.join(",")
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What [`claim_runs`] runs: each number of agents `repeat` times, every
+/// other round in reverse order (so that what drifts during a benchmark
+/// favours no number of agents), after an unreported warm-up run.
+pub(crate) struct ClaimPlan<'a> {
+    pub(crate) agent: &'a Path,
+    pub(crate) tasks: usize,
+    pub(crate) agents: &'a [usize],
+    pub(crate) repeat: usize,
+    pub(crate) warm_up: bool,
+    pub(crate) logs: Option<&'a Path>,
+}
+
+/// One claim+run: its rows, and its rate (tasks/s). The run's directory
+/// goes into `kept`, removed only when the benchmark ends: on an ext4
+/// without a journal (this machine's) the kernel skips inodes freed in
+/// the last minutes, one buffer lookup each, so a run measured after
+/// another's 12,000 were removed pays for them.
+async fn bench_claim_run(
     r: &mut Results,
     kind: Kind,
     run: &ClaimRun<'_>,
     ceiling: Option<f64>,
-) -> Result<()> {
+    kept: &mut Vec<TempDir>,
+) -> Result<f64> {
     let (agent, n, agents) = (run.agent, run.tasks, run.agents);
     if let Some(dir) = run.logs {
         std::fs::create_dir_all(dir).context("create the agent log directory")?;
@@ -250,7 +329,9 @@ pub(crate) async fn bench_claim_run(
         "ms",
         "",
     );
-    Ok(())
+    let TestStore { dir, .. } = t;
+    kept.push(dir);
+    Ok(rate)
 }
 
 pub(crate) async fn bench_agent_footprint(

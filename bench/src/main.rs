@@ -25,7 +25,7 @@ mod agents;
 mod ceiling;
 mod million;
 
-use agents::{ClaimRun, bench_agent_footprint, bench_claim_run, spawn_agent};
+use agents::{ClaimPlan, bench_agent_footprint, claim_runs, spawn_agent};
 use ceiling::dynamo_ceiling;
 
 /// Benchmark sizes: the full run, or a reduced one for CI.
@@ -56,6 +56,11 @@ struct Args {
     /// default 1,4,16,32, or 1,4 with --quick).
     #[arg(long, value_delimiter = ',')]
     agents: Vec<usize>,
+    /// Run the claim+run benchmarks this many times, every other round in
+    /// reverse order (4,32,32,4,...), and add the median of each number
+    /// of agents: one run's order and the machine's drift decide less.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    repeat: u16,
     /// Keep each agent's log (at debug level) in this directory, as
     /// `STORE-AGENTS-N.log`, to see where its calls went.
     #[arg(long)]
@@ -72,7 +77,11 @@ struct Row {
     note: String,
 }
 
-struct Results(Vec<Row>);
+struct Results {
+    rows: Vec<Row>,
+    /// Rows of a warm-up run: neither printed nor kept.
+    discard: bool,
+}
 
 impl Results {
     fn add(
@@ -83,6 +92,9 @@ impl Results {
         unit: &'static str,
         note: impl Into<String>,
     ) {
+        if self.discard {
+            return;
+        }
         // Each benchmark's store file and the agents' work and log
         // directories are made under it (`bench/run --tmpfs` points it at
         // /dev/shm): a row measured without the disk says so.
@@ -101,7 +113,7 @@ impl Results {
             "  {:<8} {:<48} {:>12.2} {:<10} {}",
             row.store, row.what, row.value, row.unit, row.note
         );
-        self.0.push(row);
+        self.rows.push(row);
     }
 }
 
@@ -114,7 +126,10 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: &Args) -> Result<()> {
-    let mut r = Results(Vec::new());
+    let mut r = Results {
+        rows: Vec::new(),
+        discard: false,
+    };
     let (load_sizes, run_tasks, agents, status_sizes): (&[usize], usize, &[usize], &[usize]) =
         if args.quick {
             (&[2_000], 200, &[1, 4], &[1_000])
@@ -147,10 +162,17 @@ async fn run(args: &Args) -> Result<()> {
             bench_status(&mut r, Kind::Dynamo, n).await?;
         }
     }
-    for &a in agents {
-        let run = ClaimRun::new(&args.agent, run_tasks, a, logs);
-        bench_claim_run(&mut r, Kind::Dynamo, &run, Some(ceiling)).await?;
-    }
+    let plan = ClaimPlan {
+        agent: &args.agent,
+        tasks: run_tasks,
+        agents,
+        repeat: usize::from(args.repeat),
+        warm_up: !args.quick,
+        logs,
+    };
+    // Every claim+run's directories, removed when the benchmark ends.
+    let mut kept = Vec::new();
+    claim_runs(&mut r, Kind::Dynamo, &plan, Some(ceiling), &mut kept).await?;
     if !args.claims {
         bench_agent_footprint(&mut r, &args.agent, if args.quick { 3 } else { 60 }).await?;
     }
@@ -164,18 +186,15 @@ async fn run(args: &Args) -> Result<()> {
             bench_status(&mut r, Kind::Sqlite, n).await?;
         }
     }
-    for &a in agents {
-        let run = ClaimRun::new(&args.agent, run_tasks, a, logs);
-        bench_claim_run(&mut r, Kind::Sqlite, &run, None).await?;
-    }
+    claim_runs(&mut r, Kind::Sqlite, &plan, None, &mut kept).await?;
 
     finish(args, &r)
 }
 
 /// Prints the table and writes the JSON.
 fn finish(args: &Args, r: &Results) -> Result<()> {
-    println!("{}", markdown(&r.0));
-    std::fs::write(&args.out, serde_json::to_vec_pretty(&r.0)?)
+    println!("{}", markdown(&r.rows));
+    std::fs::write(&args.out, serde_json::to_vec_pretty(&r.rows)?)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
