@@ -128,19 +128,24 @@ pub fn link(upstream: &Task, step: &str) -> Option<Transition> {
     let mut dependents = upstream.dependents.clone();
     dependents.push(step.to_owned());
     dependents.sort();
+    let mut guard = as_read(upstream);
+    guard.push(Cond::Dependents(upstream.dependents.clone()));
     Some(Transition {
         name: "link dependent",
-        guard: vec![
-            Cond::State(upstream.state),
-            Cond::Attempt(upstream.attempt),
-            Cond::Dependents(upstream.dependents.clone()),
-        ],
+        guard,
         write: Write::Update(vec![set_list(attr::DEPENDENTS, &dependents)]),
         to: upstream.state,
         state_at: None,
         counters: Vec::new(),
         expiring: None,
     })
+}
+
+/// What a new dependent's start holds on for an upstream task that lists
+/// its step already (a task of the same id was loaded and removed): the
+/// upstream task still in the state and run it was read in.
+pub fn as_read(upstream: &Task) -> Vec<Cond> {
+    vec![Cond::State(upstream.state), Cond::Attempt(upstream.attempt)]
 }
 
 /// What `upstream`, as its own write leaves it, does to `dep` (one of its

@@ -2,6 +2,8 @@
 //! --after`): what a dependent starts as, and what the end of its upstream
 //! task does to it, written by whoever ends the upstream task.
 
+use std::time::Duration;
+
 use taskfleet::model::{FailureClass, TaskState};
 use taskfleet::store::{Fence, SettingsChange, TaskStore};
 use taskfleet::time::Timestamp;
@@ -15,6 +17,7 @@ per_store!(
     a_failure_runs_down_the_chain_and_a_retry_brings_it_back,
     a_retried_dependent_of_a_failed_task_waits_and_a_step_keeps_an_after_added_later,
     a_cycle_of_steps_is_refused_with_nothing_written,
+    a_dependent_step_made_again_with_other_shards_is_found_by_a_worker_that_knew_the_old_one,
 );
 
 fn after(steps: &[&str]) -> SettingsChange {
@@ -289,4 +292,66 @@ async fn a_cycle_of_steps_is_refused_with_nothing_written(t: TestStore) {
         (0, 1, 0, 0, 0),
         "B not loaded"
     );
+}
+
+/// A worker reads a dependent step's layout when it first ends a task with
+/// dependents there. The step deleted and loaded again with another number
+/// of shards (while the worker runs) puts the dependents elsewhere: the
+/// worker must still find them, and count them where they now are.
+async fn a_dependent_step_made_again_with_other_shards_is_found_by_a_worker_that_knew_the_old_one(
+    t: TestStore,
+) {
+    use taskfleet::schema::shard_of;
+    load_text(&t.store, "align", "true", "sample\nA\nB\n", settings(1, 60)).await;
+    load_text(
+        &t.store,
+        "call",
+        "true",
+        "sample\nA\nB\n",
+        after(&["align"]),
+    )
+    .await;
+    // The worker (this handle) ends align/A, and so reads call's layout.
+    end(&t, "align", "A", TaskState::Done).await;
+    assert_eq!(states(&t.store, "call").await, (1, 1, 0, 0, 0));
+
+    // An operator, elsewhere, deletes call (delete-step's way) and loads
+    // it again with other shards, call/B's among them.
+    let op = t.other_handle();
+    let old = op.step("call").await.unwrap().unwrap();
+    for state in TaskState::ALL {
+        for shard in 0..old.shards {
+            let far = Timestamp::now().plus(Duration::from_secs(3600));
+            let (tasks, _) = op
+                .in_state(&old, shard, state, far, None, 100)
+                .await
+                .unwrap();
+            op.prune(&old, &tasks).await.unwrap();
+        }
+    }
+    op.remove_step(&old).await.unwrap();
+    let shards = (old.shards + 1..=old.shards + 64)
+        .find(|&n| shard_of("B", n) != shard_of("B", old.shards))
+        .expect("some shard count within 64 more puts B elsewhere");
+    load_text(
+        &op,
+        "call",
+        "true",
+        "sample\nA\nB\n",
+        SettingsChange {
+            shards: Some(shards),
+            ..after(&["align"])
+        },
+    )
+    .await;
+    assert_eq!(op.step("call").await.unwrap().unwrap().shards, shards);
+    assert_eq!(states(&op, "call").await, (1, 1, 0, 0, 0));
+
+    // The same worker ends align/B: call/B moves on, and is counted so.
+    end(&t, "align", "B", TaskState::Done).await;
+    assert_eq!(
+        op.task("call", "B").await.unwrap().unwrap().state,
+        TaskState::Pending
+    );
+    assert_eq!(states(&op, "call").await, (0, 2, 0, 0, 0));
 }

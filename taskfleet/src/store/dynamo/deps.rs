@@ -20,7 +20,8 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::errors::{Reason, cancellation_reasons, is_throttled_transaction, reason_kind};
 use super::expr::{
-    Counter, counter_item, deltas_of, put_in_transaction, sum_deltas, update_in_transaction,
+    Counter, check_in_transaction, counter_item, deltas_of, put_in_transaction, step_unchanged,
+    sum_deltas, update_in_transaction,
 };
 use super::lease::Applied;
 use super::{DynamoStore, decode};
@@ -87,11 +88,11 @@ impl DynamoStore {
                 own = make(&base);
             }
             let mut cascade = Cascade::new(&base, own, Timestamp::now());
-            self.plan(&mut cascade).await?;
+            let layouts = self.plan(&mut cascade).await?;
             if let Some(err) = cascade.overflow() {
                 return Err(err);
             }
-            match self.write_planned(meta, cascade.writes()).await? {
+            match self.write_planned(meta, cascade.writes(), &layouts).await? {
                 None => return Ok(true),
                 // The task itself changed: still the caller's, with other
                 // dependents? Then again with those.
@@ -104,7 +105,8 @@ impl DynamoStore {
                         return Ok(false);
                     }
                 }
-                // A dependent changed: plan again.
+                // A dependent changed, or the layout of its step: plan
+                // again.
                 Some(_) => {}
             }
         }
@@ -117,17 +119,24 @@ impl DynamoStore {
         })
     }
 
-    /// Reads what `cascade` wants until its plan is complete.
-    async fn plan(&self, cascade: &mut Cascade) -> Result<(), StoreError> {
+    /// Reads what `cascade` wants until its plan is complete. Returns the
+    /// layouts the tasks were read by (of the steps that exist), which the
+    /// write must check are still the stored ones.
+    async fn plan(&self, cascade: &mut Cascade) -> Result<BTreeMap<String, StepMeta>, StoreError> {
+        let mut layouts = BTreeMap::new();
         loop {
             let wanted = cascade.wanted();
             if wanted.is_empty() {
-                return Ok(());
+                return Ok(layouts);
             }
             let mut read = Vec::with_capacity(wanted.len());
             for (step, id) in &wanted {
                 read.push(match self.layout(step).await? {
-                    Some(m) => self.read_task(&m, id).await?,
+                    Some(m) => {
+                        let task = self.read_task(&m, id).await?;
+                        layouts.insert(step.clone(), m);
+                        task
+                    }
                     None => None,
                 });
             }
@@ -135,22 +144,34 @@ impl DynamoStore {
         }
     }
 
-    /// Writes `writes` (the first on a task of `meta`) and their counters
-    /// in one transaction. `Some(i)`: the guard of write `i` failed and
-    /// nothing was written.
+    /// Forgets the layout of `step`, read again when next needed.
+    fn forget_layout(&self, step: &str) {
+        self.layouts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(step);
+    }
+
+    /// Writes `writes` (the first on a task of `meta`, the others on
+    /// steps of `layouts`) and their counters in one transaction, which
+    /// holds only while every step of `layouts` is as read. `Some(i)`: the
+    /// guard of write `i` failed, or (`i` past the writes) a step of
+    /// `layouts` changed and its layout is forgotten; nothing was written.
     async fn write_planned(
         &self,
         meta: &StepMeta,
         writes: &[Planned],
+        layouts: &BTreeMap<String, StepMeta>,
     ) -> Result<Option<usize>, StoreError> {
-        let mut items = Vec::with_capacity(2 * writes.len());
+        let mut items = Vec::with_capacity(2 * writes.len() + layouts.len());
         let mut counters: BTreeMap<(String, u16), Vec<(Counter, i64)>> = BTreeMap::new();
         for (i, p) in writes.iter().enumerate() {
             let m = if i == 0 {
                 meta.clone()
             } else {
-                self.layout(&p.step)
-                    .await?
+                layouts
+                    .get(&p.step)
+                    .cloned()
                     .ok_or_else(|| StoreError::Service {
                         operation: "ending a task with dependents",
                         message: format!(
@@ -178,14 +199,39 @@ impl DynamoStore {
                 .or_default()
                 .extend(deltas_of(&t));
         }
+        let checked: Vec<&str> = layouts
+            .keys()
+            .map(String::as_str)
+            .filter(|&step| step != meta.step)
+            .collect();
+        for step in &checked {
+            let check = step_unchanged(&self.table, &layouts[*step]);
+            items.push(TransactWriteItem::builder().condition_check(check).build());
+        }
         for ((step, shard), deltas) in counters {
             let deltas = sum_deltas(deltas);
             if !deltas.is_empty() {
                 items.push(counter_item(&self.table, &step, shard, &deltas));
             }
         }
-        debug_assert!(items.len() <= MAX_TRANSACTION_ITEMS);
-        Ok(self.transact(items).await?.first().copied())
+        if items.len() > MAX_TRANSACTION_ITEMS {
+            return Err(StoreError::Service {
+                operation: "ending a task with dependents",
+                message: format!(
+                    "{}/{}: its dependents span {} steps and shards, more than one write can carry ({MAX_TRANSACTION_ITEMS} items); use fewer shards in the dependent steps",
+                    meta.step,
+                    writes[0].task_id,
+                    items.len() - writes.len()
+                ),
+            });
+        }
+        let failed = self.transact(items).await?.first().copied();
+        if let Some(i) = failed
+            && let Some(step) = i.checked_sub(writes.len()).and_then(|c| checked.get(c))
+        {
+            self.forget_layout(step);
+        }
+        Ok(failed)
     }
 
     /// One transaction, repeated while it conflicts with another one or is
@@ -241,8 +287,9 @@ impl DynamoStore {
         }
         let mut out = InsertOutcome::default();
         // Each task is its put and an item per upstream step; with the
-        // counter update, within a transaction's items and bytes.
-        let by_items = (MAX_TRANSACTION_ITEMS - 1) / (1 + after.len());
+        // counter update and a check per upstream step, within a
+        // transaction's items and bytes.
+        let by_items = (MAX_TRANSACTION_ITEMS - 1 - after.len()) / (1 + after.len());
         let largest = tasks
             .iter()
             .map(|t| schema::item_size(&super::task_item(meta, t, transition::load_place(t))))
@@ -272,12 +319,22 @@ impl DynamoStore {
                     out.inserted += remaining.len();
                     break;
                 }
+                // An upstream step made again or changed: read it again.
+                for &i in &failed {
+                    if let Owner::Step(s) = owners[i] {
+                        let step = &after[s];
+                        self.forget_layout(step);
+                        metas[s] = (step.clone(), self.layout(step).await?);
+                    }
+                }
                 // Tasks that exist leave the batch as stored; if only
                 // upstream tasks changed, they are read again.
                 let mut existing: Vec<usize> = failed
                     .iter()
-                    .filter(|&&i| owners[i].1)
-                    .map(|&i| owners[i].0)
+                    .filter_map(|&i| match owners[i] {
+                        Owner::Put(t) => Some(t),
+                        _ => None,
+                    })
                     .collect();
                 if !existing.is_empty() {
                     tries -= 1;
@@ -327,19 +384,27 @@ impl DynamoStore {
             .collect())
     }
 
-    /// The transaction that inserts `tasks` with their links, and for each
-    /// item the task it belongs to and whether it is the task's own put.
+    /// The transaction that inserts `tasks` with their links, and what
+    /// each item is for.
     fn insert_items(
         &self,
         meta: &StepMeta,
         metas: &[(String, Option<StepMeta>)],
         tasks: &[Task],
         upstream: &[Vec<(String, Option<Task>)>],
-    ) -> (Vec<TransactWriteItem>, Vec<(usize, bool)>) {
+    ) -> (Vec<TransactWriteItem>, Vec<Owner>) {
         let now = Timestamp::now();
         let mut items = Vec::new();
         let mut owners = Vec::new();
         let mut deltas = Vec::new();
+        // The upstream tasks were read where these layouts put them.
+        for (s, (_, up_meta)) in metas.iter().enumerate() {
+            if let Some(up_meta) = up_meta {
+                let check = step_unchanged(&self.table, up_meta);
+                items.push(TransactWriteItem::builder().condition_check(check).build());
+                owners.push(Owner::Step(s));
+            }
+        }
         for (i, (task, ups)) in tasks.iter().zip(upstream).enumerate() {
             let mut task = task.clone();
             deps::start(&mut task, ups, now);
@@ -350,7 +415,7 @@ impl DynamoStore {
                     .put(put_in_transaction(&self.table, meta, &insert))
                     .build(),
             );
-            owners.push((i, true));
+            owners.push(Owner::Put(i));
             for ((_, up), (_, up_meta)) in ups.iter().zip(metas) {
                 let Some(up_meta) = up_meta else { continue };
                 let item = match up {
@@ -363,7 +428,18 @@ impl DynamoStore {
                                 &link,
                             ))
                             .build(),
-                        None => continue,
+                        // Linked already (by a task of this id loaded
+                        // before and removed): the task starts as the
+                        // upstream task was read, so only while it still
+                        // is so.
+                        None => TransactWriteItem::builder()
+                            .condition_check(check_in_transaction(
+                                &self.table,
+                                up_meta,
+                                &up.task_id,
+                                &deps::as_read(up),
+                            ))
+                            .build(),
                     },
                     // Not loaded yet: the insert holds only while it is not.
                     None => TransactWriteItem::builder()
@@ -383,7 +459,7 @@ impl DynamoStore {
                         .build(),
                 };
                 items.push(item);
-                owners.push((i, false));
+                owners.push(Owner::Upstream);
             }
         }
         let shard = schema::shard_of(&tasks[0].task_id, meta.shards);
@@ -393,7 +469,20 @@ impl DynamoStore {
             shard,
             &sum_deltas(deltas),
         ));
-        owners.push((0, false));
+        owners.push(Owner::Counter);
         (items, owners)
     }
+}
+
+/// What an item of a `load --after` transaction is for.
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    /// The put of the batch's task at this index.
+    Put(usize),
+    /// A link on, or a check of, an upstream task.
+    Upstream,
+    /// The check of the upstream step at this index of `after`.
+    Step(usize),
+    /// The step's counters.
+    Counter,
 }

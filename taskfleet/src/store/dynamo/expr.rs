@@ -8,12 +8,13 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+    AttributeValue, ConditionCheck, Delete, Put, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update,
 };
 
 use super::{Item, n, s, task_item};
 use crate::model::StepMeta;
-use crate::schema::{self, attr};
+use crate::schema::{self, STEPS_PK, attr};
 use crate::transition::{Change, Cond, Transition, Write};
 
 /// An update and condition expression under construction, with their
@@ -204,6 +205,47 @@ pub(super) fn put_in_transaction(table: &str, meta: &StepMeta, t: &Transition) -
         .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
         .build()
         .expect("table and item are set")
+}
+
+/// A check, in a transaction, that task `task_id` of `meta` still meets
+/// `guard` (nothing is written on it).
+pub(super) fn check_in_transaction(
+    table: &str,
+    meta: &StepMeta,
+    task_id: &str,
+    guard: &[Cond],
+) -> ConditionCheck {
+    let mut e = Expr::default();
+    for cond in guard {
+        e.condition(cond);
+    }
+    ConditionCheck::builder()
+        .table_name(table)
+        .set_key(Some(schema::task_key(&meta.step, meta.shards, task_id)))
+        .condition_expression(e.condition_expression())
+        .set_expression_attribute_names(Some(e.names))
+        .set_expression_attribute_values((!e.values.is_empty()).then_some(e.values))
+        .build()
+        .expect("table, key and condition are set")
+}
+
+/// A check, in a transaction, that step `meta` is still the one read: not
+/// deleted and made again (its creation time), its settings not changed
+/// (their time). A write that put tasks where `meta` says they are, or
+/// read them there, holds only with it.
+pub(super) fn step_unchanged(table: &str, meta: &StepMeta) -> ConditionCheck {
+    let time = |t: crate::time::Timestamp| n(t.as_millis());
+    ConditionCheck::builder()
+        .table_name(table)
+        .key(attr::PK, s(STEPS_PK))
+        .key(attr::SK, s(&meta.step))
+        .condition_expression("#created = :created AND #updated = :updated")
+        .expression_attribute_names("#created", attr::CREATED_AT)
+        .expression_attribute_names("#updated", attr::UPDATED_AT)
+        .expression_attribute_values(":created", time(meta.created_at))
+        .expression_attribute_values(":updated", time(meta.updated_at))
+        .build()
+        .expect("table, key and condition are set")
 }
 
 /// `t` (a [`Write::Delete`]) on task `task_id` of `meta` as one
