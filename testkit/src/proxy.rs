@@ -16,6 +16,12 @@
 //! at once (an endpoint that is down), and nothing sent meanwhile reaches
 //! the store late.
 //!
+//! [`Proxy::hold_requests`] stops one kind of request: a request whose
+//! first bytes name it (an `X-Amz-Target` such as `TransactWriteItems`)
+//! is held until [`Proxy::restore`], everything else passes; a test waits
+//! until [`Proxy::held`] counts one, to do something between
+//! a client's reads and its write.
+//!
 //! [`Proxy::delay_answers`] is a slow path: every read of an answer is
 //! held that long before it is passed on, as from a store far away or
 //! overloaded. A small answer (one read) is that much late; a large one,
@@ -42,6 +48,10 @@ struct Gate {
     drop_answers: bool,
     closed: bool,
     answer_delay: std::time::Duration,
+    /// Requests containing these bytes wait.
+    hold: Option<Vec<u8>>,
+    /// Requests held so far.
+    held: usize,
 }
 
 struct Shared {
@@ -146,9 +156,27 @@ impl Proxy {
         self.shared.set(|g| g.answer_delay = delay);
     }
 
+    /// Holds every request whose bytes contain `marker` (within one read
+    /// of the connection, as a request's headers are), until
+    /// [`Proxy::restore`]; other requests pass.
+    pub fn hold_requests(&self, marker: &str) {
+        self.shared
+            .set(|g| g.hold = Some(marker.as_bytes().to_vec()));
+    }
+
+    /// Requests held so far (by [`Proxy::hold_requests`]).
+    pub fn held(&self) -> usize {
+        self.shared
+            .gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .held
+    }
+
     /// Forwards again, held bytes first.
     pub fn restore(&self) {
         self.shared.set(|g| {
+            g.hold = None;
             g.cut = false;
             g.refuse = false;
             g.drop_answers = false;
@@ -234,6 +262,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, answers: bool, shared: &Shared) 
         if !shared.pass() {
             return;
         }
+        if !answers && !hold(shared, &buf[..n]) {
+            return;
+        }
         let (dropped, delay) = if answers {
             let gate = shared.gate.lock().unwrap_or_else(PoisonError::into_inner);
             (gate.drop_answers, gate.answer_delay)
@@ -247,4 +278,27 @@ fn pump(mut from: TcpStream, mut to: TcpStream, answers: bool, shared: &Shared) 
             return;
         }
     }
+}
+
+/// Waits while a request of these bytes is to be held; false once the
+/// proxy is closed.
+fn hold(shared: &Shared, bytes: &[u8]) -> bool {
+    let mut gate = shared.gate.lock().unwrap_or_else(PoisonError::into_inner);
+    let matches = |g: &Gate| {
+        g.hold
+            .as_ref()
+            .is_some_and(|m| bytes.windows(m.len()).any(|w| w == m.as_slice()))
+    };
+    if !matches(&gate) {
+        return true;
+    }
+    gate.held += 1;
+    shared.changed.notify_all();
+    while matches(&gate) && !gate.closed {
+        gate = shared
+            .changed
+            .wait(gate)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+    !gate.closed
 }

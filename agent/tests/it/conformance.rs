@@ -63,7 +63,7 @@ async fn escalated(t: &TestStore, id: &str) {
 /// Where candidate queries read from, unless a case says otherwise.
 const OLDEST: Order = Order::OldestFirst;
 
-fn settings(max_attempts: u32, lease_secs: u64) -> SettingsChange {
+pub(crate) fn settings(max_attempts: u32, lease_secs: u64) -> SettingsChange {
     SettingsChange {
         max_attempts: Some(max_attempts),
         lease: Some(Duration::from_secs(lease_secs)),
@@ -80,7 +80,7 @@ fn pending(id: &str) -> Candidate {
     }
 }
 
-fn finish(
+pub(crate) fn finish(
     attempt: u32,
     next: TaskState,
     class: Option<FailureClass>,
@@ -109,7 +109,7 @@ fn finish(
     }
 }
 
-async fn claimed(store: &Store, step: &str, id: &str, owner: &str) -> taskfleet::Task {
+pub(crate) async fn claimed(store: &Store, step: &str, id: &str, owner: &str) -> taskfleet::Task {
     let meta = store.step(step).await.unwrap().unwrap();
     match store
         .claim(&meta, &pending(id), owner, Timestamp::now())

@@ -26,6 +26,7 @@ mod support;
 mod chaos;
 mod concurrent_loads;
 mod conformance;
+mod deps_race;
 mod ec2;
 mod first_load;
 mod host_faults;

@@ -116,17 +116,15 @@ pub struct LoadReport {
     pub seconds: f64,
 }
 
-/// Validates a load completely. Nothing is written.
-pub fn prepare(mut request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, LoadError> {
-    // Each upstream step once, in one order.
-    if let Some(after) = request.settings.after.as_mut() {
-        after.sort();
-        after.dedup();
-    }
-    if !schema::is_valid_step_name(&request.step) {
+/// Refuses `--after` that names too many steps, a step by a name no step
+/// can have, or the step itself.
+fn refuse_after_names(request: &LoadRequest) -> Result<(), LoadError> {
+    let after = request.settings.after.as_deref().unwrap_or_default();
+    if after.len() > crate::transition::deps::MAX_AFTER {
         return Err(LoadError::Input(format!(
-            "'{}' is not a valid step name: use a letter, then letters, digits, '-' or '_' (at most 64)",
-            request.step
+            "--after names {} steps; a step can wait for at most {}: load a step that waits for some of them, and this one after it",
+            after.len(),
+            crate::transition::deps::MAX_AFTER
         )));
     }
     for up in request.settings.after.iter().flatten() {
@@ -141,6 +139,23 @@ pub fn prepare(mut request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, L
             )));
         }
     }
+    Ok(())
+}
+
+/// Validates a load completely. Nothing is written.
+pub fn prepare(mut request: LoadRequest, sheet: Sheet) -> Result<PreparedLoad, LoadError> {
+    // Each upstream step once, in one order.
+    if let Some(after) = request.settings.after.as_mut() {
+        after.sort();
+        after.dedup();
+    }
+    if !schema::is_valid_step_name(&request.step) {
+        return Err(LoadError::Input(format!(
+            "'{}' is not a valid step name: use a letter, then letters, digits, '-' or '_' (at most 64)",
+            request.step
+        )));
+    }
+    refuse_after_names(&request)?;
     for to in crate::rules::escalation_steps(request.settings.rules.as_deref().unwrap_or(&[])) {
         if !schema::is_valid_step_name(&to) {
             return Err(LoadError::Input(format!(

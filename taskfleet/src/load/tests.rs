@@ -78,3 +78,31 @@ fn a_step_after_itself_or_after_a_bad_name_is_refused() {
     );
     assert!(prepare(request("align"), sheet()).is_ok());
 }
+
+#[test]
+fn a_step_after_more_steps_than_a_write_carries_is_refused() {
+    use crate::transition::deps::MAX_AFTER;
+    let sheet =
+        || Sheet::parse(Path::new("s.csv"), b"sample\nA\n", &SheetOptions::default()).unwrap();
+    let request = |n: usize| LoadRequest {
+        step: "merge".into(),
+        script: "true".into(),
+        settings: SettingsChange {
+            // One named twice: counted once.
+            after: Some((0..n).chain([0]).map(|i| format!("s{i}")).collect()),
+            ..SettingsChange::default()
+        },
+        replace: false,
+        concurrency: 1,
+    };
+    assert!(prepare(request(MAX_AFTER), sheet()).is_ok());
+    for n in [MAX_AFTER + 1, 60, 120] {
+        let err = prepare(request(n), sheet()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "--after names {n} steps; a step can wait for at most {MAX_AFTER}: load a step that waits for some of them, and this one after it"
+            )
+        );
+    }
+}

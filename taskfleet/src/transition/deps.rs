@@ -29,10 +29,21 @@ use crate::model::{FailureClass, Task, TaskState};
 use crate::schema::attr;
 use crate::time::Timestamp;
 
-/// Most dependent tasks one end write carries (each with its counter
-/// update, within a transaction's 100 items): a chain of 40 steps after
-/// one sample's task.
-pub const MAX_CASCADE: usize = 40;
+/// Most dependent tasks one end write carries: a chain of 32 steps after
+/// one sample's task. On DynamoDB each is a write, a counter update and a
+/// check that its step is the one read, besides the own write and its
+/// counter: `3 * 32 + 2` items, within a transaction's 100.
+pub const MAX_CASCADE: usize = 32;
+
+/// Most steps the tasks of one step wait for (`load --after`). On DynamoDB
+/// a task is loaded with a link (or check) per upstream step, and its
+/// load's transaction checks each upstream step: past this, a transaction
+/// of 100 items would carry fewer than two tasks.
+pub const MAX_AFTER: usize = 32;
+
+const _: () = assert!(3 * MAX_CASCADE + 2 <= crate::schema::MAX_TRANSACTION_ITEMS);
+const _: () =
+    assert!((crate::schema::MAX_TRANSACTION_ITEMS - 1 - MAX_AFTER) / (1 + MAX_AFTER) >= 2);
 
 /// The list as a change: set, or removed when empty (an empty list is
 /// never stored, so "exactly these" conditions can say "none").
@@ -146,6 +157,21 @@ pub fn link(upstream: &Task, step: &str) -> Option<Transition> {
 /// upstream task still in the state and run it was read in.
 pub fn as_read(upstream: &Task) -> Vec<Cond> {
     vec![Cond::State(upstream.state), Cond::Attempt(upstream.attempt)]
+}
+
+/// What an end write holds on for a task its plan read and writes nothing
+/// to (`None`: read as missing): still missing, or in the state, run and
+/// waits it was read in. A dependent loaded, or loaded again, after the
+/// read then fails the write, which is planned again with it.
+pub fn unchanged(read: Option<&Task>) -> Vec<Cond> {
+    match read {
+        None => vec![Cond::Absent],
+        Some(t) => vec![
+            Cond::State(t.state),
+            Cond::Attempt(t.attempt),
+            Cond::WaitingOn(t.waiting_on.clone()),
+        ],
+    }
 }
 
 /// What `upstream`, as its own write leaves it, does to `dep` (one of its
@@ -268,6 +294,17 @@ pub struct Planned {
     pub transition: Transition,
 }
 
+/// A task a cascade read, and what holds while it is as read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Read {
+    /// The task's step.
+    pub step: String,
+    /// The task.
+    pub task_id: String,
+    /// [`unchanged`] on the task as read.
+    pub guard: Vec<Cond>,
+}
+
 /// `base`, the owner's copy of a task it ends, with what others may have
 /// changed on the stored task since the owner read it: the steps that wait
 /// for it, and an operator's cancel ask (who asked goes on to the
@@ -295,6 +332,8 @@ pub struct Cascade {
     /// this step, or cancels it there (or the cancel of such a run cancels
     /// the run's own run), and that task is still to be read.
     run: Option<(String, RunWrite)>,
+    /// Every task read, as [`unchanged`] holds on it.
+    read: Vec<Read>,
 }
 
 /// What an own write does to the task of its task's escalated run.
@@ -339,6 +378,7 @@ impl Cascade {
             frontier,
             now,
             overflow: false,
+            read: Vec::new(),
         }
     }
 
@@ -359,6 +399,37 @@ impl Cascade {
     /// The tasks [`Cascade::wanted`] named, in its order (`None`: no such
     /// task).
     pub fn feed(&mut self, read: &[Option<Task>]) {
+        let wanted = self.wanted();
+        for ((step, task_id), task) in wanted.into_iter().zip(read) {
+            if !self
+                .read
+                .iter()
+                .any(|r| r.step == step && r.task_id == task_id)
+            {
+                self.read.push(Read {
+                    guard: unchanged(task.as_ref()),
+                    step,
+                    task_id,
+                });
+            }
+        }
+        self.plan_from(read);
+    }
+
+    /// The checks that every task the plan read and writes nothing to is
+    /// still as read: what the plan did not write, it decided from them.
+    /// A store whose write is not one with its reads holds the write on
+    /// them.
+    pub fn checks(&self) -> impl Iterator<Item = &Read> {
+        self.read.iter().filter(|r| {
+            !self
+                .writes
+                .iter()
+                .any(|w| w.step == r.step && w.task_id == r.task_id)
+        })
+    }
+
+    fn plan_from(&mut self, read: &[Option<Task>]) {
         if let Some((step, write)) = self.run.take() {
             let run = read.first().and_then(Option::as_ref);
             if let RunWrite::Cancel = write {

@@ -18,6 +18,7 @@ per_store!(
     a_retried_dependent_of_a_failed_task_waits_and_a_step_keeps_an_after_added_later,
     a_cycle_of_steps_is_refused_with_nothing_written,
     a_dependent_step_made_again_with_other_shards_is_found_by_a_worker_that_knew_the_old_one,
+    a_failure_at_the_head_of_the_longest_chain_fails_every_task_down_it_in_one_write,
 );
 
 fn after(steps: &[&str]) -> SettingsChange {
@@ -354,4 +355,40 @@ async fn a_dependent_step_made_again_with_other_shards_is_found_by_a_worker_that
         TaskState::Pending
     );
     assert_eq!(states(&op, "call").await, (0, 2, 0, 0, 0));
+}
+
+/// The longest chain one write carries ([`MAX_CASCADE`] steps after one
+/// task): a failure at its head fails every task down it, each counted.
+async fn a_failure_at_the_head_of_the_longest_chain_fails_every_task_down_it_in_one_write(
+    t: TestStore,
+) {
+    use taskfleet::transition::deps::MAX_CASCADE;
+    let step = |i: usize| format!("s{i}");
+    load_text(&t.store, &step(0), "true", "sample\nA\n", settings(1, 60)).await;
+    for i in 1..=MAX_CASCADE {
+        load_text(
+            &t.store,
+            &step(i),
+            "true",
+            "sample\nA\n",
+            after(&[&step(i - 1)]),
+        )
+        .await;
+    }
+    end(&t, &step(0), "A", TaskState::Failed).await;
+    for i in 1..=MAX_CASCADE {
+        let task = t.store.task(&step(i), "A").await.unwrap().unwrap();
+        assert_eq!(
+            (task.state, task.failure_class),
+            (TaskState::Failed, Some(FailureClass::Upstream)),
+            "{}/A",
+            step(i)
+        );
+        assert_eq!(
+            states(&t.store, &step(i)).await,
+            (0, 0, 0, 0, 1),
+            "{}",
+            step(i)
+        );
+    }
 }

@@ -20,8 +20,8 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::errors::{Reason, cancellation_reasons, is_throttled_transaction, reason_kind};
 use super::expr::{
-    Counter, check_in_transaction, counter_item, deltas_of, put_in_transaction, step_unchanged,
-    sum_deltas, update_in_transaction,
+    Counter, check_in_transaction, counter_item, deltas_of, put_in_transaction, step_absent,
+    step_unchanged, sum_deltas, update_in_transaction,
 };
 use super::lease::Applied;
 use super::{DynamoStore, decode};
@@ -29,8 +29,11 @@ use crate::model::{StepMeta, Task, TaskState};
 use crate::schema::{self, MAX_TRANSACTION_ITEMS, attr};
 use crate::store::{InsertOutcome, StoreError};
 use crate::time::Timestamp;
-use crate::transition::deps::{self, Cascade, Planned};
+use crate::transition::deps::{self, Cascade, MAX_CASCADE};
 use crate::transition::{self, Transition};
+
+/// The layout each step of a plan was read by (`None`: no such step).
+type Layouts = BTreeMap<String, Option<StepMeta>>;
 
 /// Plans made again before an end write gives up (every one of them lost
 /// to a change of a dependent or of the task's dependents).
@@ -92,7 +95,7 @@ impl DynamoStore {
             if let Some(err) = cascade.overflow() {
                 return Err(err);
             }
-            match self.write_planned(meta, cascade.writes(), &layouts).await? {
+            match self.write_planned(meta, &cascade, &layouts).await? {
                 None => return Ok(true),
                 // The task itself changed: still the caller's, with other
                 // dependents? Then again with those.
@@ -120,10 +123,10 @@ impl DynamoStore {
     }
 
     /// Reads what `cascade` wants until its plan is complete. Returns the
-    /// layouts the tasks were read by (of the steps that exist), which the
-    /// write must check are still the stored ones.
-    async fn plan(&self, cascade: &mut Cascade) -> Result<BTreeMap<String, StepMeta>, StoreError> {
-        let mut layouts = BTreeMap::new();
+    /// layout each step was read by (`None`: no such step), the first one
+    /// read, which the write must check is still the stored one.
+    async fn plan(&self, cascade: &mut Cascade) -> Result<Layouts, StoreError> {
+        let mut layouts = Layouts::new();
         loop {
             let wanted = cascade.wanted();
             if wanted.is_empty() {
@@ -131,12 +134,12 @@ impl DynamoStore {
             }
             let mut read = Vec::with_capacity(wanted.len());
             for (step, id) in &wanted {
-                read.push(match self.layout(step).await? {
-                    Some(m) => {
-                        let task = self.read_task(&m, id).await?;
-                        layouts.insert(step.clone(), m);
-                        task
-                    }
+                if !layouts.contains_key(step) {
+                    let m = self.layout(step).await?;
+                    layouts.insert(step.clone(), m);
+                }
+                read.push(match &layouts[step] {
+                    Some(m) => self.read_task(m, id).await?,
                     None => None,
                 });
             }
@@ -152,17 +155,19 @@ impl DynamoStore {
             .remove(step);
     }
 
-    /// Writes `writes` (the first on a task of `meta`, the others on
-    /// steps of `layouts`) and their counters in one transaction, which
-    /// holds only while every step of `layouts` is as read. `Some(i)`: the
-    /// guard of write `i` failed, or (`i` past the writes) a step of
-    /// `layouts` changed and its layout is forgotten; nothing was written.
+    /// Writes what `cascade` planned (the first write on a task of
+    /// `meta`, the others on steps of `layouts`) and their counters in one
+    /// transaction, which holds only while every task the plan read and
+    /// writes nothing to is as read, and every step of `layouts` is as
+    /// read. `Some(0)`: the own task changed; `Some(_)`: something else
+    /// did (a step's layout is then forgotten); nothing was written.
     async fn write_planned(
         &self,
         meta: &StepMeta,
-        writes: &[Planned],
-        layouts: &BTreeMap<String, StepMeta>,
+        cascade: &Cascade,
+        layouts: &Layouts,
     ) -> Result<Option<usize>, StoreError> {
+        let writes = cascade.writes();
         let mut items = Vec::with_capacity(2 * writes.len() + layouts.len());
         let mut counters: BTreeMap<(String, u16), Vec<(Counter, i64)>> = BTreeMap::new();
         for (i, p) in writes.iter().enumerate() {
@@ -172,6 +177,7 @@ impl DynamoStore {
                 layouts
                     .get(&p.step)
                     .cloned()
+                    .flatten()
                     .ok_or_else(|| StoreError::Service {
                         operation: "ending a task with dependents",
                         message: format!(
@@ -199,13 +205,27 @@ impl DynamoStore {
                 .or_default()
                 .extend(deltas_of(&t));
         }
+        // Tasks read as missing, or needing nothing: a load that puts one
+        // there meanwhile starts it from this task as it was read (before
+        // this write), so this write must fail and be planned again.
+        for read in cascade.checks() {
+            // A step read as missing is checked as a whole, below.
+            if let Some(Some(m)) = layouts.get(&read.step) {
+                let check = check_in_transaction(&self.table, m, &read.task_id, &read.guard);
+                items.push(TransactWriteItem::builder().condition_check(check).build());
+            }
+        }
+        let first_step_check = items.len();
         let checked: Vec<&str> = layouts
             .keys()
             .map(String::as_str)
             .filter(|&step| step != meta.step)
             .collect();
         for step in &checked {
-            let check = step_unchanged(&self.table, &layouts[*step]);
+            let check = match &layouts[*step] {
+                Some(m) => step_unchanged(&self.table, m),
+                None => step_absent(&self.table, step),
+            };
             items.push(TransactWriteItem::builder().condition_check(check).build());
         }
         for ((step, shard), deltas) in counters {
@@ -218,20 +238,23 @@ impl DynamoStore {
             return Err(StoreError::Service {
                 operation: "ending a task with dependents",
                 message: format!(
-                    "{}/{}: its dependents span {} steps and shards, more than one write can carry ({MAX_TRANSACTION_ITEMS} items); use fewer shards in the dependent steps",
+                    "{}/{}: what its end does to the {} tasks after it, with their counters and the checks of what was read, is {} items, more than one write can carry ({MAX_TRANSACTION_ITEMS}); load fewer steps after one another (--after), at most {MAX_CASCADE} down a chain",
                     meta.step,
                     writes[0].task_id,
-                    items.len() - writes.len()
+                    writes.len() - 1,
+                    items.len()
                 ),
             });
         }
-        let failed = self.transact(items).await?.first().copied();
-        if let Some(i) = failed
-            && let Some(step) = i.checked_sub(writes.len()).and_then(|c| checked.get(c))
+        let failed = self.transact(items).await?;
+        for step in failed
+            .iter()
+            .filter_map(|i| i.checked_sub(first_step_check))
+            .filter_map(|c| checked.get(c))
         {
             self.forget_layout(step);
         }
-        Ok(failed)
+        Ok(failed.first().copied())
     }
 
     /// One transaction, repeated while it conflicts with another one or is
@@ -289,7 +312,18 @@ impl DynamoStore {
         // Each task is its put and an item per upstream step; with the
         // counter update and a check per upstream step, within a
         // transaction's items and bytes.
-        let by_items = (MAX_TRANSACTION_ITEMS - 1 - after.len()) / (1 + after.len());
+        let by_items = MAX_TRANSACTION_ITEMS.saturating_sub(1 + after.len()) / (1 + after.len());
+        if by_items == 0 {
+            return Err(StoreError::Service {
+                operation: "load --after",
+                message: format!(
+                    "{} waits for {} steps; a task can wait for at most {}: load it after fewer steps",
+                    meta.step,
+                    after.len(),
+                    deps::MAX_AFTER
+                ),
+            });
+        }
         let largest = tasks
             .iter()
             .map(|t| schema::item_size(&super::task_item(meta, t, transition::load_place(t))))
@@ -397,13 +431,15 @@ impl DynamoStore {
         let mut items = Vec::new();
         let mut owners = Vec::new();
         let mut deltas = Vec::new();
-        // The upstream tasks were read where these layouts put them.
-        for (s, (_, up_meta)) in metas.iter().enumerate() {
-            if let Some(up_meta) = up_meta {
-                let check = step_unchanged(&self.table, up_meta);
-                items.push(TransactWriteItem::builder().condition_check(check).build());
-                owners.push(Owner::Step(s));
-            }
+        // The upstream tasks were read where these layouts put them, or
+        // not read for want of their step.
+        for (s, (step, up_meta)) in metas.iter().enumerate() {
+            let check = match up_meta {
+                Some(up_meta) => step_unchanged(&self.table, up_meta),
+                None => step_absent(&self.table, step),
+            };
+            items.push(TransactWriteItem::builder().condition_check(check).build());
+            owners.push(Owner::Step(s));
         }
         for (i, (task, ups)) in tasks.iter().zip(upstream).enumerate() {
             let mut task = task.clone();

@@ -248,6 +248,19 @@ pub(super) fn step_unchanged(table: &str, meta: &StepMeta) -> ConditionCheck {
         .expect("table, key and condition are set")
 }
 
+/// A check, in a transaction, that there is still no step `step`: a write
+/// that found none (and so none of its tasks) holds only with it.
+pub(super) fn step_absent(table: &str, step: &str) -> ConditionCheck {
+    ConditionCheck::builder()
+        .table_name(table)
+        .key(attr::PK, s(STEPS_PK))
+        .key(attr::SK, s(step))
+        .condition_expression("attribute_not_exists(#pk)")
+        .expression_attribute_names("#pk", attr::PK)
+        .build()
+        .expect("table, key and condition are set")
+}
+
 /// `t` (a [`Write::Delete`]) on task `task_id` of `meta` as one
 /// conditional `Delete` of a transaction.
 pub(super) fn delete_in_transaction(

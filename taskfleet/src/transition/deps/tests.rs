@@ -180,8 +180,51 @@ fn chain_failure(len: usize) -> Cascade {
 fn a_cascade_past_its_cap_is_refused_not_cut_short() {
     let whole = chain_failure(MAX_CASCADE);
     assert_eq!(whole.writes().len(), MAX_CASCADE + 1);
+    assert_eq!(whole.checks().count(), 0, "every task read is written");
     assert!(whole.overflow().is_none());
     // One more level: the whole write is refused, none of it dropped.
     let over = chain_failure(MAX_CASCADE + 1);
     assert!(over.overflow().is_some(), "{} writes", over.writes().len());
+}
+
+#[test]
+fn a_cascade_holds_on_every_task_it_read_and_writes_nothing_to() {
+    let mut head = task("align", TaskState::Running);
+    head.owner = Some("w".into());
+    head.attempt = 1;
+    // call/A was removed (its step still listed), qc/A waits on another
+    // step only, trim/A waits on align.
+    head.dependents = vec!["call".into(), "qc".into(), "trim".into()];
+    let mut own = crate::transition::claim("w", NOW, std::time::Duration::from_secs(60));
+    own.to = TaskState::Done;
+    own.write = Write::Update(vec![Change::Set(attr::STATE, json(&TaskState::Done))]);
+    own.guard = vec![Cond::State(TaskState::Running)];
+    let mut c = Cascade::new(&head, own, NOW);
+    let qc = waiting("qc", &["sort"]);
+    c.feed(&[None, Some(qc.clone()), Some(waiting("trim", &["align"]))]);
+    assert!(c.wanted().is_empty());
+    let written: Vec<&str> = c.writes().iter().map(|w| w.step.as_str()).collect();
+    assert_eq!(written, ["align", "trim"]);
+    let checks: Vec<(&str, &[Cond])> = c
+        .checks()
+        .map(|r| (r.step.as_str(), r.guard.as_slice()))
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            ("call", &[Cond::Absent][..]),
+            (
+                "qc",
+                &[
+                    Cond::State(TaskState::Waiting),
+                    Cond::Attempt(qc.attempt),
+                    Cond::WaitingOn(vec!["sort".into()]),
+                ][..]
+            ),
+        ]
+    );
+    // What the checks ask holds on the tasks as read, and fails on a task
+    // loaded since.
+    assert!(Cond::Absent.holds(None));
+    assert!(!Cond::Absent.holds(Some(&waiting("call", &["align"]))));
 }
